@@ -1,0 +1,28 @@
+"""Optional face restoration with a GFPGAN-style model (512x512 RGB in [-1, 1], same out)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from .align import FFHQ_512_TEMPLATE, umeyama_similarity
+from .faces import Face
+
+
+class FaceEnhancer:
+    def __init__(self, session: ort.InferenceSession, input_size: int = 512):
+        self.session = session
+        self.input_size = input_size
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.template = FFHQ_512_TEMPLATE * (input_size / 512.0)
+
+    def enhance(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (restored BGR crop, frame->crop matrix) for paste back."""
+        matrix = umeyama_similarity(face.kps, self.template)
+        aligned = cv2.warpAffine(image, matrix, (self.input_size,) * 2, borderMode=cv2.BORDER_REFLECT101)
+        blob = cv2.dnn.blobFromImage(aligned, 1.0 / 127.5, (self.input_size,) * 2, (127.5,) * 3, swapRB=True)
+        out = self.session.run([self.output_name], {self.input_name: blob})[0][0]
+        rgb = np.clip((out.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb[:, :, ::-1]), matrix

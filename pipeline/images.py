@@ -1,0 +1,144 @@
+"""Image decoding and encoding with limits that hold before any pixel is allocated.
+
+Pillow reads only the header on `Image.open`, so byte and pixel limits are checked first; the decode
+itself then raises on truncated data instead of silently filling the missing rows with grey (as
+OpenCV's `imdecode` does). EXIF orientation is applied, and every input mode (grayscale, palette,
+RGBA, 16-bit, CMYK) comes out as 8-bit BGR for the models, with alpha kept aside for the output.
+Encoding uses OpenCV, which works on BGR directly and is the faster encoder of the two.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import ImageLimits
+from .errors import EmptyImage, ImageTooLarge, InvalidOptions, UndecodableImage, UnsupportedImageType
+
+# We enforce our own pixel limit before decoding; Pillow's own (warning, then error at 2x) would only
+# duplicate it with a different message.
+Image.MAX_IMAGE_PIXELS = None
+
+SUPPORTED_INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
+OUTPUT_FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+_FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+
+
+@dataclass
+class DecodedImage:
+    """Pixels ready for the models: `bgr` is HxWx3 uint8; `alpha` is HxW uint8 or None."""
+
+    bgr: np.ndarray
+    alpha: np.ndarray | None = None
+    source_format: str = ""
+
+    @property
+    def width(self) -> int:
+        return int(self.bgr.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.bgr.shape[0])
+
+
+def normalise_format(name: str) -> str:
+    """Map a user-given format name (jpg, JPEG, image/png, webp) to jpeg/png/webp."""
+    key = name.strip().lower().removeprefix("image/")
+    if key not in _FORMAT_ALIASES:
+        raise InvalidOptions(f"unsupported output format {name!r}; use jpeg, png or webp")
+    return _FORMAT_ALIASES[key]
+
+
+def _to_bgr(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    alpha = None
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping (convert('L') would saturate).
+        arr = np.asarray(img, dtype=np.uint32 if mode == "I" else np.uint16)
+        shift = 8 if mode != "I" or arr.max(initial=0) <= 0xFFFF else 24
+        gray = (arr >> shift).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), None
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max(initial=0.0)) or 1.0
+        gray = np.clip(arr * (255.0 / top if top > 255.0 else 1.0), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"))
+        alpha = np.ascontiguousarray(rgba[:, :, 3])
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR), alpha
+    if mode == "L":
+        return cv2.cvtColor(np.asarray(img), cv2.COLOR_GRAY2BGR), None
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR), None
+
+
+def probe_size(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
+    """Check bytes and header against the limits; return (format, width, height) without decoding."""
+    if len(data) == 0:
+        raise EmptyImage("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImageType("the data is not a supported image (JPEG, PNG, WebP, BMP, TIFF)") from exc
+    except Exception as exc:  # corrupt headers raise a zoo of errors inside Pillow's plugins
+        raise UndecodableImage(f"the image header cannot be read: {exc}") from exc
+    fmt = img.format or ""
+    if fmt not in SUPPORTED_INPUT_FORMATS:
+        raise UnsupportedImageType(f"image format {fmt or 'unknown'} is not supported")
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise UndecodableImage("the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} ({width * height} pixels); the limit is {limits.max_pixels}"
+        )
+    return fmt, width, height
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+    """Decode `data` into BGR pixels, honouring limits and EXIF orientation."""
+    fmt, _, _ = probe_size(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            bgr, alpha = _to_bgr(img)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UndecodableImage(f"the image cannot be decoded: {exc}") from exc
+    return DecodedImage(bgr=np.ascontiguousarray(bgr), alpha=alpha, source_format=fmt.lower())
+
+
+def encode_image(image: DecodedImage, fmt: str = "jpeg", quality: int = 92) -> tuple[bytes, str]:
+    """Encode to jpeg/png/webp; returns (bytes, media type). Alpha survives in PNG and WebP."""
+    fmt = normalise_format(fmt)
+    if not 1 <= quality <= 100:
+        raise InvalidOptions(f"quality must be between 1 and 100, got {quality}")
+    pixels = image.bgr
+    if image.alpha is not None and fmt in ("png", "webp"):
+        pixels = np.dstack([pixels, image.alpha])
+    if fmt == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), pixels, params)
+    if not ok:  # pragma: no cover - OpenCV fails only on impossible shapes
+        raise UndecodableImage(f"could not encode the result as {fmt}")
+    return buf.tobytes(), OUTPUT_FORMATS[fmt]

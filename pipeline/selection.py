@@ -1,0 +1,62 @@
+"""Which target faces to swap: largest (default), all, index, or those matching a reference face."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidOptions
+from .faces import Face
+
+MODES = ("largest", "all", "index", "reference")
+DEFAULT_REFERENCE_THRESHOLD = 0.4
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How to pick target faces. `index` counts faces left to right (by the box's left edge)."""
+
+    mode: str = "largest"
+    index: int | None = None
+    reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
+    min_face_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidOptions(f"faces must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.mode == "index" and (self.index is None or self.index < 0):
+            raise InvalidOptions("faces=index needs a non-negative face index")
+        if not -1.0 <= self.reference_threshold <= 1.0:
+            raise InvalidOptions("reference_threshold is a cosine similarity between -1 and 1")
+        if self.min_face_size < 0:
+            raise InvalidOptions("min_face_size cannot be negative")
+
+
+def order_faces(faces: list[Face]) -> list[Face]:
+    """A stable, human-friendly order: left to right, then top to bottom."""
+    return sorted(faces, key=lambda f: (round(float(f.bbox[0])), round(float(f.bbox[1]))))
+
+
+def eligible(faces: list[Face], min_face_size: int) -> list[int]:
+    return [i for i, f in enumerate(faces) if min(f.width, f.height) >= min_face_size]
+
+
+def choose(faces: list[Face], selection: Selection, candidates: list[int], reference: np.ndarray | None = None) -> list[int]:
+    """Indices into `faces` (already ordered) to swap; `candidates` are those above the minimum size."""
+    if not candidates:
+        return []
+    if selection.mode == "all":
+        return list(candidates)
+    if selection.mode == "largest":
+        return [max(candidates, key=lambda i: faces[i].area)]
+    if selection.mode == "index":
+        if selection.index not in candidates:
+            raise InvalidOptions(f"face index {selection.index} does not exist; {len(faces)} face(s) found")
+        return [int(selection.index)]
+    if reference is None:
+        raise InvalidOptions("faces=reference needs a reference image")
+    return [
+        i for i in candidates
+        if faces[i].embedding is not None and float(faces[i].embedding @ reference) >= selection.reference_threshold
+    ]

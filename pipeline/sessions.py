@@ -1,0 +1,65 @@
+"""ONNX Runtime sessions: provider choice and creation.
+
+Sessions are created lazily in the serving process, never at import time: functions-framework imports
+the module in gunicorn's master and forks workers, and CUDA does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ModelSetInvalid
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
+    """Turn EXECUTION_PROVIDERS (`auto` or e.g. `cuda,cpu`) into the runtime's provider names.
+
+    `auto` keeps the TensorRT, CUDA, CPU order and drops what this runtime build lacks. An explicit list
+    is honoured in its order; naming a provider that is not available is a configuration error rather
+    than a silent fall back to the CPU, which would turn a GPU service into a very slow one.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    wanted = [p.strip().lower() for p in spec.split(",") if p.strip()] or ["auto"]
+    if wanted == ["auto"]:
+        chosen = [PROVIDER_NAMES[p] for p in AUTO_ORDER if PROVIDER_NAMES[p] in available]
+    else:
+        unknown = [p for p in wanted if p not in PROVIDER_NAMES]
+        if unknown:
+            raise ValueError(f"EXECUTION_PROVIDERS: unknown provider(s) {unknown}; use auto or {list(PROVIDER_NAMES)}")
+        chosen = [PROVIDER_NAMES[p] for p in wanted]
+        missing = [p for p in chosen if p not in available]
+        if missing:
+            raise ValueError(f"EXECUTION_PROVIDERS asks for {missing}, but this runtime offers only {available}")
+    if not chosen:
+        raise ValueError(f"no usable execution provider among {available}")
+    return chosen
+
+
+def create_session(
+    path: Path,
+    providers: Sequence[str],
+    options: ort.SessionOptions | None = None,
+    provider_options: Sequence[dict] | None = None,
+) -> ort.InferenceSession:
+    """Create one inference session; a model the runtime cannot load is a model-set problem."""
+    opts = options or ort.SessionOptions()
+    opts.log_severity_level = 3  # unused initializers (the swapper's emap) would warn on every start
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=list(providers), provider_options=provider_options
+        )
+    except Exception as exc:  # the runtime raises its own exception types (Fail, InvalidGraph, ...)
+        raise ModelSetInvalid(f"model file {path} cannot be loaded by ONNX Runtime: {exc}") from exc

@@ -1,0 +1,88 @@
+"""inswapper_128: swap the identity of an aligned 128x128 target crop.
+
+The swapper projects the source embedding through its `emap` matrix, which is stored as the graph's
+last initializer. insightface parses the whole 554 MB model a second time just to read it; we read it
+once into a `.npy` side file keyed by the model's SHA-256 and load only that on later starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from .align import crop, estimate_norm
+from .faces import Face
+
+log = logging.getLogger(__name__)
+
+
+def emap_side_file(cache_dir: Path, model_sha256: str) -> Path:
+    return cache_dir / "emap" / f"{model_sha256[:32]}.npy"
+
+
+def extract_emap(model_path: Path) -> np.ndarray:
+    """Read the last initializer of the swapper graph (the one-time, expensive path)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    tensor = model.graph.initializer[-1]
+    matrix = numpy_helper.to_array(tensor, base_dir=str(model_path.parent))
+    if matrix.shape != (512, 512):
+        raise ValueError(f"{model_path}: last initializer has shape {matrix.shape}, expected the 512x512 emap")
+    return matrix.astype(np.float32)
+
+
+def load_emap(model_path: Path, model_sha256: str, cache_dir: Path) -> tuple[np.ndarray, bool]:
+    """The emap matrix from its side file, building the side file first if needed.
+
+    Returns (matrix, built): `built` tells the caller that the slow path ran, so it can say so in logs.
+    """
+    side = emap_side_file(cache_dir, model_sha256)
+    try:
+        return np.load(side, allow_pickle=False), False
+    except (OSError, ValueError):
+        pass
+    matrix = extract_emap(model_path)
+    try:
+        side.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=".emap-", suffix=".npy")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, matrix, allow_pickle=False)
+        os.replace(tmp, side)
+        log.info("built the swapper's emap side file %s", side)
+    except OSError as exc:
+        log.warning("could not write the emap side file %s: %s", side, exc)
+    return matrix, True
+
+
+class InSwapper:
+    """Runs inswapper_128 on one face at a time (the published model has a fixed batch of 1)."""
+
+    def __init__(self, session: ort.InferenceSession, emap: np.ndarray, input_size: int = 128):
+        self.session = session
+        self.emap = emap
+        self.input_size = input_size
+        inputs = session.get_inputs()
+        self.target_name = inputs[0].name
+        self.source_name = inputs[1].name
+        self.output_name = session.get_outputs()[0].name
+
+    def latent(self, embedding: np.ndarray) -> np.ndarray:
+        latent = embedding.reshape(1, -1) @ self.emap
+        return (latent / np.linalg.norm(latent)).astype(np.float32)
+
+    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (swapped BGR crop, the aligned input crop, frame->crop matrix)."""
+        matrix = estimate_norm(face.kps, self.input_size)
+        aligned = crop(image, matrix, self.input_size)
+        blob = cv2.dnn.blobFromImage(aligned, 1.0 / 255.0, (self.input_size,) * 2, (0.0, 0.0, 0.0), swapRB=True)
+        pred = self.session.run([self.output_name], {self.target_name: blob, self.source_name: latent})[0]
+        rgb = np.clip(255 * pred[0].transpose(1, 2, 0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb[:, :, ::-1]), aligned, matrix

@@ -1,0 +1,194 @@
+"""Stand-in models with the exact input/output signatures of the real ones.
+
+The real weights (ArcFace w600k_r50, inswapper_128, a GFPGAN enhancer) cannot be shipped in the repo
+or downloaded in CI. These small ONNX graphs let tests, benchmarks and a local run exercise the real
+loading and inference code paths. They do not swap faces: the "swapper" inverts the face crop and
+tints it by the source identity, which makes a swap easy to see and to test.
+
+`pad_mb` grows a model to a chosen size with an extra (unused) initializer placed before the last one,
+to build proxies of the real file sizes for cold-start benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .model_store import write_manifest
+
+OPSET = 17
+IR_VERSION = 8
+STANDIN_NOTICE = "STAND-IN MODELS: the swaps they produce are NOT real face swaps"
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="facefusion-fn-standin")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def _padding(pad_mb: float, name: str) -> list[onnx.TensorProto]:
+    if pad_mb <= 0:
+        return []
+    count = int(pad_mb * 1024 * 1024 / 4)
+    rng = np.random.default_rng(7)
+    return [numpy_helper.from_array(rng.standard_normal(count, dtype=np.float32), name)]
+
+
+def arcface_model(seed: int = 1, pad_mb: float = 0.0) -> onnx.ModelProto:
+    """1x3x112x112 -> 1x512: centre the crop, pool to 14x14, project with a fixed random matrix."""
+    rng = np.random.default_rng(seed)
+    proj = rng.standard_normal((3 * 14 * 14, 512)).astype(np.float32) / 24.0
+    nodes = [
+        helper.make_node("ReduceMean", ["input.1"], ["mean"], name="centre_mean", axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="centre"),
+        helper.make_node("AveragePool", ["centred"], ["pooled"], name="pool", kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
+        helper.make_node("MatMul", ["flat", "proj"], ["683"], name="project"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "arcface_standin",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [1, 512])],
+        initializer=[numpy_helper.from_array(proj, "proj"), *_padding(pad_mb, "padding")],
+    )
+    return _model(graph)
+
+
+def inswapper_model(seed: int = 2, pad_mb: float = 0.0) -> onnx.ModelProto:
+    """target 1x3x128x128 + source 1x512 -> 1x3x128x128, with the 512x512 emap as the last initializer."""
+    rng = np.random.default_rng(seed)
+    tint = rng.standard_normal((512, 3)).astype(np.float32) / 4.0
+    emap = np.linalg.qr(rng.standard_normal((512, 512)))[0].astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["source", "tint"], ["tint_raw"], name="tint_project"),
+        helper.make_node("Tanh", ["tint_raw"], ["tint_unit"], name="tint_squash"),
+        helper.make_node("Reshape", ["tint_unit", "tint_shape"], ["tint_map"], name="tint_reshape"),
+        helper.make_node("Mul", ["tint_map", "tint_gain"], ["tint_scaled"], name="tint_gain_mul"),
+        helper.make_node("Sub", ["one", "target"], ["inverted"], name="invert"),
+        helper.make_node("Add", ["inverted", "tint_scaled"], ["tinted"], name="apply_tint"),
+        helper.make_node("Clip", ["tinted", "zero", "one"], ["output"], name="clip"),
+    ]
+    initializers = [
+        numpy_helper.from_array(tint, "tint"),
+        numpy_helper.from_array(np.array([1, 3, 1, 1], dtype=np.int64), "tint_shape"),
+        numpy_helper.from_array(np.array(0.15, dtype=np.float32), "tint_gain"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        *_padding(pad_mb, "padding"),
+        numpy_helper.from_array(emap, "emap"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "inswapper_standin",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, 128, 128]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 512]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 128, 128])],
+        initializer=initializers,
+    )
+    return _model(graph)
+
+
+def enhancer_model() -> onnx.ModelProto:
+    """1x3x512x512 in [-1, 1] -> same: a mild sharpening filter, clipped."""
+    kernel = np.array([[0, -0.25, 0], [-0.25, 2.0, -0.25], [0, -0.25, 0]], dtype=np.float32)
+    weights = np.stack([kernel[None]] * 3).astype(np.float32)  # 3x1x3x3, depthwise
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["sharp"], name="sharpen", group=3, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["sharp", "lo", "hi"], ["output"], name="clip"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "enhancer_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 512, 512])],
+        initializer=[
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.array(-1.0, dtype=np.float32), "lo"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "hi"),
+        ],
+    )
+    return _model(graph)
+
+
+def detector_model() -> onnx.ModelProto:
+    """SCRFD's 9-output signature reporting one fixed face, for runs without a real detector file.
+
+    The face sits at (320, 240) of the 640x640 letterboxed input, about 160 px wide.
+    """
+    outputs, initializers, nodes = [], [], []
+    center = np.array([320.0, 240.0], dtype=np.float32)
+    kps = np.array([[290, 215], [350, 215], [320, 250], [295, 285], [345, 285]], dtype=np.float32)
+    tensors: dict[str, np.ndarray] = {}
+    for stride in (8, 16, 32):
+        count = (640 // stride) ** 2 * 2
+        scores = np.zeros((1, count, 1), np.float32)
+        boxes = np.zeros((1, count, 4), np.float32)
+        points = np.zeros((1, count, 10), np.float32)
+        if stride == 32:
+            anchor = (int(center[1]) // 32 * 20 + int(center[0]) // 32) * 2
+            scores[0, anchor, 0] = 0.9
+            boxes[0, anchor] = np.array([80, 90, 80, 110], np.float32) / stride
+            points[0, anchor] = (kps - center).reshape(-1) / stride
+        tensors[f"score_{stride}"], tensors[f"bbox_{stride}"], tensors[f"kps_{stride}"] = scores, boxes, points
+    order = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    # Multiply by zero times the input's mean so every output depends on the input like a real model.
+    nodes.append(helper.make_node("ReduceMean", ["input.1"], ["m"], axes=[0, 1, 2, 3], keepdims=0))
+    nodes.append(helper.make_node("Mul", ["m", "zero"], ["z"]))
+    initializers.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    for name in order:
+        initializers.append(numpy_helper.from_array(tensors[name], f"{name}_c"))
+        nodes.append(helper.make_node("Add", [f"{name}_c", "z"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(tensors[name].shape)))
+    graph = helper.make_graph(
+        nodes,
+        "scrfd_standin",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 640, 640])],
+        outputs,
+        initializer=initializers,
+    )
+    return _model(graph)
+
+
+def write_test_models(
+    directory: Path,
+    detector: Path | None = None,
+    version: str = "test",
+    enhancer: bool = True,
+    pad_mb: dict[str, float] | None = None,
+) -> Path:
+    """Write a complete stand-in model set to `directory/<version>` and point `current` at it."""
+    pad_mb = pad_mb or {}
+    target = Path(directory) / version
+    target.mkdir(parents=True, exist_ok=True)
+    if detector is not None:
+        (target / "det.onnx").write_bytes(Path(detector).read_bytes())
+        det_kind = "scrfd"
+    else:
+        onnx.save(detector_model(), str(target / "det.onnx"))
+        det_kind = "scrfd-standin"
+    onnx.save(arcface_model(pad_mb=pad_mb.get("recognizer", 0.0)), str(target / "rec.onnx"))
+    onnx.save(inswapper_model(pad_mb=pad_mb.get("swapper", 0.0)), str(target / "swap.onnx"))
+    entries = {
+        "detector": {"file": "det.onnx", "kind": det_kind, "input_size": [640, 640]},
+        "recognizer": {"file": "rec.onnx", "kind": "arcface-standin", "input_size": [112, 112]},
+        "swapper": {"file": "swap.onnx", "kind": "inswapper-standin", "input_size": [128, 128]},
+    }
+    if enhancer:
+        onnx.save(enhancer_model(), str(target / "enhance.onnx"))
+        entries["enhancer"] = {"file": "enhance.onnx", "kind": "gfpgan-standin", "input_size": [512, 512]}
+    write_manifest(target, name=f"stand-in models ({STANDIN_NOTICE})", version=version, entries=entries)
+    current = Path(directory) / "current"
+    if current.is_symlink():
+        current.unlink()
+    if not current.exists():
+        os.symlink(version, current)
+    return target
