@@ -32,6 +32,21 @@ def region_of(matrix: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) 
     return int(x0), int(y0), int(x1), int(y1)
 
 
+def _sampling_maps(crop_to_frame: np.ndarray, region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates in the crop for every frame pixel of `region`, as warpAffine computes them."""
+    x0, y0, x1, y1 = region
+    frame_to_crop = cv2.invertAffineTransform(crop_to_frame).astype(np.float32)
+    xs = np.arange(x0, x1, dtype=np.float32)
+    ys = np.arange(y0, y1, dtype=np.float32)
+    map_x = (frame_to_crop[0, 1] * ys + frame_to_crop[0, 2])[:, None] + frame_to_crop[0, 0] * xs[None, :]
+    map_y = (frame_to_crop[1, 1] * ys + frame_to_crop[1, 2])[:, None] + frame_to_crop[1, 0] * xs[None, :]
+    return map_x, map_y
+
+
+def _warp(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return cv2.remap(image, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> tuple[int, int, int, int] | None:
     """Blend `crop` (aligned with `matrix`, frame -> crop) into `frame` in place; returns the region."""
     crop_size = crop.shape[0]
@@ -39,11 +54,9 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> tuple
     if region is None:
         return None
     x0, y0, x1, y1 = region
-    inverse = cv2.invertAffineTransform(matrix)
-    inverse[:, 2] -= (x0, y0)
-    size = (x1 - x0, y1 - y0)
-    warped = cv2.warpAffine(crop, inverse, size, borderValue=0.0)
-    mask = cv2.warpAffine(np.full((crop_size, crop_size), 255, dtype=np.float32), inverse, size, borderValue=0.0)
+    maps = _sampling_maps(cv2.invertAffineTransform(matrix), region)
+    warped = _warp(crop, maps)
+    mask = _warp(np.full((crop_size, crop_size), 255, dtype=np.float32), maps)
     mask[mask > 20] = 255
     rows = np.nonzero((mask == 255).any(axis=1))[0]
     cols = np.nonzero((mask == 255).any(axis=0))[0]

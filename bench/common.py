@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmarks: locating test data and building stand-in model sets."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCRFD = SHARED / "models" / "scrfd_2.5g_bnkps.onnx"
+
+
+def insightface_t1() -> Path:
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("insightface is not installed: pip install -e '.[cpu,dev]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "images" / "t1.jpg"
+
+
+def standin_models(root: Path | None = None, **kwargs) -> Path:
+    from pipeline.testmodels import write_test_models
+
+    if not SCRFD.is_file():
+        raise SystemExit(f"{SCRFD} is missing: the benchmarks need the real SCRFD detector from ../shared")
+    root = root or Path(tempfile.mkdtemp(prefix="ff-bench-models-"))
+    write_test_models(root, detector=SCRFD, **kwargs)
+    return root
+
+
+def single_face_1080p() -> bytes:
+    """A 1920x1080 JPEG with one face: obama.jpg centred on a plain background."""
+    face = cv2.imread(str(SHARED / "images" / "obama.jpg"))
+    scale = 1000 / face.shape[0]
+    face = cv2.resize(face, None, fx=scale, fy=scale)
+    frame = np.full((1080, 1920, 3), 120, np.uint8)
+    x = (1920 - face.shape[1]) // 2
+    frame[40:40 + face.shape[0], x:x + face.shape[1]] = face
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers, *[[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
