@@ -1,0 +1,124 @@
+"""Running fusions for the function: concurrency limit, options parsing, response headers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline import (
+    DecodedImage,
+    EncodedFusion,
+    FuseOptions,
+    Fuser,
+    PipelineError,
+    Selection,
+    StageTimer,
+    normalise_format,
+)
+
+from .metrics import INFLIGHT, STAGE_SECONDS
+from .problems import Problem, from_pipeline
+
+STAGES = ("decode", "detect", "align", "embed", "swap", "paste", "enhance", "encode")
+
+
+class InflightLimiter:
+    """At most `limit` fusions at once; the next caller gets 429 at once instead of a queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._sem.acquire(blocking=False):
+            raise Problem(429, "too-many-inflight", f"{self.limit} fusions are already running; retry shortly", retry_after=1)
+        INFLIGHT.inc()
+        try:
+            yield
+        finally:
+            INFLIGHT.dec()
+            self._sem.release()
+
+
+def _int(value: Any, name: str, default: int | None = None) -> int | None:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise Problem(400, "invalid-options", f"{name} must be an integer") from exc
+
+
+def _float(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise Problem(400, "invalid-options", f"{name} must be a number") from exc
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_options(raw: dict[str, Any], reference: DecodedImage | None = None) -> FuseOptions:
+    """Options from form fields or JSON: faces, index, reference_threshold, min_face_size, enhance."""
+    try:
+        threshold = _float(raw.get("reference_threshold"), "reference_threshold")
+        selection = Selection(
+            mode=str(raw.get("faces") or "largest"),
+            index=_int(raw.get("index"), "index"),
+            min_face_size=_int(raw.get("min_face_size"), "min_face_size", 0) or 0,
+            **({"reference_threshold": threshold} if threshold is not None else {}),
+        )
+    except PipelineError as exc:
+        raise from_pipeline(exc) from exc
+    return FuseOptions(selection=selection, enhance=_bool(raw.get("enhance", False)), reference=reference)
+
+
+def output_format(raw: dict[str, Any], accept: str, default: str = "jpeg") -> tuple[str, int]:
+    fmt = raw.get("format")
+    if not fmt:
+        for media in ("image/webp", "image/png", "image/jpeg"):
+            if media in (accept or ""):
+                fmt = media
+                break
+    try:
+        fmt = normalise_format(str(fmt or default))
+    except PipelineError as exc:
+        raise from_pipeline(exc) from exc
+    quality = _int(raw.get("quality"), "quality", 92)
+    if not 1 <= quality <= 100:
+        raise Problem(400, "invalid-options", "quality must be between 1 and 100")
+    return fmt, quality
+
+
+def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions, fmt: str, quality: int,
+               timer: StageTimer) -> EncodedFusion:
+    try:
+        result = fuser.fuse_bytes(source, target, options, output_format=fmt, quality=quality, timer=timer)
+    except PipelineError as exc:
+        raise from_pipeline(exc) from exc
+    for stage, ms in timer.ms.items():
+        STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+    return result
+
+
+def server_timing(timer: StageTimer) -> str:
+    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timer.ms.items())
+
+
+def fusion_headers(result: EncodedFusion, timer: StageTimer, revision: str) -> dict[str, str]:
+    return {
+        "Server-Timing": server_timing(timer),
+        "X-Faces-Swapped": str(result.report.faces_swapped),
+        "X-Faces-Found": str(result.report.faces_found),
+        "X-Model-Version": result.report.model_version,
+        "X-Revision": revision,
+    }

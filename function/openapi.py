@@ -1,0 +1,105 @@
+"""OpenAPI 3.1 description of the HTTP surface, served at GET /openapi.json and checked by tests."""
+
+from __future__ import annotations
+
+from pipeline import FACE_MODES
+
+_problem = {"$ref": "#/components/responses/Problem"}
+_fusion_headers = {
+    name: {"$ref": f"#/components/headers/{name}"}
+    for name in ("Server-Timing", "X-Faces-Swapped", "X-Faces-Found", "X-Model-Version", "X-Revision")
+}
+_options_props = {
+    "faces": {"type": "string", "enum": list(FACE_MODES), "default": "largest"},
+    "index": {"type": "integer", "minimum": 0, "description": "with faces=index; faces count left to right"},
+    "reference_threshold": {"type": "number", "default": 0.4, "description": "cosine similarity, faces=reference"},
+    "min_face_size": {"type": "integer", "minimum": 0, "default": 0},
+    "enhance": {"type": "boolean", "default": False},
+    "format": {"type": "string", "enum": ["jpeg", "jpg", "png", "webp"]},
+    "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 92},
+}
+_image_ref = {"oneOf": [
+    {"type": "string", "description": "a URI under ALLOWED_URI_PREFIXES, a data: URL or base64"},
+    {"type": "object", "properties": {"uri": {"type": "string"}, "base64": {"type": "string"}}},
+]}
+
+SPEC: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "facefusion-fn", "version": "1",
+             "description": "Face fusion as a serverless function. Errors are RFC 9457 problem documents."},
+    "paths": {
+        "/": {
+            "post": {
+                "summary": "Fuse faces (multipart or JSON), or deliver a CloudEvent / storage notification",
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "required": ["source", "target"], "properties": {
+                        "source": {"type": "string", "format": "binary"},
+                        "target": {"type": "string", "format": "binary"},
+                        "reference": {"type": "string", "format": "binary"},
+                        "output": {"type": "string"}, **_options_props}}},
+                    "application/json": {"schema": {"oneOf": [
+                        {"type": "object", "required": ["source", "target"], "properties": {
+                            "source": _image_ref, "target": _image_ref, "reference": _image_ref,
+                            "output": {"type": "string"},
+                            "options": {"type": "object", "properties": _options_props}, **_options_props}},
+                        {"type": "object", "required": ["Records"], "description": "MinIO / S3 notification"},
+                        {"type": "array", "description": "Event Grid CloudEvents-schema batch"},
+                    ]}},
+                    "application/cloudevents+json": {"schema": {"type": "object"}},
+                    "application/cloudevents-batch+json": {"schema": {"type": "array"}},
+                }},
+                "responses": {
+                    "200": {"description": "the fused image; a JSON report when `output` was given; a reply "
+                                           "CloudEvent (binary mode) for a completed event; batch results",
+                            "headers": _fusion_headers,
+                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {},
+                                        "application/json": {"schema": {"type": "object"}}}},
+                    "202": {"description": "event accepted and done (or ignored, or a duplicate), no reply event"},
+                    **{str(code): _problem for code in (400, 401, 403, 413, 415, 422, 429, 503, 504)},
+                },
+            },
+            "options": {
+                "summary": "CloudEvents webhook abuse-protection handshake",
+                "parameters": [{"name": "WebHook-Request-Origin", "in": "header", "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "origin allowed", "headers": {
+                        "WebHook-Allowed-Origin": {"schema": {"type": "string"}},
+                        "WebHook-Allowed-Rate": {"schema": {"type": "string"}}}},
+                    "204": {"description": "no handshake requested"},
+                    "401": _problem,
+                },
+            },
+        },
+        "/healthz": {"get": {"summary": "liveness", "responses": {
+            "200": {"description": "serving", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/readyz": {"get": {"summary": "readiness: models loaded and warmed", "responses": {
+            "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}},
+            "503": {"description": "not ready; `reason` says why after a failure",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "text exposition format", "content": {"text/plain": {}}}, "401": _problem}}},
+        "/openapi.json": {"get": {"summary": "this document", "responses": {
+            "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}, "401": _problem}}},
+    },
+    "components": {
+        "schemas": {
+            "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "instance": {"type": "string"}}},
+            "Readiness": {"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": ["starting", "loading", "warming", "ready", "failed"]},
+                "reason": {"type": "string"}, "timings_s": {"type": "object"}, "revision": {"type": "string"},
+                "model_version": {"type": "string"}}},
+        },
+        "responses": {"Problem": {"description": "an RFC 9457 problem", "headers": {
+            "Retry-After": {"schema": {"type": "integer"}, "description": "with 429 and 503"}},
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+        "headers": {
+            "Server-Timing": {"schema": {"type": "string"}, "description": "decode, detect, embed, swap, paste, encode"},
+            "X-Faces-Swapped": {"schema": {"type": "integer"}},
+            "X-Faces-Found": {"schema": {"type": "integer"}},
+            "X-Model-Version": {"schema": {"type": "string"}},
+            "X-Revision": {"schema": {"type": "string"}, "description": "K_REVISION of the serving revision"},
+        },
+    },
+}

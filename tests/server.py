@@ -1,0 +1,73 @@
+"""Start the function as production does: functions-framework (gunicorn) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+# the service's own settings never leak from the test process into a server under test
+CONFIG_VARS = {"MODEL_PATH", "MODEL_VERSION", "EXECUTION_PROVIDERS", "CACHE_PATH", "WARMUP", "SOURCE_FACE_URI",
+               "OUTPUT_URI", "INPUT_URI_TEMPLATE", "ALLOWED_URI_PREFIXES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
+               "MAX_INFLIGHT", "AUTH_TOKEN", "REPLY_EVENTS", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FunctionServer:
+    def __init__(self, env: dict[str, str], wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        exe = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
+        inherited = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+        full_env = {**inherited, "PORT": str(self.port), "PYTHONUNBUFFERED": "1", **env}
+        self.log_path = Path(env.get("CACHE_PATH", "/tmp")) / f"server-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [exe, "--source", "function/main.py", "--target", "fuse", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait(ready=wait_ready)
+
+    def wait(self, ready: bool, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                r = requests.get(self.url + "/readyz", timeout=2)
+                if not ready or r.status_code == 200 or r.json().get("status") == "failed":
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and requests.get(self.url + "/healthz", timeout=5).status_code == 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()

@@ -1,0 +1,138 @@
+"""Storage backends the function claims: memory:// (in-process server, real HTTP) and s3:// against
+moto's standalone S3 server (what s3fs itself tests against); plus the URI allow-list."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import fsspec
+import pytest
+import requests
+
+from function.problems import Problem
+from function.storage import check_uri
+
+from .conftest import shared_file
+from .server import FunctionServer, free_port
+
+
+# -- allow-list ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("uri", [
+    "file:///etc/passwd", "http://169.254.169.254/latest/meta-data/", "https://metadata.google.internal/x",
+    "s3://other/x.jpg", "s3://allowed-evil/x.jpg", "memory:/x", "/etc/passwd", "s3://allowed/../other/x",
+    "s3://allowed/a/%2e%2e/%2e%2e/other/x", "s3://allowed/x.jpg?versionId=1", "s3://allowed/x\x00.jpg",
+])
+def test_refused_before_any_io(uri):
+    with pytest.raises(Problem) as info:
+        check_uri(uri, ("s3://allowed/", "memory://"))
+    assert info.value.status in (400, 403)
+
+
+def test_allowed_and_normalised():
+    assert check_uri("s3://allowed/a/./b.jpg", ("s3://allowed",)) == "s3://allowed/a/b.jpg"
+    assert check_uri("memory://in/x.jpg", ("memory://",)) == "memory://in/x.jpg"
+
+
+def test_symlink_out_of_a_file_root_is_refused(tmp_path: Path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "escape").symlink_to("/etc")
+    with pytest.raises(Problem) as info:
+        check_uri(f"file://{root}/escape/passwd", (f"file://{root}/",))
+    assert info.value.status == 403
+    assert check_uri(f"file://{root}/ok.jpg", (f"file://{root}",)) == f"file://{root}/ok.jpg"
+
+
+# -- memory:// through an in-process server ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def memory_server(model_root, tmp_path_factory):
+    from werkzeug.serving import make_server
+
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path_factory.mktemp("mem-cache")),
+        "SOURCE_FACE_URI": "memory://faces/obama.jpg", "INPUT_URI_TEMPLATE": "memory://in/{provider}/{bucket}/{name}",
+        "OUTPUT_URI": "memory://out/{provider}/{bucket}/{stem}-fused.jpg", "K_REVISION": "mem-1",
+    }.items():
+        mp.setenv(key, value)
+    mp.delenv("ALLOWED_URI_PREFIXES", raising=False)
+    import functions_framework
+
+    app = functions_framework.create_app(target="fuse", source=str(Path(__file__).resolve().parents[1] / "function" / "main.py"))
+    port = free_port()
+    httpd = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if requests.get(url + "/readyz", timeout=5).status_code == 200:
+            break
+        threading.Event().wait(0.1)
+    yield url
+    httpd.shutdown()
+    mp.undo()
+
+
+def test_memory_storage_events(memory_server):
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/faces/obama.jpg", shared_file("images", "obama.jpg").read_bytes())
+    fs.pipe("/in/minio/images/myphoto.jpg", shared_file("images", "two_people.jpg").read_bytes())
+    payload = shared_file("testdata", "storage", "minio-webhook-object-created-put.json").read_text()
+    for _ in range(2):
+        r = requests.post(memory_server + "/", data=payload, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 200, r.text
+    assert [o["status"] for o in r.json()["results"]] == ["duplicate"]
+    produced = [p for p in fs.find("/out") if not p.endswith(".facefusion.json")]
+    assert produced == ["/out/minio/images/myphoto-fused.jpg"]
+    marker = json.loads(fs.cat("/out/minio/images/myphoto-fused.jpg.facefusion.json"))
+    assert marker["input"].startswith("memory://in/minio/images/myphoto.jpg#") and marker["revision"] == "mem-1"
+    assert fs.cat(produced[0])[:2] == b"\xff\xd8"
+
+
+# -- s3:// against moto's S3 server -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def moto_s3():
+    server_mod = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_s3_notification_against_local_s3(moto_s3, model_root, tmp_path):
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    fs = fsspec.filesystem("s3", endpoint_url=moto_s3, key="testing", secret="testing", client_kwargs={"region_name": "us-east-1"})
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    for bucket in ("mybucket", "faces", "out"):
+        client.create_bucket(Bucket=bucket)
+    fs.pipe("faces/obama.jpg", shared_file("images", "obama.jpg").read_bytes())
+    fs.pipe("mybucket/HappyFace.jpg", shared_file("images", "biden.jpg").read_bytes())
+    env = {
+        **creds,
+        "FSSPEC_S3": json.dumps({"endpoint_url": moto_s3, "key": "testing", "secret": "testing"}),
+        "MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "cache"),
+        "SOURCE_FACE_URI": "s3://faces/obama.jpg", "OUTPUT_URI": "s3://out/{provider}/{name}.fused.png",
+        "ALLOWED_URI_PREFIXES": "s3://mybucket/,s3://faces/,s3://out/",
+    }
+    server = FunctionServer(env)
+    try:
+        payload = shared_file("testdata", "storage", "s3-object-created-put.json").read_text()
+        statuses = []
+        for _ in range(2):
+            r = requests.post(server.url + "/", data=payload, headers={"Content-Type": "application/json"}, timeout=60)
+            assert r.status_code == 200, r.text + server.logs()
+            statuses.append(r.json()["results"][0]["status"])
+            assert statuses[-1] != "failed", r.json()
+        assert statuses == ["done", "duplicate"]
+        fs.invalidate_cache()
+        assert sorted(fs.find("out")) == ["out/s3/HappyFace.jpg.fused.png", "out/s3/HappyFace.jpg.fused.png.facefusion.json"]
+        assert fs.cat("out/s3/HappyFace.jpg.fused.png")[:4] == b"\x89PNG"
+    finally:
+        server.stop()

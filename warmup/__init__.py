@@ -1,0 +1,95 @@
+"""When the serving process is ready: load the model set, exercise every model, then flip readiness.
+
+This is the only place that decides readiness. The function calls `ensure_started()` from a fork hook
+(gunicorn forks workers after importing the app, and CUDA must not be touched before the fork) and
+as a fallback on the first request of a process that never forked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pipeline import Fuser, PipelineError, Settings
+
+log = logging.getLogger("facefusion.warmup")
+PROCESS_START = time.time()
+
+
+@dataclass
+class Readiness:
+    """Readiness of this process: `ready`, or the reason it is not, plus cold-start timings."""
+
+    state: str = "starting"  # starting | loading | warming | ready | failed
+    reason: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    ready_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def as_dict(self) -> dict:
+        body = {"status": self.state, "timings_s": self.timings_s}
+        if self.reason:
+            body["reason"] = self.reason
+        return body
+
+
+class Warmup:
+    """Owns the process's Fuser and its readiness."""
+
+    def __init__(self, settings: Settings | None = None, exercise: bool | None = None) -> None:
+        self.settings = settings
+        self.exercise = exercise
+        self.readiness = Readiness()
+        self.fuser: Fuser | None = None
+        self._started_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        """Start loading in a background thread, once per process."""
+        with self._lock:
+            if self._started_pid == os.getpid():
+                return
+            self._started_pid = os.getpid()
+            self.readiness = Readiness()
+            threading.Thread(target=self._run, name="warmup", daemon=True).start()
+
+    def _run(self) -> None:
+        readiness = self.readiness
+        started = time.time()
+        try:
+            readiness.state = "loading"
+            settings = self.settings or Settings.from_env()
+            fuser = Fuser(settings)
+            fuser.load()
+            readiness.timings_s["model_load"] = round(time.time() - started, 3)
+            for line in fuser.load_log:
+                log.info(line)
+            exercise = self.exercise
+            if exercise is None:
+                exercise = os.environ.get("WARMUP", "true").strip().lower() not in ("0", "false", "no", "off")
+            if exercise:
+                readiness.state = "warming"
+                t = time.time()
+                fuser.exercise()
+                readiness.timings_s["warmup"] = round(time.time() - t, 3)
+            self.fuser = fuser
+            readiness.timings_s["cold_start"] = round(time.time() - PROCESS_START, 3)
+            readiness.state = "ready"
+            log.info("ready: %s", readiness.timings_s)
+        except PipelineError as exc:
+            readiness.state, readiness.reason = "failed", exc.message
+            log.error("not ready: %s", exc.message)
+        except Exception as exc:  # any failure keeps the pod not-ready with the reason visible
+            readiness.state, readiness.reason = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("not ready")
+        finally:
+            readiness.ready_event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.readiness.ready_event.wait(timeout) and self.readiness.ready
