@@ -22,6 +22,7 @@ from .errors import (
 )
 from .fuser import EncodedFusion, FuseOptions, Fuser, FusionReport, FusionResult
 from .images import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, normalise_format
+from .model_store import ModelSet, open_model_set, read_manifest, remember_verified, sha256_file
 from .selection import MODES as FACE_MODES
 from .selection import Selection
 from .timing import StageTimer
@@ -41,6 +42,7 @@ __all__ = [
     "ImageLimits",
     "ImageTooLarge",
     "InvalidOptions",
+    "ModelSet",
     "ModelSetInvalid",
     "NoReferenceFace",
     "NoSourceFace",
@@ -55,4 +57,8 @@ __all__ = [
     "decode_image",
     "encode_image",
     "normalise_format",
+    "open_model_set",
+    "read_manifest",
+    "remember_verified",
+    "sha256_file",
 ]

@@ -62,6 +62,7 @@ class Settings:
     execution_providers: str = "auto"
     cache_path: Path | None = None
     limits: ImageLimits = ImageLimits()
+    optimised_graphs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +74,7 @@ class Settings:
             model_version=env.get("MODEL_VERSION") or "current",
             execution_providers=env.get("EXECUTION_PROVIDERS") or "auto",
             cache_path=Path(cache) if cache else None,
+            optimised_graphs=(env.get("OPTIMISED_GRAPHS") or "true").strip().lower() not in ("0", "false", "no", "off"),
             limits=ImageLimits(
                 max_bytes=_int(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
                 max_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
+from .artefacts import build_optimised, fast_load_options, optimised_path
 from .config import Settings
 from .detect import ScrfdDetector
 from .embed import ArcFaceEmbedder
@@ -24,10 +26,10 @@ from .enhance import FaceEnhancer
 from .errors import InvalidOptions, NoReferenceFace, NoSourceFace, NoTargetFace, PipelineError, RuntimeFailure
 from .faces import Face
 from .images import DecodedImage, decode_image, encode_image
-from .model_store import ModelSet, open_model_set
+from .model_store import ModelEntry, ModelSet, open_model_set
 from .paste import paste_back
 from .selection import Selection, choose, eligible, order_faces
-from .sessions import create_session, resolve_providers
+from .sessions import create_session, provider_options, resolve_providers
 from .swap import InSwapper, load_emap
 from .timing import StageTimer
 
@@ -115,6 +117,36 @@ class Fuser:
     def has_enhancer(self) -> bool:
         return self.enhancer is not None
 
+    def prepare(self) -> list[str]:
+        """Build every derived artefact that is missing (what `python -m warmup prepare` runs)."""
+        cache_dir = self.settings.resolved_cache_path()
+        model_set = open_model_set(self.settings.model_dir, cache_dir)
+        providers = resolve_providers(self.settings.execution_providers)
+        built = []
+        swp = model_set.models["swapper"]
+        if load_emap(swp.path, swp.sha256, cache_dir)[1]:
+            built.append(f"emap side file for {swp.path.name}")
+        if self.settings.optimised_graphs:
+            for entry in model_set.models.values():
+                if not optimised_path(entry, providers, cache_dir).is_file():
+                    build_optimised(entry, providers, cache_dir)
+                    built.append(f"optimised graph for {entry.path.name}")
+        return built
+
+    def _session(self, entry: ModelEntry, cache_dir) -> ort.InferenceSession:
+        options = provider_options(self.providers, cache_dir)
+        if not self.settings.optimised_graphs:
+            return create_session(entry.path, self.providers, provider_options=options)
+        path = optimised_path(entry, self.providers, cache_dir)
+        if not path.is_file():
+            try:
+                build_optimised(entry, self.providers, cache_dir)
+                self.load_log.append(f"built optimised graph for {entry.path.name} (run `python -m warmup prepare` to do this ahead)")
+            except Exception as exc:  # a read-only or full cache must not stop serving: load the original
+                log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
+                return create_session(entry.path, self.providers, provider_options=options)
+        return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
+
     def load(self) -> ModelSet:
         """Verify the model set and create every session; safe to call from several threads."""
         with self._lock:
@@ -123,7 +155,7 @@ class Fuser:
             cache_dir = self.settings.resolved_cache_path()
             model_set = open_model_set(self.settings.model_dir, cache_dir)
             self.providers = resolve_providers(self.settings.execution_providers)
-            sessions = {role: create_session(entry.path, self.providers) for role, entry in model_set.models.items()}
+            sessions = {role: self._session(entry, cache_dir) for role, entry in model_set.models.items()}
             det = model_set.models["detector"]
             self.detector = ScrfdDetector(sessions["detector"], input_size=det.input_size or (640, 640))
             rec = model_set.models["recognizer"]

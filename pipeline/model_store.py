@@ -182,6 +182,15 @@ def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None, force: 
     return model_set
 
 
+def remember_verified(model_set: ModelSet) -> None:
+    """Record that every file of the set was just hashed and matched (the prefetch job hashes while it
+    copies), so that the first serving start does not hash them again."""
+    verdicts = VerdictCache(model_set.directory, None)
+    for entry in model_set.models.values():
+        verdicts.remember(entry, entry.path.stat())
+    verdicts.save()
+
+
 def open_model_set(model_dir: Path, cache_dir: Path | None = None) -> ModelSet:
     """Read and verify the model set in `model_dir` (following a `current` symlink)."""
     return verify_model_set(read_manifest(model_dir), cache_dir)

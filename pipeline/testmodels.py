@@ -5,8 +5,9 @@ or downloaded in CI. These small ONNX graphs let tests, benchmarks and a local r
 loading and inference code paths. They do not swap faces: the "swapper" inverts the face crop and
 tints it by the source identity, which makes a swap easy to see and to test.
 
-`pad_mb` grows a model to a chosen size with an extra (unused) initializer placed before the last one,
-to build proxies of the real file sizes for cold-start benchmarks.
+`pad_mb` grows a model to about that many megabytes with an extra branch whose weights are really used
+(a runtime drops unused initializers, which would make a size proxy meaningless); its contribution is
+scaled down so the outputs stay close. Proxies of the real file sizes serve the cold-start benchmark.
 """
 
 from __future__ import annotations
@@ -28,16 +29,26 @@ STANDIN_NOTICE = "STAND-IN MODELS: the swaps they produce are NOT real face swap
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="facefusion-fn-standin")
     model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
+    if model.ByteSize() < 2**31 - 1:  # the checker cannot serialise 2 GB protos; proxies stay below anyway
+        onnx.checker.check_model(model)
     return model
 
 
-def _padding(pad_mb: float, name: str) -> list[onnx.TensorProto]:
-    if pad_mb <= 0:
-        return []
-    count = int(pad_mb * 1024 * 1024 / 4)
-    rng = np.random.default_rng(7)
-    return [numpy_helper.from_array(rng.standard_normal(count, dtype=np.float32), name)]
+def _branch(x: str, out: str, width: int, pad_mb: float, prefix: str, seed: int) -> tuple[list, list]:
+    """Nodes computing `out = (x @ A) @ B * 1e-3` with A, B sized to hold about `pad_mb` MB in total."""
+    rng = np.random.default_rng(seed)
+    in_dim = {"flat": 588, "source": 512}[x]
+    hidden = max(int(pad_mb * 1024 * 1024 / 4 / (in_dim + width)), 1)
+    a = rng.standard_normal((in_dim, hidden), dtype=np.float32) * np.float32(1 / np.sqrt(in_dim))
+    b = rng.standard_normal((hidden, width), dtype=np.float32) * np.float32(1 / np.sqrt(hidden))
+    nodes = [
+        helper.make_node("MatMul", [x, f"{prefix}_a"], [f"{prefix}_h"], name=f"{prefix}_mm1"),
+        helper.make_node("MatMul", [f"{prefix}_h", f"{prefix}_b"], [f"{prefix}_o"], name=f"{prefix}_mm2"),
+        helper.make_node("Mul", [f"{prefix}_o", f"{prefix}_scale"], [out], name=f"{prefix}_scale_mul"),
+    ]
+    inits = [numpy_helper.from_array(a, f"{prefix}_a"), numpy_helper.from_array(b, f"{prefix}_b"),
+             numpy_helper.from_array(np.array(1e-3, np.float32), f"{prefix}_scale")]
+    return nodes, inits
 
 
 def arcface_model(seed: int = 1, pad_mb: float = 0.0) -> onnx.ModelProto:
@@ -49,14 +60,21 @@ def arcface_model(seed: int = 1, pad_mb: float = 0.0) -> onnx.ModelProto:
         helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="centre"),
         helper.make_node("AveragePool", ["centred"], ["pooled"], name="pool", kernel_shape=[8, 8], strides=[8, 8]),
         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten", axis=1),
-        helper.make_node("MatMul", ["flat", "proj"], ["683"], name="project"),
     ]
+    initializers = [numpy_helper.from_array(proj, "proj")]
+    if pad_mb > 0:
+        nodes.append(helper.make_node("MatMul", ["flat", "proj"], ["projected"], name="project"))
+        extra_nodes, extra_inits = _branch("flat", "extra", 512, pad_mb, "pad", seed + 10)
+        nodes += [*extra_nodes, helper.make_node("Add", ["projected", "extra"], ["683"], name="pad_add")]
+        initializers += extra_inits
+    else:
+        nodes.append(helper.make_node("MatMul", ["flat", "proj"], ["683"], name="project"))
     graph = helper.make_graph(
         nodes,
         "arcface_standin",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 112, 112])],
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, [1, 512])],
-        initializer=[numpy_helper.from_array(proj, "proj"), *_padding(pad_mb, "padding")],
+        initializer=initializers,
     )
     return _model(graph)
 
@@ -67,7 +85,7 @@ def inswapper_model(seed: int = 2, pad_mb: float = 0.0) -> onnx.ModelProto:
     tint = rng.standard_normal((512, 3)).astype(np.float32) / 4.0
     emap = np.linalg.qr(rng.standard_normal((512, 512)))[0].astype(np.float32)
     nodes = [
-        helper.make_node("MatMul", ["source", "tint"], ["tint_raw"], name="tint_project"),
+        helper.make_node("MatMul", ["source", "tint"], ["tint_base" if pad_mb > 0 else "tint_raw"], name="tint_project"),
         helper.make_node("Tanh", ["tint_raw"], ["tint_unit"], name="tint_squash"),
         helper.make_node("Reshape", ["tint_unit", "tint_shape"], ["tint_map"], name="tint_reshape"),
         helper.make_node("Mul", ["tint_map", "tint_gain"], ["tint_scaled"], name="tint_gain_mul"),
@@ -81,9 +99,13 @@ def inswapper_model(seed: int = 2, pad_mb: float = 0.0) -> onnx.ModelProto:
         numpy_helper.from_array(np.array(0.15, dtype=np.float32), "tint_gain"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-        *_padding(pad_mb, "padding"),
-        numpy_helper.from_array(emap, "emap"),
     ]
+    if pad_mb > 0:
+        extra_nodes, extra_inits = _branch("source", "tint_extra", 3, pad_mb, "pad", seed + 10)
+        nodes = [nodes[0], *extra_nodes, helper.make_node("Add", ["tint_base", "tint_extra"], ["tint_raw"], name="pad_add"),
+                 *nodes[1:]]
+        initializers += extra_inits
+    initializers.append(numpy_helper.from_array(emap, "emap"))
     graph = helper.make_graph(
         nodes,
         "inswapper_standin",

@@ -1,0 +1,163 @@
+"""Prefetch, prepare and readiness: what an init container and a starting pod do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+import requests
+
+from pipeline import sha256_file
+from pipeline.testmodels import write_test_models
+from warmup.prefetch import PrefetchError, Progress, prefetch
+
+from .conftest import REPO
+from .server import FunctionServer
+
+FILES = ["det.onnx", "enhance.onnx", "rec.onnx", "swap.onnx"]
+
+
+@pytest.fixture(scope="module")
+def source_set(tmp_path_factory, scrfd_path) -> Path:
+    root = tmp_path_factory.mktemp("published")
+    write_test_models(root, detector=scrfd_path, version="v1")
+    return root / "v1"
+
+
+def quiet() -> Progress:
+    return Progress(stream=None)
+
+
+def assert_installed(target: Path, source: Path) -> None:
+    manifest = json.loads((target / "manifest.json").read_text())
+    for spec in manifest["models"].values():
+        assert sha256_file(target / spec["file"]) == spec["sha256"] == sha256_file(source / spec["file"])
+    assert not list(target.glob(".*.partial"))
+
+
+def test_prefetch_from_file_uri(tmp_path, source_set):
+    result = prefetch(f"file://{source_set}", tmp_path / "models", make_current=True, progress=quiet())
+    assert sorted(result.copied) == FILES and result.version == "v1"
+    assert_installed(tmp_path / "models" / "v1", source_set)
+    assert os.readlink(tmp_path / "models" / "current") == "v1"
+    again = prefetch(f"file://{source_set}", tmp_path / "models", progress=quiet())
+    assert again.copied == [] and sorted(again.reused) == FILES
+
+
+def test_prefetch_from_memory_uri(tmp_path, source_set):
+    fs = fsspec.filesystem("memory")
+    for path in source_set.iterdir():
+        fs.pipe(f"/published/v7/{path.name}", path.read_bytes())
+    result = prefetch("memory://published/v7", tmp_path / "models", version="v7", progress=quiet())
+    assert sorted(result.copied) == FILES
+    assert_installed(tmp_path / "models" / "v7", source_set)
+
+
+def test_corrupted_source_fails_naming_the_file_and_leaves_nothing(tmp_path, source_set):
+    bad = tmp_path / "bad"
+    shutil.copytree(source_set, bad)
+    data = bytearray((bad / "swap.onnx").read_bytes())
+    data[100] ^= 0xFF
+    (bad / "swap.onnx").write_bytes(bytes(data))
+    with pytest.raises(PrefetchError, match=r"swap\.onnx.*does not match"):
+        prefetch(f"file://{bad}", tmp_path / "models", progress=quiet())
+    target = tmp_path / "models" / "v1"
+    assert not (target / "swap.onnx").exists() and not (target / "manifest.json").exists()
+    assert not list(target.glob(".*partial"))
+
+
+def test_killed_download_resumes(tmp_path, source_set):
+    target = tmp_path / "models" / "v1"
+    target.mkdir(parents=True)
+    half = (source_set / "rec.onnx").read_bytes()
+    (target / ".rec.onnx.partial").write_bytes(half[: len(half) // 2])
+    (target / ".swap.onnx.partial").write_bytes(b"garbage from another run")
+    result = prefetch(f"file://{source_set}", tmp_path / "models", progress=quiet())
+    assert result.resumed == ["rec.onnx"]
+    assert "swap.onnx" in result.copied  # a wrong partial is thrown away and copied again
+    assert_installed(target, source_set)
+
+
+def test_concurrent_prefetches_copy_once(tmp_path, source_set):
+    cmd = [sys.executable, "-m", "warmup", "prefetch", f"file://{source_set}", "--model-path", str(tmp_path / "models")]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(len(r["copied"]) for r in results) == [0, 4]
+    assert sorted(len(r["reused"]) for r in results) == [0, 4]
+    assert_installed(tmp_path / "models" / "v1", source_set)
+
+
+def _internet() -> bool:
+    try:
+        socket.create_connection(("github.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_default_set_fails_fast_without_internet(tmp_path):
+    if _internet():
+        pytest.skip("this machine reaches the internet; the default set would really be downloaded")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "warmup", "prefetch", "default", "--model-path", str(tmp_path / "m")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "could be reached" in proc.stderr and "no internet" in proc.stderr
+    assert time.monotonic() - start < 90
+    assert not (tmp_path / "m" / "buffalo_l-inswapper_128" / "manifest.json").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_prepare_then_start_builds_nothing_new(tmp_path, source_set):
+    prefetch(f"file://{source_set}", tmp_path / "models", make_current=True, progress=quiet())
+    env = {**os.environ, "MODEL_PATH": str(tmp_path / "models"), "CACHE_PATH": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    built = json.loads(proc.stdout)["built"]
+    assert any("emap" in b for b in built) and sum("optimised graph" in b for b in built) == 4
+    before = _snapshot(tmp_path / "cache")
+    server = FunctionServer({"MODEL_PATH": str(tmp_path / "models"), "CACHE_PATH": str(tmp_path / "cache")})
+    try:
+        assert requests.get(server.url + "/readyz", timeout=5).json()["status"] == "ready"
+        after = {k: v for k, v in _snapshot(tmp_path / "cache").items() if not k.startswith("server-")}
+        assert after == before
+        assert "built" not in server.logs()
+    finally:
+        server.stop()
+
+
+def test_readiness_is_503_until_warm(tmp_path, scrfd_path):
+    """A big swapper makes the first start slow (emap side file, optimised graphs): /readyz says so."""
+    write_test_models(tmp_path / "models", detector=scrfd_path, enhancer=False, pad_mb={"swapper": 300})
+    server = FunctionServer({"MODEL_PATH": str(tmp_path / "models"), "CACHE_PATH": str(tmp_path / "cache")}, wait_ready=False)
+    try:
+        seen = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            r = requests.get(server.url + "/readyz", timeout=5)
+            seen.append((r.status_code, r.json()["status"]))
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert seen[0][0] == 503 and seen[0][1] in ("starting", "loading", "warming")
+        assert seen[-1] == (200, "ready")
+        timings = requests.get(server.url + "/readyz", timeout=5).json()["timings_s"]
+        assert {"model_load", "warmup", "cold_start"} <= set(timings)
+        files = {"source": (REPO.parent / "shared" / "images" / "obama.jpg").read_bytes(),
+                 "target": (REPO.parent / "shared" / "images" / "biden.jpg").read_bytes()}
+        assert requests.post(server.url + "/", files=files, timeout=60).status_code == 200
+    finally:
+        server.stop()
