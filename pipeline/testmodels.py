@@ -180,6 +180,31 @@ def detector_model() -> onnx.ModelProto:
     return _model(graph)
 
 
+def padded_detector(path: Path, pad_mb: float) -> onnx.ModelProto:
+    """A copy of a real SCRFD whose first score output also depends on a `pad_mb` MB weight branch."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    first = graph.output[0].name
+    input_name = graph.input[0].name
+    for node in graph.node:
+        node.output[:] = [f"{first}_raw" if o == first else o for o in node.output]
+    rng = np.random.default_rng(11)
+    hidden = max(int(pad_mb * 1024 * 1024 / 4 / 4), 1)
+    a = rng.standard_normal((3, hidden), dtype=np.float32)
+    b = rng.standard_normal((hidden, 1), dtype=np.float32)
+    graph.initializer.extend([numpy_helper.from_array(a, "pad_a"), numpy_helper.from_array(b, "pad_b"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "pad_zero")])
+    graph.node.extend([
+        helper.make_node("GlobalAveragePool", [input_name], ["pad_pool"], name="pad_pool"),
+        helper.make_node("Flatten", ["pad_pool"], ["pad_flat"], name="pad_flatten", axis=1),
+        helper.make_node("MatMul", ["pad_flat", "pad_a"], ["pad_h"], name="pad_mm1"),
+        helper.make_node("MatMul", ["pad_h", "pad_b"], ["pad_o"], name="pad_mm2"),
+        helper.make_node("Mul", ["pad_o", "pad_zero"], ["pad_z"], name="pad_mul"),
+        helper.make_node("Add", [f"{first}_raw", "pad_z"], [first], name="pad_add"),
+    ])
+    return model
+
+
 def write_test_models(
     directory: Path,
     detector: Path | None = None,
@@ -191,7 +216,10 @@ def write_test_models(
     pad_mb = pad_mb or {}
     target = Path(directory) / version
     target.mkdir(parents=True, exist_ok=True)
-    if detector is not None:
+    if detector is not None and pad_mb.get("detector"):
+        onnx.save(padded_detector(Path(detector), pad_mb["detector"]), str(target / "det.onnx"))
+        det_kind = "scrfd"
+    elif detector is not None:
         (target / "det.onnx").write_bytes(Path(detector).read_bytes())
         det_kind = "scrfd"
     else:
