@@ -376,13 +376,15 @@ def _route(request: flask.Request) -> tuple[flask.Response, str, str]:
         return flask.Response(json.dumps({"status": "ok"}), mimetype="application/json"), "healthz", ""
     if path == "/readyz" and method in ("GET", "HEAD"):
         return _readyz(), "readyz", ""
+    if path == "/" and method == "OPTIONS":
+        # The CloudEvents webhook handshake only echoes the origin; Event Grid's validation request
+        # carries no delivery headers, so requiring the token here would make subscriptions fail.
+        return _options(request), "options", ""
     _check_auth(request)
     if path == "/metrics" and method == "GET":
         return flask.Response(metrics.render(), mimetype="text/plain; version=0.0.4"), "metrics", ""
     if path == "/openapi.json" and method == "GET":
         return flask.Response(json.dumps(SPEC), mimetype="application/json"), "openapi", ""
-    if path == "/" and method == "OPTIONS":
-        return _options(request), "options", ""
     if path == "/" and method == "POST":
         return _post(request)
     if path in ("/", "/healthz", "/readyz", "/metrics", "/openapi.json"):

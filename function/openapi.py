@@ -66,7 +66,6 @@ SPEC: dict = {
                         "WebHook-Allowed-Origin": {"schema": {"type": "string"}},
                         "WebHook-Allowed-Rate": {"schema": {"type": "string"}}}},
                     "204": {"description": "no handshake requested"},
-                    "401": _problem,
                 },
             },
         },

@@ -67,13 +67,15 @@ def guarded(model_root, tmp_path_factory):
     srv.stop()
 
 
-def test_token_guards_everything_but_health(guarded):
+def test_token_guards_everything_but_health_and_handshake(guarded):
     assert requests.get(guarded.url + "/healthz", timeout=5).status_code == 200
     assert requests.get(guarded.url + "/readyz", timeout=5).status_code == 200
-    for method, path in (("GET", "/metrics"), ("GET", "/openapi.json"), ("POST", "/"), ("OPTIONS", "/")):
+    for method, path in (("GET", "/metrics"), ("GET", "/openapi.json"), ("POST", "/")):
         r = requests.request(method, guarded.url + path, timeout=10)
         assert r.status_code == 401 and r.headers["Content-Type"] == "application/problem+json"
         assert "s3cr3t" not in r.text
+    handshake = requests.options(guarded.url + "/", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}, timeout=5)
+    assert handshake.status_code == 200  # the handshake carries no token (see README)
     r = requests.get(guarded.url + "/metrics", headers={"Authorization": "Bearer wrong"}, timeout=5)
     assert r.status_code == 401
     r = requests.get(guarded.url + "/metrics", headers={"Authorization": "Bearer s3cr3t-token"}, timeout=5)
