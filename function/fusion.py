@@ -30,15 +30,26 @@ class InflightLimiter:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._sem = threading.BoundedSemaphore(limit)
+        self._active = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def active(self) -> int:
+        """Fusions running now (the shutdown drain waits for zero)."""
+        return self._active
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         if not self._sem.acquire(blocking=False):
             raise Problem(429, "too-many-inflight", f"{self.limit} fusions are already running; retry shortly", retry_after=1)
         INFLIGHT.inc()
+        with self._count_lock:
+            self._active += 1
         try:
             yield
         finally:
+            with self._count_lock:
+                self._active -= 1
             INFLIGHT.dec()
             self._sem.release()
 

@@ -27,7 +27,7 @@ import flask  # noqa: E402
 from cloudevents.conversion import to_binary  # noqa: E402
 from cloudevents.http import CloudEvent  # noqa: E402
 
-from function import events, metrics, storage  # noqa: E402
+from function import events, metrics, shutdown, storage  # noqa: E402
 from function.config import FunctionConfig  # noqa: E402
 from function.fusion import InflightLimiter, fusion_headers, output_format, parse_options, run_fusion  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
@@ -43,6 +43,7 @@ MARKER_SUFFIX = ".facefusion.json"
 PUBLIC_PATHS = ("/healthz", "/readyz")
 
 os.register_at_fork(after_in_child=WARMUP.ensure_started)
+shutdown.install(lambda: LIMITER.active)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -374,6 +375,8 @@ def _route(request: flask.Request) -> tuple[flask.Response, str, str]:
     path, method = request.path.rstrip("/") or "/", request.method
     if path == "/healthz" and method in ("GET", "HEAD"):
         return flask.Response(json.dumps({"status": "ok"}), mimetype="application/json"), "healthz", ""
+    if shutdown.DRAINING.is_set():
+        raise Problem(503, "shutting-down", "this instance is shutting down; retry", retry_after=1)
     if path == "/readyz" and method in ("GET", "HEAD"):
         return _readyz(), "readyz", ""
     if path == "/" and method == "OPTIONS":
@@ -396,22 +399,31 @@ def fuse(request: flask.Request) -> flask.Response:
     """The single functions-framework entry point (HTTP signature)."""
     started = time.perf_counter()
     kind, event_id = "unknown", request.headers.get("ce-id", "")
+    error = ""
     try:
         response, kind, event_id = _route(request)
         event_id = event_id or request.headers.get("ce-id", "")
     except Problem as problem:
         kind = flask.g.get("kind", kind)
+        error = f"{problem.code}: {problem.detail}"
+        root = problem.__cause__
+        while root is not None and root.__cause__ is not None:
+            root = root.__cause__
+        if root is not None:  # the underlying cause, by type only: messages may hold URIs
+            error += f" (caused by {type(root).__name__})"
         response = problem.response(instance=request.path)
         if problem.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="facefusion"'
-    except Exception:  # never let one request take the worker down; the cause goes to the log
+    except Exception as exc:  # never let one request take the worker down; the cause goes to the log
         log.exception("unhandled error")
+        error = f"internal-error: {type(exc).__name__}"
         response = Problem(503, "internal-error", "an unexpected error occurred", retry_after=5).response()
     response.headers["X-Revision"] = CONFIG.revision
     if request.path not in PUBLIC_PATHS and request.path != "/metrics":
         _log({"severity": "INFO" if response.status_code < 500 else "ERROR", "revision": CONFIG.revision,
               "method": request.method, "path": request.path, "kind": kind, "event_id": event_id,
               "status": response.status_code, "ms": round((time.perf_counter() - started) * 1000, 1),
+              **({"error": error} if error else {}),
               "server_timing": response.headers.get("Server-Timing", "")})
     metrics.REQUESTS.labels(request.path if request.path in ("/", *PUBLIC_PATHS, "/metrics", "/openapi.json") else "other",
                             kind, str(response.status_code)).inc()

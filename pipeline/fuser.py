@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +24,15 @@ from .config import Settings
 from .detect import ScrfdDetector
 from .embed import ArcFaceEmbedder
 from .enhance import FaceEnhancer
-from .errors import InvalidOptions, NoReferenceFace, NoSourceFace, NoTargetFace, PipelineError, RuntimeFailure
+from .errors import (
+    InvalidOptions,
+    ModelSetInvalid,
+    NoReferenceFace,
+    NoSourceFace,
+    NoTargetFace,
+    PipelineError,
+    RuntimeFailure,
+)
 from .faces import Face
 from .images import DecodedImage, decode_image, encode_image
 from .model_store import ModelEntry, ModelSet, open_model_set
@@ -145,7 +154,15 @@ class Fuser:
             except Exception as exc:  # a read-only or full cache must not stop serving: load the original
                 log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
                 return create_session(entry.path, self.providers, provider_options=options)
-        return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
+        try:
+            return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
+        except ModelSetInvalid:
+            # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
+            log.warning("the optimised graph %s cannot be loaded; rebuilding it", path)
+            shutil.rmtree(path.parent, ignore_errors=True)
+            build_optimised(entry, self.providers, cache_dir)
+            self.load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
+            return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
 
     def load(self) -> ModelSet:
         """Verify the model set and create every session; safe to call from several threads."""

@@ -218,7 +218,7 @@ def test_entrypoint_starts_an_existing_target():
 
 def test_entrypoint_serves_probes_and_drains_on_sigterm(model_root, tmp_path):
     """The container's entrypoint as a plain process: PORT and K_REVISION honoured, probes answered,
-    and SIGTERM lets an in-flight fusion finish while new connections are turned away."""
+    and SIGTERM lets an in-flight fusion finish while new work gets a retryable 503, then exits."""
     entry = containerfile_entrypoint()
     exe = str(Path(sys.executable).parent / entry[0])
     port = free_port()
@@ -246,6 +246,10 @@ def test_entrypoint_serves_probes_and_drains_on_sigterm(model_root, tmp_path):
         worker.start()
         time.sleep(0.4)  # the fusion is decoding / detecting now
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        refused = requests.post(url + "/", files=files, timeout=30)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert requests.get(url + "/readyz", timeout=5).status_code == 503  # the load balancer stops routing
         worker.join(timeout=120)
         assert result["r"].status_code == 200 and result["r"].headers["X-Faces-Swapped"] == "29"
         proc.wait(timeout=service_doc()["spec"]["template"]["spec"]["timeoutSeconds"])
