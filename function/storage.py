@@ -8,9 +8,12 @@ completes, and local files are written beside the target and renamed into place.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -120,19 +123,47 @@ def exists(uri: str, timeout: float) -> bool:
     return _run(_exists, timeout, "checking the output")
 
 
+_HOST = socket.gethostname().replace(".", "_")
+STALE_PARTIAL_S = 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans(parent: str, base: str) -> None:
+    """Temp files of writers that were killed mid-write (same host, dead pid; or simply old)."""
+    for tmp in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*.partial")):
+        parts = os.path.basename(tmp)[len(base) + 2:].split(".")
+        try:
+            orphan = (len(parts) >= 4 and parts[0] == _HOST and not _pid_alive(int(parts[1]))) or (
+                time.time() - os.path.getmtime(tmp) > STALE_PARTIAL_S)
+            if orphan:
+                os.unlink(tmp)
+        except (OSError, ValueError):
+            continue
+
+
 def write_atomic(uri: str, data: bytes, timeout: float) -> None:
     """Publish `data` at `uri` so that no reader ever sees a partial object."""
     def _write() -> None:
         fs, path = fsspec.core.url_to_fs(uri)
         if urlsplit(uri).scheme in _LOCAL:
-            parent = posixpath.dirname(path)
+            parent, base = posixpath.dirname(path), posixpath.basename(path)
             fs.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.partial")
+            tmp = posixpath.join(parent, f".{base}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.partial")
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            _remove_orphans(parent, base)
         else:
             fs.pipe_file(path, data)
     _run(_write, timeout, "writing the output")

@@ -136,3 +136,18 @@ def test_s3_notification_against_local_s3(moto_s3, model_root, tmp_path):
         assert fs.cat("out/s3/HappyFace.jpg.fused.png")[:4] == b"\x89PNG"
     finally:
         server.stop()
+
+
+def test_orphaned_temp_files_of_killed_writers_are_removed(tmp_path: Path):
+    import os
+
+    from function.storage import _HOST, write_atomic
+
+    dead = tmp_path / f".out.jpg.{_HOST}.999999999.abc.partial"
+    alive = tmp_path / f".out.jpg.{_HOST}.{os.getpid()}.def.partial"
+    other_host = tmp_path / ".out.jpg.elsewhere.1.ghi.partial"
+    for p in (dead, alive, other_host):
+        p.write_bytes(b"half")
+    write_atomic(f"file://{tmp_path}/out.jpg", b"whole", 10)
+    assert (tmp_path / "out.jpg").read_bytes() == b"whole"
+    assert not dead.exists() and alive.exists() and other_host.exists()
