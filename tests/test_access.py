@@ -9,26 +9,19 @@ import json
 import fsspec
 import pytest
 import requests
-from fsspec.implementations.memory import MemoryFileSystem
 
 from .conftest import shared_file
+from .fakefs import AliasedMemoryFS
 from .inprocess import InProcessServer
 
 CALLS: list[str] = []
 
 
-class SpyFS(MemoryFileSystem):
+class SpyFS(AliasedMemoryFS):
     """memory:// that records every path it is asked about."""
 
     protocol = "spy"
     store: dict = {}
-    pseudo_dirs = [""]
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        if isinstance(path, str) and path.startswith("spy://"):
-            path = "memory://" + path[len("spy://"):]
-        return super()._strip_protocol(path)
 
     def info(self, path, **kwargs):
         CALLS.append(f"info {path}")

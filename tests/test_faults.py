@@ -10,26 +10,18 @@ import time
 import fsspec
 import pytest
 import requests
-from fsspec.implementations.memory import MemoryFileSystem
 
 from .conftest import shared_file
+from .fakefs import AliasedMemoryFS
 from .inprocess import InProcessServer
 from .server import FunctionServer
 
 
-class FaultyFS(MemoryFileSystem):
+class FaultyFS(AliasedMemoryFS):
     """memory:// with switchable faults: raise on read, raise on write, or hang on read."""
 
     protocol = "faulty"
-    mode = "ok"
     store: dict = {}
-    pseudo_dirs = [""]
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        if isinstance(path, str) and path.startswith("faulty://"):
-            path = "memory://" + path[len("faulty://"):]
-        return super()._strip_protocol(path)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         self._fault("read")

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import fsspec
 
-from pipeline import ModelSetInvalid, read_manifest, remember_verified
+from pipeline import ModelSetInvalid, read_manifest, remember_verified, sha256_file
 
 from .default_set import DEFAULT_SET
 
@@ -94,14 +94,6 @@ def _open_uri(uri: str) -> IO[bytes]:
 
         kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=120)}
     return fsspec.open(uri, "rb", **kwargs).open()
-
-
-def _sha_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy_verified(open_src: Callable[[], IO[bytes]], dest: Path, sha256: str, size: int | None,
@@ -192,13 +184,13 @@ def _complete(dest: Path, spec: dict, verdicts: dict) -> bool:
     if spec.get("size") is not None and stat.st_size != spec["size"]:
         return False
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": spec["sha256"]}
-    return verdicts.get(dest.name) == key or _sha_of(dest) == spec["sha256"]
+    return verdicts.get(dest.name) == key or sha256_file(dest) == spec["sha256"]
 
 
 def _install_archive_member(spec: dict, dest: Path, root: Path, progress: Progress) -> str:
     archive = spec["archive"]
     zip_path = root / f".archive-{archive['sha256'][:16]}.zip"
-    if not (zip_path.is_file() and _sha_of(zip_path) == archive["sha256"]):
+    if not (zip_path.is_file() and sha256_file(zip_path) == archive["sha256"]):
         label = f"{archive['urls'][0].rsplit('/', 1)[-1]} (holding {archive['member']})"
         _copy_verified(_first_reachable(archive["urls"], label), zip_path, archive["sha256"], archive.get("size"), progress)
     with zipfile.ZipFile(zip_path) as zf:
