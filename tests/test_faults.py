@@ -22,6 +22,7 @@ class FaultyFS(AliasedMemoryFS):
 
     protocol = "faulty"
     store: dict = {}
+    mode = "ok"
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         self._fault("read")
