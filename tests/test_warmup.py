@@ -161,3 +161,21 @@ def test_readiness_is_503_until_warm(tmp_path, scrfd_path):
         assert requests.post(server.url + "/", files=files, timeout=60).status_code == 200
     finally:
         server.stop()
+
+
+def test_prefetch_over_http(tmp_path, source_set):
+    """The https:// path (fsspec's HTTP filesystem) against a loopback web server, resuming with ranges."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(source_set.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/{source_set.name}"
+        result = prefetch(base, tmp_path / "models", progress=quiet())
+        assert sorted(result.copied) == FILES
+        assert_installed(tmp_path / "models" / "v1", source_set)
+    finally:
+        httpd.shutdown()
