@@ -54,22 +54,14 @@ class InflightLimiter:
             self._sem.release()
 
 
-def _int(value: Any, name: str, default: int | None = None) -> int | None:
+def _number(value: Any, name: str, kind: type, default: Any = None) -> Any:
+    """An int or float option from a form field or JSON; absent or empty means `default`."""
     if value is None or value == "":
         return default
     try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise Problem(400, "invalid-options", f"{name} must be an integer") from exc
-
-
-def _float(value: Any, name: str) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise Problem(400, "invalid-options", f"{name} must be a number") from exc
+        return kind(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Problem(400, "invalid-options", f"{name} must be {'an integer' if kind is int else 'a number'}") from exc
 
 
 def _bool(value: Any) -> bool:
@@ -81,11 +73,11 @@ def _bool(value: Any) -> bool:
 def parse_options(raw: dict[str, Any], reference: DecodedImage | None = None) -> FuseOptions:
     """Options from form fields or JSON: faces, index, reference_threshold, min_face_size, enhance."""
     try:
-        threshold = _float(raw.get("reference_threshold"), "reference_threshold")
+        threshold = _number(raw.get("reference_threshold"), "reference_threshold", float)
         selection = Selection(
             mode=str(raw.get("faces") or "largest"),
-            index=_int(raw.get("index"), "index"),
-            min_face_size=_int(raw.get("min_face_size"), "min_face_size", 0) or 0,
+            index=_number(raw.get("index"), "index", int),
+            min_face_size=_number(raw.get("min_face_size"), "min_face_size", int, 0) or 0,
             **({"reference_threshold": threshold} if threshold is not None else {}),
         )
     except PipelineError as exc:
@@ -104,7 +96,7 @@ def output_format(raw: dict[str, Any], accept: str, default: str = "jpeg") -> tu
         fmt = normalise_format(str(fmt or default))
     except PipelineError as exc:
         raise from_pipeline(exc) from exc
-    quality = _int(raw.get("quality"), "quality", 92)
+    quality = _number(raw.get("quality"), "quality", int, 92)
     if not 1 <= quality <= 100:
         raise Problem(400, "invalid-options", "quality must be between 1 and 100")
     return fmt, quality

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,29 +92,35 @@ def _json_body(request: flask.Request) -> Any:
         raise Problem(400, "malformed-json", "the body is not valid JSON") from exc
 
 
-def _read_uri(uri: str) -> bytes:
-    norm = storage.check_uri(uri, CONFIG.allowed_prefixes)
-    return storage.read_bytes(norm, _limits_bytes(), CONFIG.storage_timeout_s)
+def _image_ref(value: Any, name: str) -> tuple[str, str | bytes]:
+    """Parse a JSON image field without any I/O: ("uri", checked URI) or ("bytes", decoded base64).
 
-
-def _image_field(value: Any, name: str) -> bytes:
-    """A JSON image field: a URI, a data: URL, {"uri": …}, {"base64": …} or bare base64."""
+    Accepts a URI, a data: URL, {"uri": …}, {"base64": …} or bare base64. Every URI is checked against
+    the allow-list here, so a request naming one forbidden URI reads nothing at all.
+    """
     if isinstance(value, dict):
         if isinstance(value.get("uri"), str):
-            return _read_uri(value["uri"])
+            return "uri", storage.check_uri(value["uri"], CONFIG.allowed_prefixes)
         value = value.get("base64")
     if not isinstance(value, str) or not value:
         raise Problem(400, "missing-field", f"'{name}' must be a URI or base64 image")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     elif "://" in value:
-        return _read_uri(value)
+        return "uri", storage.check_uri(value, CONFIG.allowed_prefixes)
     if len(value) > _limits_bytes() * 4 // 3 + 8:
         raise Problem(413, "image-too-large", f"'{name}' exceeds the byte limit")
     try:
-        return base64.b64decode(value, validate=True)
+        return "bytes", base64.b64decode(value, validate=True)
     except ValueError as exc:
         raise Problem(400, "invalid-base64", f"'{name}' is neither a URI nor valid base64") from exc
+
+
+def _fetch(ref: tuple[str, str | bytes]) -> bytes:
+    kind, value = ref
+    if kind == "uri":
+        return storage.read_bytes(str(value), _limits_bytes(), CONFIG.storage_timeout_s)
+    return bytes(value)  # type: ignore[arg-type]
 
 
 def _image_response(result, timer: StageTimer) -> flask.Response:
@@ -137,7 +144,7 @@ def _multipart(request: flask.Request) -> flask.Response:
             if len(data) > limit:
                 raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes")
             blobs[name] = data
-    return _fuse_direct(blobs, dict(request.form), request.headers.get("Accept", ""), output=request.form.get("output"))
+    return _fuse_direct(lambda: blobs, dict(request.form), request.headers.get("Accept", ""), request.form.get("output"))
 
 
 def _json_direct(body: dict, request: flask.Request) -> flask.Response:
@@ -146,20 +153,20 @@ def _json_direct(body: dict, request: flask.Request) -> flask.Response:
             raise Problem(400, "missing-field", f"JSON field '{name}' is required")
     options = body.get("options") if isinstance(body.get("options"), dict) else {
         k: v for k, v in body.items() if k not in ("source", "target", "reference", "output")}
+    refs = {name: _image_ref(body[name], name) for name in ("source", "target", "reference") if name in body}
+    return _fuse_direct(lambda: {name: _fetch(ref) for name, ref in refs.items()}, options,
+                        request.headers.get("Accept", ""), body.get("output"))
+
+
+def _fuse_direct(fetch: Callable[[], dict[str, bytes]], raw: dict, accept: str, output: Any) -> flask.Response:
+    """Check the output URI and options, then take a fusion slot, fetch the inputs and fuse."""
     fuser = _fuser()
-    with LIMITER.slot():
-        blobs = {name: _image_field(body[name], name) for name in ("source", "target", "reference") if name in body}
-        return _fuse_direct(blobs, options, request.headers.get("Accept", ""), output=body.get("output"), fuser=fuser,
-                            slot_held=True)
-
-
-def _fuse_direct(blobs: dict[str, bytes], raw: dict, accept: str, output: str | None = None,
-                 fuser: Fuser | None = None, slot_held: bool = False) -> flask.Response:
-    fuser = fuser or _fuser()
+    if output is not None and not isinstance(output, str):
+        raise Problem(400, "invalid-uri", "'output' must be a URI")
     out_uri = storage.check_uri(output, CONFIG.allowed_prefixes) if output else None
     fmt, quality = output_format(raw, accept, default=_ext_format(out_uri) if out_uri else "jpeg")
-
-    def work() -> flask.Response:
+    with LIMITER.slot():
+        blobs = fetch()
         timer = StageTimer()
         reference = None
         if "reference" in blobs:
@@ -172,15 +179,9 @@ def _fuse_direct(blobs: dict[str, bytes], raw: dict, accept: str, output: str | 
         if out_uri is None:
             return _image_response(result, timer)
         storage.write_atomic(out_uri, result.data, CONFIG.storage_timeout_s)
-        body = {"output": out_uri, "media_type": result.media_type, "revision": CONFIG.revision,
-                **result.report.as_dict()}
-        return flask.Response(json.dumps(body), status=200, mimetype="application/json",
-                              headers=fusion_headers(result, timer, CONFIG.revision))
-
-    if slot_held:
-        return work()
-    with LIMITER.slot():
-        return work()
+    body = {"output": out_uri, "media_type": result.media_type, "revision": CONFIG.revision, **result.report.as_dict()}
+    return flask.Response(json.dumps(body), status=200, mimetype="application/json",
+                          headers=fusion_headers(result, timer, CONFIG.revision))
 
 
 def _ext_format(uri: str) -> str:
@@ -227,12 +228,15 @@ def _fuse_uris(source_uri: str, target_uri: str, out_uri: str, raw: dict, identi
                job: events.EventJob) -> dict[str, Any]:
     fuser = _fuser()
     fmt, quality = output_format(raw, "", default=_ext_format(out_uri))
+    refs = {"source": source_uri, "target": target_uri}
+    if raw.get("reference") is not None:
+        refs["reference"] = raw["reference"]
+    checked = {name: _image_ref(value, name) for name, value in refs.items()}  # every URI, before any read
     with LIMITER.slot():
-        source = _read_uri(source_uri)
-        target = _read_uri(target_uri)
+        source, target = _fetch(checked["source"]), _fetch(checked["target"])
         timer = StageTimer()
         try:
-            reference = fuser.decode(_read_uri(raw["reference"])) if isinstance(raw.get("reference"), str) else None
+            reference = fuser.decode(_fetch(checked["reference"])) if "reference" in checked else None
         except PipelineError as exc:
             raise from_pipeline(exc) from exc
         options = parse_options(raw, reference)
