@@ -27,7 +27,7 @@ def test_load_every_request_is_answered():
 def test_replay_with_kills_loses_and_duplicates_nothing():
     from bench.replay import run
 
-    result = run(events=10, duplicates=2, seconds=90, kill_every=(0.4, 1.2), seed=3, quiet=True)
+    result = run(events=10, duplicates=2, seconds=90, kill_every=(1.0, 2.5), seed=3, quiet=True)
     assert result["acknowledged"] == result["events"], result
     assert (result["lost"], result["duplicated"], result["partial"]) == (0, 0, 0), result
     assert result["kills_worker"] + result["kills_server"] > 0, result
