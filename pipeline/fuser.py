@@ -13,6 +13,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,19 @@ class Fuser:
             self.load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
             return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
 
+    def _sessions(self, model_set: ModelSet, cache_dir) -> dict[str, ort.InferenceSession]:
+        """One session per role. With every artefact prepared, sessions are created in parallel (the
+        runtime releases the GIL while it loads; on GPUs each creation initialises kernels); artefacts
+        that must be built first are built one at a time to bound the memory of a first start."""
+        entries = model_set.models
+        prepared = self.settings.optimised_graphs and all(
+            optimised_path(e, self.providers, cache_dir).is_file() for e in entries.values())
+        if not prepared or len(entries) < 2:
+            return {role: self._session(entry, cache_dir) for role, entry in entries.items()}
+        with ThreadPoolExecutor(max_workers=len(entries), thread_name_prefix="session") as pool:
+            futures = {role: pool.submit(self._session, entry, cache_dir) for role, entry in entries.items()}
+            return {role: future.result() for role, future in futures.items()}
+
     def load(self) -> ModelSet:
         """Verify the model set and create every session; safe to call from several threads."""
         with self._lock:
@@ -172,7 +186,7 @@ class Fuser:
             cache_dir = self.settings.resolved_cache_path()
             model_set = open_model_set(self.settings.model_dir, cache_dir)
             self.providers = resolve_providers(self.settings.execution_providers)
-            sessions = {role: self._session(entry, cache_dir) for role, entry in model_set.models.items()}
+            sessions = self._sessions(model_set, cache_dir)
             det = model_set.models["detector"]
             self.detector = ScrfdDetector(sessions["detector"], input_size=det.input_size or (640, 640))
             rec = model_set.models["recognizer"]
