@@ -160,7 +160,7 @@ def run(events: int = 40, duplicates: int = 2, seconds: float = 120, kill_every:
         "duplicated": sum(max(n - 1, 0) for n in by_input.values()) + len([p for p in outputs if p.name.split(".fused")[0] + ".jpg" not in etags]),
         "partial": (len(outputs) - len(complete)) + stats["partial_reads"],
         "reads_checked": stats["reads"],
-        "orphaned_temp_files": len(list((root / "out").glob(".*.partial"))) if (root / "out").exists() else 0,
+        "orphaned_temp_files": len(list((root / "out").rglob("*.partial"))) if (root / "out").exists() else 0,
     }
     if not quiet:
         print(table(list(result), [list(result.values())]))

@@ -35,7 +35,6 @@ class FunctionConfig:
     request_wait_s: float
     service: str
     revision: str
-    configuration: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionConfig:
@@ -62,5 +61,4 @@ class FunctionConfig:
             request_wait_s=float(env.get("READY_WAIT_S") or 0),
             service=env.get("K_SERVICE", "facefusion"),
             revision=env.get("K_REVISION", "local"),
-            configuration=env.get("K_CONFIGURATION", ""),
         )

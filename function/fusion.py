@@ -21,8 +21,6 @@ from pipeline import (
 from .metrics import INFLIGHT, STAGE_SECONDS
 from .problems import Problem, from_pipeline
 
-STAGES = ("decode", "detect", "align", "embed", "swap", "paste", "enhance", "encode")
-
 
 class InflightLimiter:
     """At most `limit` fusions at once; the next caller gets 429 at once instead of a queue."""

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+import posixpath
 import sys
 import threading
 import time
@@ -33,15 +34,31 @@ from function.config import FunctionConfig  # noqa: E402
 from function.fusion import InflightLimiter, fusion_headers, output_format, parse_options, run_fusion  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, from_pipeline  # noqa: E402
-from pipeline import Fuser, PipelineError, StageTimer  # noqa: E402
+from pipeline import Fuser, ImageLimits, InvalidOptions, PipelineError, StageTimer, normalise_format  # noqa: E402
 from warmup import Warmup  # noqa: E402
 
 log = logging.getLogger("facefusion.function")
 CONFIG = FunctionConfig.from_env()
-WARMUP = Warmup()
+WARMUP = Warmup()  # reads the pipeline's settings in the warm-up thread: a bad value fails readiness, not import
 LIMITER = InflightLimiter(CONFIG.max_inflight)
+ALLOW = storage.AllowList(CONFIG.allowed_prefixes)
 MARKER_SUFFIX = ".facefusion.json"
 PUBLIC_PATHS = ("/healthz", "/readyz")
+
+
+def _output_prefix(template: str | None) -> str | None:
+    """The fixed part of OUTPUT_URI before its first placeholder: objects under it are our outputs."""
+    if not template:
+        return None
+    fixed = template.split("{", 1)[0]
+    try:
+        norm = storage.normalise(fixed)
+    except Problem:
+        return None
+    return norm + "/" if fixed.endswith("/") and not norm.endswith("/") else norm
+
+
+OUTPUT_PREFIX = _output_prefix(CONFIG.output_uri)
 
 os.register_at_fork(after_in_child=WARMUP.ensure_started)
 shutdown.install(lambda: LIMITER.active)
@@ -71,11 +88,6 @@ def _fuser() -> Fuser:
     return WARMUP.fuser
 
 
-def _limits_bytes() -> int:
-    fuser = WARMUP.fuser
-    return fuser.settings.limits.max_bytes if fuser else 20 * 1024 * 1024
-
-
 def _check_auth(request: flask.Request) -> None:
     if not CONFIG.auth_token or request.path in PUBLIC_PATHS:
         return
@@ -92,6 +104,12 @@ def _json_body(request: flask.Request) -> Any:
         raise Problem(400, "malformed-json", "the body is not valid JSON") from exc
 
 
+def _max_bytes() -> int:
+    """MAX_IMAGE_BYTES as the loaded pipeline reads it (its default until then: no fusion runs before)."""
+    fuser = WARMUP.fuser
+    return (fuser.settings.limits if fuser else ImageLimits()).max_bytes
+
+
 def _image_ref(value: Any, name: str) -> tuple[str, str | bytes]:
     """Parse a JSON image field without any I/O: ("uri", checked URI) or ("bytes", decoded base64).
 
@@ -100,15 +118,15 @@ def _image_ref(value: Any, name: str) -> tuple[str, str | bytes]:
     """
     if isinstance(value, dict):
         if isinstance(value.get("uri"), str):
-            return "uri", storage.check_uri(value["uri"], CONFIG.allowed_prefixes)
+            return "uri", ALLOW.check(value["uri"])
         value = value.get("base64")
     if not isinstance(value, str) or not value:
         raise Problem(400, "missing-field", f"'{name}' must be a URI or base64 image")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     elif "://" in value:
-        return "uri", storage.check_uri(value, CONFIG.allowed_prefixes)
-    if len(value) > _limits_bytes() * 4 // 3 + 8:
+        return "uri", ALLOW.check(value)
+    if len(value) > _max_bytes() * 4 // 3 + 8:
         raise Problem(413, "image-too-large", f"'{name}' exceeds the byte limit")
     try:
         return "bytes", base64.b64decode(value, validate=True)
@@ -119,7 +137,7 @@ def _image_ref(value: Any, name: str) -> tuple[str, str | bytes]:
 def _fetch(ref: tuple[str, str | bytes]) -> bytes:
     kind, value = ref
     if kind == "uri":
-        return storage.read_bytes(str(value), _limits_bytes(), CONFIG.storage_timeout_s)
+        return storage.read_bytes(str(value), _max_bytes(), CONFIG.storage_timeout_s)
     return bytes(value)  # type: ignore[arg-type]
 
 
@@ -130,7 +148,7 @@ def _image_response(result, timer: StageTimer) -> flask.Response:
 
 # -- direct fusion -------------------------------------------------------------------------------
 def _multipart(request: flask.Request) -> flask.Response:
-    limit = _limits_bytes()
+    limit = _max_bytes()
     if request.content_length is not None and request.content_length > 3 * limit + (1 << 20):
         raise Problem(413, "request-too-large", "the request body exceeds the limit for three images")
     files = request.files
@@ -158,24 +176,28 @@ def _json_direct(body: dict, request: flask.Request) -> flask.Response:
                         request.headers.get("Accept", ""), body.get("output"))
 
 
+def _fuse_blobs(fuser: Fuser, blobs: dict[str, bytes], raw: dict, fmt: str, quality: int) -> tuple[Any, StageTimer]:
+    """The fusion both the direct and the event path run once their inputs are in memory."""
+    timer = StageTimer()
+    reference = None
+    if "reference" in blobs:
+        try:
+            reference = fuser.decode(blobs["reference"])
+        except PipelineError as exc:
+            raise from_pipeline(exc) from exc
+    result = run_fusion(fuser, blobs["source"], blobs["target"], parse_options(raw, reference), fmt, quality, timer)
+    return result, timer
+
+
 def _fuse_direct(fetch: Callable[[], dict[str, bytes]], raw: dict, accept: str, output: Any) -> flask.Response:
     """Check the output URI and options, then take a fusion slot, fetch the inputs and fuse."""
     fuser = _fuser()
     if output is not None and not isinstance(output, str):
         raise Problem(400, "invalid-uri", "'output' must be a URI")
-    out_uri = storage.check_uri(output, CONFIG.allowed_prefixes) if output else None
+    out_uri = ALLOW.check(output) if output else None
     fmt, quality = output_format(raw, accept, default=_ext_format(out_uri) if out_uri else "jpeg")
     with LIMITER.slot():
-        blobs = fetch()
-        timer = StageTimer()
-        reference = None
-        if "reference" in blobs:
-            try:
-                reference = fuser.decode(blobs["reference"])
-            except PipelineError as exc:
-                raise from_pipeline(exc) from exc
-        options = parse_options(raw, reference)
-        result = run_fusion(fuser, blobs["source"], blobs["target"], options, fmt, quality, timer)
+        result, timer = _fuse_blobs(fuser, fetch(), raw, fmt, quality)
         if out_uri is None:
             return _image_response(result, timer)
         storage.write_atomic(out_uri, result.data, CONFIG.storage_timeout_s)
@@ -185,38 +207,35 @@ def _fuse_direct(fetch: Callable[[], dict[str, bytes]], raw: dict, accept: str, 
 
 
 def _ext_format(uri: str) -> str:
-    ext = uri.rsplit(".", 1)[-1].lower() if "." in uri.rsplit("/", 1)[-1] else ""
-    return {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}.get(ext, "jpeg")
+    """The output format an output URI's extension names; JPEG when it names none we write."""
+    try:
+        return normalise_format(posixpath.splitext(uri)[1].lstrip("."))
+    except InvalidOptions:
+        return "jpeg"
 
 
 # -- events ------------------------------------------------------------------------------------------
 def _own_output(in_uri: str) -> bool:
-    if in_uri.endswith(MARKER_SUFFIX):
-        return True
-    if not CONFIG.output_uri:
-        return False
-    fixed = CONFIG.output_uri.split("{", 1)[0]
-    try:
-        fixed_norm = storage.normalise(fixed) if "://" in fixed else fixed
-    except Problem:
-        return False
-    if fixed.endswith("/") and not fixed_norm.endswith("/"):
-        fixed_norm += "/"
-    return bool(fixed_norm) and in_uri.startswith(fixed_norm)
+    return in_uri.endswith(MARKER_SUFFIX) or bool(OUTPUT_PREFIX and in_uri.startswith(OUTPUT_PREFIX))
+
+
+def _already_done(out_uri: str, identity: str) -> bool:
+    """At-least-once delivery: the marker beside the output names the input version it was made from."""
+    marker = storage.read_json(out_uri + MARKER_SUFFIX, CONFIG.storage_timeout_s)
+    return bool(marker) and marker.get("input") == identity and storage.exists(out_uri, CONFIG.storage_timeout_s)
 
 
 def _run_storage_job(job: events.EventJob) -> dict[str, Any]:
     obj = job.storage
     assert obj is not None
-    in_uri = storage.check_uri(events.input_uri(obj, CONFIG.input_uri_template), CONFIG.allowed_prefixes)
+    in_uri = ALLOW.check(events.input_uri(obj, CONFIG.input_uri_template))
     if _own_output(in_uri):
         return {"status": "ignored", "reason": "the object is one of this function's outputs"}
     if not CONFIG.output_uri:
         raise Problem(503, "misconfigured", "OUTPUT_URI is not set, so storage events have nowhere to go", retry_after=30)
-    out_uri = storage.check_uri(events.render_template(CONFIG.output_uri, obj), CONFIG.allowed_prefixes)
+    out_uri = ALLOW.check(events.render_template(CONFIG.output_uri, obj))
     identity = f"{in_uri}#{obj.version}"
-    marker = storage.read_json(out_uri + MARKER_SUFFIX, CONFIG.storage_timeout_s)
-    if marker and marker.get("input") == identity and storage.exists(out_uri, CONFIG.storage_timeout_s):
+    if _already_done(out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
     source_uri = obj.source_face or CONFIG.source_face_uri
     if not source_uri:
@@ -233,14 +252,7 @@ def _fuse_uris(source_uri: str, target_uri: str, out_uri: str, raw: dict, identi
         refs["reference"] = raw["reference"]
     checked = {name: _image_ref(value, name) for name, value in refs.items()}  # every URI, before any read
     with LIMITER.slot():
-        source, target = _fetch(checked["source"]), _fetch(checked["target"])
-        timer = StageTimer()
-        try:
-            reference = fuser.decode(_fetch(checked["reference"])) if "reference" in checked else None
-        except PipelineError as exc:
-            raise from_pipeline(exc) from exc
-        options = parse_options(raw, reference)
-        result = run_fusion(fuser, source, target, options, fmt, quality, timer)
+        result, _ = _fuse_blobs(fuser, {name: _fetch(ref) for name, ref in checked.items()}, raw, fmt, quality)
         storage.write_atomic(out_uri, result.data, CONFIG.storage_timeout_s)
         marker = {"input": identity, "event_id": job.event_id, "revision": CONFIG.revision,
                   "model_version": result.report.model_version, "faces_swapped": result.report.faces_swapped,
@@ -256,11 +268,10 @@ def _run_request_job(job: events.EventJob) -> dict[str, Any]:
     for name in ("source", "target", "output"):
         if not isinstance(data.get(name), str):
             raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data needs a '{name}' URI")
-    target = storage.check_uri(data["target"], CONFIG.allowed_prefixes)
-    out_uri = storage.check_uri(data["output"], CONFIG.allowed_prefixes)
+    target = ALLOW.check(data["target"])
+    out_uri = ALLOW.check(data["output"])
     identity = f"{target}#{job.event_id}"
-    marker = storage.read_json(out_uri + MARKER_SUFFIX, CONFIG.storage_timeout_s)
-    if marker and marker.get("input") == identity and storage.exists(out_uri, CONFIG.storage_timeout_s):
+    if _already_done(out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
     options = data.get("options") if isinstance(data.get("options"), dict) else {}
     return _fuse_uris(data["source"], target, out_uri, options, identity, job)

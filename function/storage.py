@@ -8,7 +8,6 @@ completes, and local files are written beside the target and renamed into place.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import posixpath
@@ -42,8 +41,7 @@ def _split(uri: str) -> tuple[str, str, str]:
 def normalise(uri: str) -> str:
     """Canonical form used for allow-list checks; refuses `..` outright rather than resolving it."""
     scheme, netloc, path = _split(uri)
-    segments = path.split("/")
-    if ".." in segments or any(s.strip() == ".." for s in segments):
+    if any(s.strip() == ".." for s in path.split("/")):
         raise Problem(403, "uri-not-allowed", "URIs may not contain '..' segments")
     clean = posixpath.normpath(path) if path else ""
     if path.endswith("/") and not clean.endswith("/"):
@@ -55,31 +53,35 @@ def normalise(uri: str) -> str:
     return f"{scheme}://{netloc}{clean}"
 
 
-def _normalise_prefix(prefix: str) -> str:
-    prefix = prefix.strip()
-    if prefix.endswith("://"):
-        return prefix.lower()
-    norm = normalise(prefix)
-    return norm if norm.endswith("/") else norm + "/"
+class AllowList:
+    """ALLOWED_URI_PREFIXES, normalised once (resolving a file:// prefix touches the filesystem)."""
 
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes: list[str] = []
+        for prefix in (p.strip() for p in prefixes):
+            if prefix.endswith("://"):
+                self.prefixes.append(prefix.lower())
+                continue
+            try:
+                norm = normalise(prefix)
+            except Problem:
+                continue  # a malformed entry allows nothing
+            self.prefixes.append(norm if norm.endswith("/") else norm + "/")
 
-def _under(uri: str, prefix: str) -> bool:
-    try:
-        norm_prefix = _normalise_prefix(prefix)
-    except Problem:
-        return False
-    return uri.startswith(norm_prefix) or uri + "/" == norm_prefix
+    def check(self, uri: str) -> str:
+        """Return the normalised URI if it is allowed; raise a 400/403 problem otherwise. No I/O besides
+        resolving symlinks of file:// paths."""
+        if not isinstance(uri, str) or not uri:
+            raise Problem(400, "invalid-uri", "a URI must be a non-empty string")
+        norm = normalise(uri)
+        if any(norm.startswith(p) or norm + "/" == p for p in self.prefixes):
+            return norm
+        raise Problem(403, "uri-not-allowed", f"{norm.split('://')[0]}:// URI outside ALLOWED_URI_PREFIXES")
 
 
 def check_uri(uri: str, allowed: tuple[str, ...]) -> str:
-    """Return the normalised URI if it is allowed; raise a 403 problem otherwise. No I/O besides
-    resolving symlinks of file:// paths."""
-    if not isinstance(uri, str) or not uri:
-        raise Problem(400, "invalid-uri", "a URI must be a non-empty string")
-    norm = normalise(uri)
-    if any(_under(norm, p) for p in allowed):
-        return norm
-    raise Problem(403, "uri-not-allowed", f"{norm.split('://')[0]}:// URI outside ALLOWED_URI_PREFIXES")
+    """One-off check against a list of prefixes (the function keeps an AllowList instead)."""
+    return AllowList(allowed).check(uri)
 
 
 def _run(fn, timeout: float, what: str):
@@ -125,6 +127,7 @@ def exists(uri: str, timeout: float) -> bool:
 
 _HOST = socket.gethostname().replace(".", "_")
 STALE_PARTIAL_S = 3600
+TMP_DIR = ".facefusion-tmp"  # beside the outputs (same filesystem, so the rename is atomic)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,15 +140,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_orphans(parent: str, base: str) -> None:
-    """Temp files of writers that were killed mid-write (same host, dead pid; or simply old)."""
-    for tmp in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*.partial")):
-        parts = os.path.basename(tmp)[len(base) + 2:].split(".")
+def _remove_orphans(tmp_dir: str) -> None:
+    """Temp files of writers killed mid-write: same host and a dead pid, or simply old. Temp files live
+    in their own folder, so this lists only writes in flight or orphaned, never all the outputs."""
+    try:
+        names = os.listdir(tmp_dir)
+    except OSError:
+        return
+    for name in names:
+        parts = name.rsplit(".", 4)  # <output name>.<host>.<pid>.<uuid>.partial
         try:
-            orphan = (len(parts) >= 4 and parts[0] == _HOST and not _pid_alive(int(parts[1]))) or (
-                time.time() - os.path.getmtime(tmp) > STALE_PARTIAL_S)
+            orphan = (len(parts) == 5 and parts[1] == _HOST and not _pid_alive(int(parts[2]))) or (
+                time.time() - os.path.getmtime(os.path.join(tmp_dir, name)) > STALE_PARTIAL_S)
             if orphan:
-                os.unlink(tmp)
+                os.unlink(os.path.join(tmp_dir, name))
         except (OSError, ValueError):
             continue
 
@@ -155,15 +163,15 @@ def write_atomic(uri: str, data: bytes, timeout: float) -> None:
     def _write() -> None:
         fs, path = fsspec.core.url_to_fs(uri)
         if urlsplit(uri).scheme in _LOCAL:
-            parent, base = posixpath.dirname(path), posixpath.basename(path)
-            fs.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".{base}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+            tmp_dir = posixpath.join(posixpath.dirname(path), TMP_DIR)
+            os.makedirs(tmp_dir, exist_ok=True)
+            tmp = posixpath.join(tmp_dir, f"{posixpath.basename(path)}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.partial")
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-            _remove_orphans(parent, base)
+            _remove_orphans(tmp_dir)
         else:
             fs.pipe_file(path, data)
     _run(_write, timeout, "writing the output")

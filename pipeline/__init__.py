@@ -22,7 +22,7 @@ from .errors import (
 )
 from .fuser import EncodedFusion, FuseOptions, Fuser, FusionReport, FusionResult
 from .images import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, normalise_format
-from .model_store import ModelSet, open_model_set, read_manifest, remember_verified, sha256_file
+from .model_store import ModelSet, VerdictCache, open_model_set, read_manifest, sha256_file
 from .selection import MODES as FACE_MODES
 from .selection import Selection
 from .timing import StageTimer
@@ -54,11 +54,11 @@ __all__ = [
     "StageTimer",
     "UndecodableImage",
     "UnsupportedImageType",
+    "VerdictCache",
     "decode_image",
     "encode_image",
     "normalise_format",
     "open_model_set",
     "read_manifest",
-    "remember_verified",
     "sha256_file",
 ]

@@ -28,24 +28,15 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - src_mean, dst - dst_mean
     cov = dst_c.T @ src_c / n
+    spread = src_c.var(axis=0).sum()
+    if spread == 0:  # all landmarks on one point: no transform exists
+        return np.full((2, 3), np.nan)
     d = np.ones(2)
-    if np.linalg.det(cov) < 0:
+    if np.linalg.det(cov) < 0:  # keep a rotation, not a reflection
         d[1] = -1
     u, s, vt = np.linalg.svd(cov)
-    rank = np.linalg.matrix_rank(cov)
-    if rank == 0:
-        return np.array([[np.nan] * 3] * 2)
-    if rank == 1:
-        if np.linalg.det(u) * np.linalg.det(vt) > 0:
-            rot = u @ vt
-        else:
-            s_last = d[1]
-            d[1] = -1
-            rot = u @ np.diag(d) @ vt
-            d[1] = s_last
-    else:
-        rot = u @ np.diag(d) @ vt
-    scale = (s @ d) / src_c.var(axis=0).sum()
+    rot = u @ np.diag(d) @ vt
+    scale = (s @ d) / spread
     matrix = np.zeros((2, 3))
     matrix[:, :2] = scale * rot
     matrix[:, 2] = dst_mean - scale * (rot @ src_mean)

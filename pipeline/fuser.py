@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,91 +111,75 @@ class Fuser:
 
     # -- loading ---------------------------------------------------------------------------------
     @property
-    def loaded(self) -> bool:
-        return self._model_set is not None
-
-    @property
-    def model_set(self) -> ModelSet:
-        if self._model_set is None:
-            raise RuntimeError("Fuser.load() has not run yet")
-        return self._model_set
-
-    @property
     def model_version(self) -> str:
         return self._model_set.version if self._model_set else self.settings.model_version
 
-    @property
-    def has_enhancer(self) -> bool:
-        return self.enhancer is not None
+    def _artefacts(self, model_set: ModelSet, providers: list[str], cache_dir: Path) -> tuple[np.ndarray, dict[str, Path], list[str]]:
+        """The swapper's emap and an optimised graph per role, building what is missing, one at a time
+        (building holds a whole model in memory). A role whose graph cannot be built is absent from
+        the map and loads from the original model: a read-only or full cache must not stop serving."""
+        built = []
+        swp = model_set.models["swapper"]
+        emap, made = load_emap(swp.path, swp.sha256, cache_dir)
+        if made:
+            built.append(f"emap side file for {swp.path.name}")
+        graphs: dict[str, Path] = {}
+        if self.settings.optimised_graphs:
+            for role, entry in model_set.models.items():
+                path = optimised_path(entry, providers, cache_dir)
+                if not path.is_file():
+                    try:
+                        build_optimised(entry, providers, cache_dir)
+                    except Exception as exc:  # the runtime and the filesystem raise many types here
+                        log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
+                        continue
+                    built.append(f"optimised graph for {entry.path.name}")
+                graphs[role] = path
+        return emap, graphs, built
 
     def prepare(self) -> list[str]:
         """Build every derived artefact that is missing (what `python -m warmup prepare` runs)."""
         cache_dir = self.settings.resolved_cache_path()
         model_set = open_model_set(self.settings.model_dir, cache_dir)
-        providers = resolve_providers(self.settings.execution_providers)
-        built = []
-        swp = model_set.models["swapper"]
-        if load_emap(swp.path, swp.sha256, cache_dir)[1]:
-            built.append(f"emap side file for {swp.path.name}")
-        if self.settings.optimised_graphs:
-            for entry in model_set.models.values():
-                if not optimised_path(entry, providers, cache_dir).is_file():
-                    build_optimised(entry, providers, cache_dir)
-                    built.append(f"optimised graph for {entry.path.name}")
-        return built
+        return self._artefacts(model_set, resolve_providers(self.settings.execution_providers), cache_dir)[2]
 
-    def _session(self, entry: ModelEntry, cache_dir) -> ort.InferenceSession:
-        options = provider_options(self.providers, cache_dir)
-        if not self.settings.optimised_graphs:
+    def _session(self, entry: ModelEntry, graph: Path | None, cache_dir: Path, options: list[dict]) -> ort.InferenceSession:
+        if graph is None:
             return create_session(entry.path, self.providers, provider_options=options)
-        path = optimised_path(entry, self.providers, cache_dir)
-        if not path.is_file():
-            try:
-                build_optimised(entry, self.providers, cache_dir)
-                self.load_log.append(f"built optimised graph for {entry.path.name} (run `python -m warmup prepare` to do this ahead)")
-            except Exception as exc:  # a read-only or full cache must not stop serving: load the original
-                log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
-                return create_session(entry.path, self.providers, provider_options=options)
         try:
-            return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
+            return create_session(graph, self.providers, options=fast_load_options(), provider_options=options)
         except ModelSetInvalid:
             # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
-            log.warning("the optimised graph %s cannot be loaded; rebuilding it", path)
-            shutil.rmtree(path.parent, ignore_errors=True)
+            log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
+            shutil.rmtree(graph.parent, ignore_errors=True)
             build_optimised(entry, self.providers, cache_dir)
             self.load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
-            return create_session(path, self.providers, options=fast_load_options(), provider_options=options)
-
-    def _sessions(self, model_set: ModelSet, cache_dir) -> dict[str, ort.InferenceSession]:
-        """One session per role. With every artefact prepared, sessions are created in parallel (the
-        runtime releases the GIL while it loads; on GPUs each creation initialises kernels); artefacts
-        that must be built first are built one at a time to bound the memory of a first start."""
-        entries = model_set.models
-        prepared = self.settings.optimised_graphs and all(
-            optimised_path(e, self.providers, cache_dir).is_file() for e in entries.values())
-        if not prepared or len(entries) < 2:
-            return {role: self._session(entry, cache_dir) for role, entry in entries.items()}
-        with ThreadPoolExecutor(max_workers=len(entries), thread_name_prefix="session") as pool:
-            futures = {role: pool.submit(self._session, entry, cache_dir) for role, entry in entries.items()}
-            return {role: future.result() for role, future in futures.items()}
+            return create_session(graph, self.providers, options=fast_load_options(), provider_options=options)
 
     def load(self) -> ModelSet:
-        """Verify the model set and create every session; safe to call from several threads."""
+        """Verify the model set and create every session; safe to call from several threads.
+
+        Artefacts come first; the sessions are then created in parallel (the runtime releases the GIL
+        while it loads, and on GPUs each creation initialises kernels)."""
         with self._lock:
             if self._model_set is not None:
                 return self._model_set
             cache_dir = self.settings.resolved_cache_path()
             model_set = open_model_set(self.settings.model_dir, cache_dir)
             self.providers = resolve_providers(self.settings.execution_providers)
-            sessions = self._sessions(model_set, cache_dir)
+            emap, graphs, built = self._artefacts(model_set, self.providers, cache_dir)
+            if built:
+                self.load_log.append(f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)")
+            options = provider_options(self.providers, cache_dir)
+            with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
+                futures = {role: pool.submit(self._session, entry, graphs.get(role), cache_dir, options)
+                           for role, entry in model_set.models.items()}
+                sessions = {role: future.result() for role, future in futures.items()}
             det = model_set.models["detector"]
             self.detector = ScrfdDetector(sessions["detector"], input_size=det.input_size or (640, 640))
             rec = model_set.models["recognizer"]
             self.embedder = ArcFaceEmbedder(sessions["recognizer"], input_size=(rec.input_size or (112, 112))[0])
             swp = model_set.models["swapper"]
-            emap, built = load_emap(swp.path, swp.sha256, cache_dir)
-            if built:
-                self.load_log.append(f"built emap side file for {swp.path.name}")
             self.swapper = InSwapper(sessions["swapper"], emap, input_size=(swp.input_size or (128, 128))[0])
             if "enhancer" in sessions:
                 enh = model_set.models["enhancer"]
@@ -302,7 +287,7 @@ class Fuser:
         frame = target.bgr.copy()
         for i in chosen:
             with timer.stage("swap"):
-                swapped, _, matrix = swapper.swap(target.bgr, faces[i], latent)
+                swapped, matrix = swapper.swap(target.bgr, faces[i], latent)
             with timer.stage("paste"):
                 paste_back(frame, swapped, matrix)
         if options.enhance and self.enhancer is not None:

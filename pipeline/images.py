@@ -109,12 +109,6 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     return img
 
 
-def probe_size(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
-    """Check bytes and header against the limits; return (format, width, height) without decoding."""
-    img = _open_checked(data, limits)
-    return img.format or "", img.size[0], img.size[1]
-
-
 def _complete_jpeg(data: bytes, fmt: str) -> bool:
     """A JPEG whose last bytes are the EOI marker: nothing was cut off.
 

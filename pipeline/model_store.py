@@ -113,7 +113,10 @@ def read_manifest(directory: Path) -> ModelSet:
 
 
 class VerdictCache:
-    """Remembers which files were verified, keyed by path, size, mtime and expected hash."""
+    """Remembers which files were verified, keyed by file name, size, mtime and expected hash.
+
+    Shared by the serving start (verify_model_set) and the prefetch job, which hashes while it copies
+    and records its verdicts so that the first start does not hash 700 MB again."""
 
     def __init__(self, model_dir: Path, cache_dir: Path | None) -> None:
         self.paths = [model_dir / VERDICT_FILE]
@@ -130,14 +133,14 @@ class VerdictCache:
                 self.entries.update(loaded)
 
     @staticmethod
-    def _key(entry: ModelEntry, stat: os.stat_result) -> dict[str, Any]:
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": entry.sha256}
+    def _key(sha256: str, stat: os.stat_result) -> dict[str, Any]:
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
-    def is_verified(self, entry: ModelEntry, stat: os.stat_result) -> bool:
-        return self.entries.get(entry.path.name) == self._key(entry, stat)
+    def is_verified(self, path: Path, sha256: str, stat: os.stat_result | None = None) -> bool:
+        return self.entries.get(path.name) == self._key(sha256, stat or path.stat())
 
-    def remember(self, entry: ModelEntry, stat: os.stat_result) -> None:
-        self.entries[entry.path.name] = self._key(entry, stat)
+    def remember(self, path: Path, sha256: str, stat: os.stat_result | None = None) -> None:
+        self.entries[path.name] = self._key(sha256, stat or path.stat())
 
     def save(self) -> None:
         """Write the verdicts to the first writable location; failing that, keep them in memory."""
@@ -168,27 +171,18 @@ def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None, force: 
             raise ModelSetInvalid(
                 f"model file {entry.path} ({entry.role}) is {stat.st_size} bytes; the manifest says {entry.size}"
             )
-        if not force and verdicts.is_verified(entry, stat):
+        if not force and verdicts.is_verified(entry.path, entry.sha256, stat):
             continue
         actual = sha256_file(entry.path)
         if actual != entry.sha256:
             raise ModelSetInvalid(
                 f"model file {entry.path} ({entry.role}) has sha256 {actual}; the manifest says {entry.sha256}"
             )
-        verdicts.remember(entry, stat)
+        verdicts.remember(entry.path, entry.sha256, stat)
         changed = True
     if changed:
         verdicts.save()
     return model_set
-
-
-def remember_verified(model_set: ModelSet) -> None:
-    """Record that every file of the set was just hashed and matched (the prefetch job hashes while it
-    copies), so that the first serving start does not hash them again."""
-    verdicts = VerdictCache(model_set.directory, None)
-    for entry in model_set.models.values():
-        verdicts.remember(entry, entry.path.stat())
-    verdicts.save()
 
 
 def open_model_set(model_dir: Path, cache_dir: Path | None = None) -> ModelSet:

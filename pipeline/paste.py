@@ -16,7 +16,10 @@ import numpy as np
 
 def region_of(matrix: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     """Frame rectangle (x0, y0, x1, y1) that the pasted crop and its feathering can touch."""
-    inverse = cv2.invertAffineTransform(matrix)
+    return _region(cv2.invertAffineTransform(matrix), crop_size, frame_shape)
+
+
+def _region(inverse: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     corners = np.array([[0, 0, 1], [crop_size, 0, 1], [0, crop_size, 1], [crop_size, crop_size, 1]], dtype=np.float64)
     pts = corners @ inverse.T
     x_min, y_min = np.floor(pts.min(axis=0)).astype(int)
@@ -50,11 +53,12 @@ def _warp(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> tuple[int, int, int, int] | None:
     """Blend `crop` (aligned with `matrix`, frame -> crop) into `frame` in place; returns the region."""
     crop_size = crop.shape[0]
-    region = region_of(matrix, crop_size, frame.shape)
+    crop_to_frame = cv2.invertAffineTransform(matrix)
+    region = _region(crop_to_frame, crop_size, frame.shape)
     if region is None:
         return None
     x0, y0, x1, y1 = region
-    maps = _sampling_maps(cv2.invertAffineTransform(matrix), region)
+    maps = _sampling_maps(crop_to_frame, region)
     warped = _warp(crop, maps)
     mask = _warp(np.full((crop_size, crop_size), 255, dtype=np.float32), maps)
     mask[mask > 20] = 255

@@ -78,11 +78,11 @@ class InSwapper:
         latent = embedding.reshape(1, -1) @ self.emap
         return (latent / np.linalg.norm(latent)).astype(np.float32)
 
-    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (swapped BGR crop, the aligned input crop, frame->crop matrix)."""
+    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (swapped BGR crop, frame->crop matrix)."""
         matrix = estimate_norm(face.kps, self.input_size)
         aligned = crop(image, matrix, self.input_size)
         blob = cv2.dnn.blobFromImage(aligned, 1.0 / 255.0, (self.input_size,) * 2, (0.0, 0.0, 0.0), swapRB=True)
         pred = self.session.run([self.output_name], {self.target_name: blob, self.source_name: latent})[0]
         rgb = np.clip(255 * pred[0].transpose(1, 2, 0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(rgb[:, :, ::-1]), aligned, matrix
+        return np.ascontiguousarray(rgb[:, :, ::-1]), matrix

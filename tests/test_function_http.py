@@ -115,7 +115,7 @@ def test_json_with_uris_and_output_writes_and_reports(server, store):
     report = r.json()
     assert report["output"] == f"file://{out}" and report["faces_swapped"] == 1 and report["revision"] == REVISION
     assert Image.open(out).format == "PNG"  # format follows the output's extension
-    assert not list(out.parent.glob(".*partial"))
+    assert not list(out.parent.rglob("*.partial"))
 
 
 # -- storage notifications and CloudEvents -----------------------------------------------------------

@@ -141,11 +141,13 @@ def test_s3_notification_against_local_s3(moto_s3, model_root, tmp_path):
 def test_orphaned_temp_files_of_killed_writers_are_removed(tmp_path: Path):
     import os
 
-    from function.storage import _HOST, write_atomic
+    from function.storage import _HOST, TMP_DIR, write_atomic
 
-    dead = tmp_path / f".out.jpg.{_HOST}.999999999.abc.partial"
-    alive = tmp_path / f".out.jpg.{_HOST}.{os.getpid()}.def.partial"
-    other_host = tmp_path / ".out.jpg.elsewhere.1.ghi.partial"
+    tmp_dir = tmp_path / TMP_DIR
+    tmp_dir.mkdir()
+    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.abc.partial"
+    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.def.partial"
+    other_host = tmp_dir / "out.jpg.elsewhere.1.ghi.partial"
     for p in (dead, alive, other_host):
         p.write_bytes(b"half")
     write_atomic(f"file://{tmp_path}/out.jpg", b"whole", 10)

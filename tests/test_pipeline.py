@@ -222,7 +222,7 @@ def test_paste_back_matches_insightface(fuser: Fuser, obama, t1, model_root):
         expected = ref.get(t1.bgr, target_face, source_face, paste_back=True)
         ref_crop, ref_matrix = ref.get(t1.bgr, target_face, source_face, paste_back=False)
         # our swap step reproduces insightface's crop (alignment differs only in float rounding)
-        swapped, _, matrix = fuser.swapper.swap(t1.bgr, face, latent)
+        swapped, matrix = fuser.swapper.swap(t1.bgr, face, latent)
         assert np.abs(swapped.astype(int) - ref_crop.astype(int)).max() <= 1
         np.testing.assert_allclose(matrix, ref_matrix, atol=1e-3)
         # and our paste back of the same crop matches its full-frame paste back

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import fsspec
 
-from pipeline import ModelSetInvalid, read_manifest, remember_verified, sha256_file
+from pipeline import VerdictCache, sha256_file
 
 from .default_set import DEFAULT_SET
 
@@ -176,23 +176,30 @@ def _plan(source: str) -> tuple[dict, Callable[[str, dict], Callable[[], IO[byte
     return manifest, lambda name, spec: (lambda: _open_uri(f"{base}/{name}"))
 
 
-def _complete(dest: Path, spec: dict, verdicts: dict) -> bool:
+def _complete(dest: Path, spec: dict, verdicts: VerdictCache) -> bool:
     """A file already in place with the right size and hash (hashing only what changed)."""
     if not dest.is_file():
         return False
     stat = dest.stat()
     if spec.get("size") is not None and stat.st_size != spec["size"]:
         return False
-    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": spec["sha256"]}
-    return verdicts.get(dest.name) == key or sha256_file(dest) == spec["sha256"]
+    if verdicts.is_verified(dest, spec["sha256"], stat):
+        return True
+    if sha256_file(dest) != spec["sha256"]:
+        return False
+    verdicts.remember(dest, spec["sha256"], stat)
+    return True
 
 
-def _install_archive_member(spec: dict, dest: Path, root: Path, progress: Progress) -> str:
+def _install_archive_member(spec: dict, dest: Path, root: Path, progress: Progress, verified: set[Path]) -> str:
+    """Copy one member of a pinned archive; the archive is fetched and hashed once per run."""
     archive = spec["archive"]
     zip_path = root / f".archive-{archive['sha256'][:16]}.zip"
-    if not (zip_path.is_file() and sha256_file(zip_path) == archive["sha256"]):
-        label = f"{archive['urls'][0].rsplit('/', 1)[-1]} (holding {archive['member']})"
-        _copy_verified(_first_reachable(archive["urls"], label), zip_path, archive["sha256"], archive.get("size"), progress)
+    if zip_path not in verified:
+        if not (zip_path.is_file() and sha256_file(zip_path) == archive["sha256"]):
+            label = f"{archive['urls'][0].rsplit('/', 1)[-1]} (holding {archive['member']})"
+            _copy_verified(_first_reachable(archive["urls"], label), zip_path, archive["sha256"], archive.get("size"), progress)
+        verified.add(zip_path)
     with zipfile.ZipFile(zip_path) as zf:
         names = {Path(n).name: n for n in zf.namelist()}
         if archive["member"] not in names:
@@ -212,10 +219,8 @@ def prefetch(source: str, model_path: Path, version: str | None = None, make_cur
     result = PrefetchResult(version=version, directory=target)
     with _locked(root / f".prefetch-{version}.lock"):
         target.mkdir(parents=True, exist_ok=True)
-        try:
-            verdicts = json.loads((target / ".verified.json").read_text())
-        except (OSError, ValueError):
-            verdicts = {}
+        verdicts = VerdictCache(target, None)
+        archives: set[Path] = set()
         for role, spec in manifest["models"].items():
             name = spec.get("file", "")
             if not name or "/" in name or name.startswith("."):
@@ -227,9 +232,10 @@ def prefetch(source: str, model_path: Path, version: str | None = None, make_cur
                 continue
             progress.say(f"{name}: fetching")
             if "archive" in spec:
-                outcome = _install_archive_member(spec, dest, root, progress)
+                outcome = _install_archive_member(spec, dest, root, progress, archives)
             else:
                 outcome = _copy_verified(opener(name, spec), dest, spec["sha256"], spec.get("size"), progress)
+            verdicts.remember(dest, spec["sha256"])  # hashed while copying: the first start need not
             (result.resumed if outcome == "resumed" else result.copied).append(name)
             progress.say(f"{name}: {outcome} and verified")
         clean = {"name": manifest.get("name", version), "version": version,
@@ -237,10 +243,7 @@ def prefetch(source: str, model_path: Path, version: str | None = None, make_cur
         tmp = target / ".manifest.json.partial"
         tmp.write_text(json.dumps(clean, indent=2) + "\n")
         os.replace(tmp, target / "manifest.json")
-        try:
-            remember_verified(read_manifest(target))
-        except (ModelSetInvalid, OSError) as exc:
-            progress.say(f"warning: could not record verification verdicts: {exc}")
+        verdicts.save()
         for stale in root.glob(".archive-*.zip"):
             stale.unlink(missing_ok=True)
         if make_current:
