@@ -22,7 +22,19 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import REPO, SCRFD, SHARED, free_port, single_face_1080p, table
+from bench.common import (
+    REPO,
+    SCRFD,
+    SHARED,
+    free_port,
+    function_command,
+    memory,
+    single_face_1080p,
+    spawn,
+    stop_process,
+    table,
+    worker_pids,
+)
 
 SIZES_MB = {"detector": 13.6, "recognizer": 166, "swapper": 554}
 
@@ -38,28 +50,6 @@ def proxy_models() -> Path:
             while fh.read(1 << 24):
                 pass
     return root
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def memory(pid: int) -> dict[str, float]:
-    """VmHWM (peak RSS), Pss and Private of a process, in MB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            out["peak_rss"] = int(line.split()[1]) / 1024
-    rollup = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        rollup[key] = int(value.split()[0]) / 1024
-    out["pss"] = rollup.get("Pss", 0.0)
-    out["private"] = rollup.get("Private_Clean", 0.0) + rollup.get("Private_Dirty", 0.0)
-    return out
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
@@ -91,21 +81,9 @@ def post_fusion(url: str, source: bytes, target: bytes) -> None:
 
 def start_ours(models: Path, cache: Path) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache), "PORT": str(port)}
-    exe = Path(sys.executable).parent / "functions-framework"
     t0 = time.time()
-    proc = subprocess.Popen([str(exe), "--source", "function/main.py", "--target", "fuse", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = spawn(function_command(port), {"MODEL_PATH": str(models), "CACHE_PATH": str(cache)})
     return proc, f"http://127.0.0.1:{port}", t0
-
-
-def stop(proc: subprocess.Popen) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 BASELINE = textwrap.dedent("""
@@ -150,10 +128,10 @@ def main() -> None:
             ours_ready.append(wait_ready(url, proc) - t0)
             post_fusion(url, source, target)
             ours_first.append(time.time() - t0)
-            workers = children(proc.pid) or [proc.pid]
+            workers = worker_pids(proc.pid)
             ours_rss.append(max(memory(w)["peak_rss"] for w in workers))
         finally:
-            stop(proc)
+            stop_process(proc)
 
     base_loaded, base_ran, base_rss = [], [], []
     for _ in range(args.runs):
@@ -172,11 +150,11 @@ def main() -> None:
         wait_ready(u2, p2)
         post_fusion(u1, source, target)
         post_fusion(u2, source, target)
-        second = memory((children(p2.pid) or [p2.pid])[0])
-        first = memory((children(p1.pid) or [p1.pid])[0])
+        second = memory(worker_pids(p2.pid)[0])
+        first = memory(worker_pids(p1.pid)[0])
     finally:
-        stop(p1)
-        stop(p2)
+        stop_process(p1)
+        stop_process(p2)
 
     med = statistics.median
     rows = [

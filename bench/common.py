@@ -58,15 +58,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout: float = 120):
-    """Start a server process and wait until `health_url` answers 200."""
+def function_command(port: int) -> list[str]:
+    """The function started as production starts it: functions-framework (gunicorn) on loopback."""
+    import sys
+
+    return [str(Path(sys.executable).parent / "functions-framework"), "--source", "function/main.py", "--target", "fuse",
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def spawn(cmd: list[str], env: dict[str, str]):
+    """Start a server in its own process group (so stop_process can end gunicorn and its workers)."""
     import os
     import subprocess
+
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """gunicorn's workers (the master's children); the process itself when it has none."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] or [pid]
+    except OSError:
+        return [pid]
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS, VmHWM (peak RSS), Pss and Private of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmHWM:", "VmRSS:")):
+            out["peak_rss" if line.startswith("VmHWM") else "rss"] = int(line.split()[1]) / 1024
+    rollup = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        rollup[key] = int(value.split()[0]) / 1024
+    out["pss"] = rollup.get("Pss", 0.0)
+    out["private"] = rollup.get("Private_Clean", 0.0) + rollup.get("Private_Dirty", 0.0)
+    return out
+
+
+def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout: float = 120):
+    """Start a server process and wait until `health_url` answers 200."""
     import time
     import urllib.request
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = spawn(cmd, env)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:

@@ -25,27 +25,16 @@ import requests
 from bench.common import (
     SHARED,
     free_port,
+    function_command,
+    memory,
     single_face_1080p,
     standin_models,
     start_process,
     stop_process,
     table,
+    worker_pids,
 )
 from bench.replay import make_inputs, notification
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def worker_pid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-    except (OSError, IndexError):
-        return pid
 
 
 def run(seconds: float = 60, max_requests: int = 100_000, inflight: int = 2, quiet: bool = False,
@@ -60,9 +49,7 @@ def run(seconds: float = 60, max_requests: int = 100_000, inflight: int = 2, qui
     env = {"MODEL_PATH": str(models), "CACHE_PATH": str(root / "cache"), "MAX_INFLIGHT": str(inflight), "PORT": str(port),
            "SOURCE_FACE_URI": f"file://{root}/faces/src.jpg", "INPUT_URI_TEMPLATE": f"file://{root}/{{bucket}}/{{name}}",
            "OUTPUT_URI": f"file://{root}/out/{{stem}}.fused.jpg", "ALLOWED_URI_PREFIXES": f"file://{root}/"}
-    exe = Path(sys.executable).parent / "functions-framework"
-    proc = start_process([str(exe), "--source", "function/main.py", "--target", "fuse", "--host", "127.0.0.1",
-                          "--port", str(port)], env, f"http://127.0.0.1:{port}/readyz")
+    proc = start_process(function_command(port), env, f"http://127.0.0.1:{port}/readyz")
     url = f"http://127.0.0.1:{port}/"
     target = single_face_1080p()
     source = (SHARED / "images" / "obama.jpg").read_bytes()
@@ -90,7 +77,7 @@ def run(seconds: float = 60, max_requests: int = 100_000, inflight: int = 2, qui
         return statistics.median(one(1, s)[1] for _ in range(n))
 
     baseline_ms = latency_now()
-    wpid = worker_pid(proc.pid)
+    wpid = worker_pids(proc.pid)[0]
 
     def level(clients: int) -> dict:
         counts: dict[str, int] = {}
@@ -102,7 +89,7 @@ def run(seconds: float = 60, max_requests: int = 100_000, inflight: int = 2, qui
         def sampler() -> None:
             t0 = time.time()
             while not stop.wait(0.5):
-                rss.append((time.time() - t0, rss_mb(wpid)))
+                rss.append((time.time() - t0, memory(wpid)["rss"]))
 
         def client(_: int) -> None:
             session = requests.Session()
@@ -131,7 +118,7 @@ def run(seconds: float = 60, max_requests: int = 100_000, inflight: int = 2, qui
         return {"clients": clients, "sent": sent[0], "answered": sum(v for k, v in counts.items() if k.isdigit()),
                 "200": counts.get("200", 0), "429": counts.get("429", 0), "503": counts.get("503", 0),
                 "other": sum(v for k, v in counts.items() if k not in ("200", "429", "503")),
-                "max_rss_mb": round(max((m for _, m in rss), default=rss_mb(wpid)), 1),
+                "max_rss_mb": round(max((m for _, m in rss), default=memory(wpid)["rss"]), 1),
                 "rss_range_mb": f"{min(m for _, m in settled):.0f}-{max(m for _, m in settled):.0f}" if settled else "",
                 "rss_trend_mb_per_min": round(slope, 1),
                 "after_ms": round(latency_now(), 1), "statuses": counts}

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,16 @@ import cv2
 import numpy as np
 import requests
 
-from bench.common import REPO, SHARED, free_port, standin_models, table
+from bench.common import (
+    SHARED,
+    free_port,
+    function_command,
+    spawn,
+    standin_models,
+    stop_process,
+    table,
+    worker_pids,
+)
 
 
 class Server:
@@ -35,16 +43,10 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
-        exe = Path(sys.executable).parent / "functions-framework"
-        self.proc = subprocess.Popen([str(exe), "--source", "function/main.py", "--target", "fuse", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], cwd=REPO, env={**os.environ, **self.env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = spawn(function_command(self.port), self.env)
 
     def worker_pids(self) -> list[int]:
-        try:
-            return [int(c) for c in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
-        except OSError:
-            return []
+        return [p for p in worker_pids(self.proc.pid) if p != self.proc.pid]
 
     def kill_all(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -52,9 +54,8 @@ class Server:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+        if self.proc:
+            stop_process(self.proc)
 
 
 def make_inputs(folder: Path, count: int) -> dict[str, str]:

@@ -24,6 +24,7 @@ import requests
 from bench.common import (
     SHARED,
     free_port,
+    function_command,
     single_face_1080p,
     standin_models,
     start_process,
@@ -70,11 +71,9 @@ def main() -> None:
         shutil.copy(root / "test" / name, fa_root / "models" / "standin" / name)
     target = single_face_1080p()
     source = (SHARED / "images" / "obama.jpg").read_bytes()
-    bin_dir = Path(sys.executable).parent
 
     ours_port, base_port = free_port(), free_port()
-    ours = start_process([str(bin_dir / "functions-framework"), "--source", "function/main.py", "--target", "fuse",
-                          "--host", "127.0.0.1", "--port", str(ours_port)],
+    ours = start_process(function_command(ours_port),
                          {"MODEL_PATH": str(root), "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench"},
                          f"http://127.0.0.1:{ours_port}/readyz")
     base = start_process([sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
