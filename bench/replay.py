@@ -81,7 +81,7 @@ def notification(key: str, etag: str) -> dict:
 
 
 def run(events: int = 40, duplicates: int = 2, seconds: float = 120, kill_every: tuple[float, float] = (0.6, 2.0),
-        seed: int = 7, quiet: bool = False) -> dict:
+        seed: int = 7, quiet: bool = False, min_kills: int = 1) -> dict:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="ff-replay-"))
     (root / "in").mkdir()
@@ -132,18 +132,27 @@ def run(events: int = 40, duplicates: int = 2, seconds: float = 120, kill_every:
     deadline = time.time() + seconds
     acknowledged = set()
     session = requests.Session()
-    for key in stream:
+
+    def _deliver(key: str) -> None:
         while time.time() < deadline:
             stats["deliveries"] += 1
             try:
                 r = session.post(server.url + "/", json=notification(key, etags[key]), timeout=30)
                 if r.status_code == 200 and all(o["status"] in ("done", "duplicate") for o in r.json()["results"]):
                     acknowledged.add(key)
-                    break
+                    return
             except requests.RequestException:
                 pass
             stats["retries"] += 1
             time.sleep(0.05)
+
+    # A fast machine can deliver the whole stream before the first kill: keep redelivering it (more
+    # duplicates, as at-least-once allows) until the killer has struck `min_kills` times.
+    passes = 0
+    while passes == 0 or (stats["kills_worker"] + stats["kills_server"] < min_kills and time.time() < deadline):
+        passes += 1
+        for key in stream:
+            _deliver(key)
     stop.set()
     for t in threads:
         t.join(timeout=5)
