@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,7 +104,7 @@ def output_format(raw: dict[str, Any], accept: str, default: str = "jpeg") -> tu
 def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions, fmt: str, quality: int,
                timer: StageTimer) -> EncodedFusion:
     try:
-        result = fuser.fuse_bytes(source, target, options, output_format=fmt, quality=quality, timer=timer)
+        result = fuser.fuse_bytes(source, target, dataclasses.replace(options, output_format=fmt, quality=quality), timer=timer)
     except PipelineError as exc:
         raise from_pipeline(exc) from exc
     for stage, ms in timer.ms.items():

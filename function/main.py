@@ -107,7 +107,7 @@ def _json_body(request: flask.Request) -> Any:
 def _max_bytes() -> int:
     """MAX_IMAGE_BYTES as the loaded pipeline reads it (its default until then: no fusion runs before)."""
     fuser = WARMUP.fuser
-    return (fuser.settings.limits if fuser else ImageLimits()).max_bytes
+    return (fuser.limits if fuser else ImageLimits()).max_bytes
 
 
 def _image_ref(value: Any, name: str) -> tuple[str, str | bytes]:

@@ -1,10 +1,11 @@
-"""facefusion-fn's fusion pipeline: decoded images in, images and a face report out.
+"""facefusion-fn's fusion pipeline: image bytes and options in, image bytes and a face report out.
 
-The one public entry is `Fuser`; the rest of this package is private to it. The pipeline never sees
-HTTP, events or URIs.
+`load_fuser(settings)` builds the one public entry, `Fuser`; `prepare(settings)` builds derived
+artefacts ahead of serving. The rest of this package is private to it. The pipeline never sees HTTP,
+events or URIs.
 """
 
-from .config import ImageLimits, Settings
+from .config import ConfigError, EnvReader, ImageLimits, Settings
 from .errors import (
     EmptyImage,
     FaceError,
@@ -20,9 +21,20 @@ from .errors import (
     UndecodableImage,
     UnsupportedImageType,
 )
+from .files import atomic_symlink, atomic_write
 from .fuser import EncodedFusion, FuseOptions, Fuser, FusionReport, FusionResult
 from .images import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, normalise_format
-from .model_store import ModelSet, VerdictCache, open_model_set, read_manifest, sha256_file
+from .loader import ModelBundle, load_fuser, load_models, prepare
+from .manifest import (
+    ModelEntry,
+    ModelSet,
+    manifest_document,
+    parse_manifest,
+    plain_name,
+    read_manifest,
+    write_manifest_file,
+)
+from .model_store import VerdictCache, open_model_set, sha256_file
 from .selection import MODES as FACE_MODES
 from .selection import Selection
 from .timing import StageTimer
@@ -30,9 +42,11 @@ from .timing import StageTimer
 __all__ = [
     "FACE_MODES",
     "OUTPUT_FORMATS",
+    "ConfigError",
     "DecodedImage",
     "EmptyImage",
     "EncodedFusion",
+    "EnvReader",
     "FaceError",
     "FuseOptions",
     "Fuser",
@@ -42,6 +56,8 @@ __all__ = [
     "ImageLimits",
     "ImageTooLarge",
     "InvalidOptions",
+    "ModelBundle",
+    "ModelEntry",
     "ModelSet",
     "ModelSetInvalid",
     "NoReferenceFace",
@@ -55,10 +71,19 @@ __all__ = [
     "UndecodableImage",
     "UnsupportedImageType",
     "VerdictCache",
+    "atomic_symlink",
+    "atomic_write",
     "decode_image",
     "encode_image",
+    "load_fuser",
+    "load_models",
+    "manifest_document",
     "normalise_format",
     "open_model_set",
+    "parse_manifest",
+    "plain_name",
+    "prepare",
     "read_manifest",
     "sha256_file",
+    "write_manifest_file",
 ]

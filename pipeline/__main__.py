@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import ImageError, ModelSetInvalid, PipelineError
-from .fuser import FuseOptions, Fuser
+from .fuser import FuseOptions
+from .loader import load_fuser
 from .selection import MODES, Selection
 
 
@@ -24,23 +25,21 @@ def _read(path: str) -> bytes:
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    fuser = Fuser(Settings.from_env())
+    fuser = load_fuser(Settings.from_env())
     selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                           **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
-    reference = fuser.decode(_read(args.reference)) if args.reference else None
+    reference = _read(args.reference) if args.reference else None
     fmt = args.format or (Path(args.output).suffix.lstrip(".") or "jpeg")
-    result = fuser.fuse_bytes(
-        _read(args.source), _read(args.target),
-        FuseOptions(selection=selection, enhance=args.enhance, reference=reference),
-        output_format=fmt, quality=args.quality,
-    )
+    options = FuseOptions(selection=selection, enhance=args.enhance, reference=reference, output_format=fmt,
+                          quality=args.quality)
+    result = fuser.fuse_bytes(_read(args.source), _read(args.target), options)
     Path(args.output).write_bytes(result.data)
     print(json.dumps(result.report.as_dict(), indent=2))
     return 0
 
 
 def _detect(args: argparse.Namespace) -> int:
-    fuser = Fuser(Settings.from_env())
+    fuser = load_fuser(Settings.from_env())
     image = fuser.decode(_read(args.image))
     faces = fuser.detect(image)
     print(json.dumps({"width": image.width, "height": image.height, "faces": [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .model_store import ModelEntry
+from .manifest import ModelEntry
 
 log = logging.getLogger(__name__)
 DATA_SUFFIX = ".data"

@@ -1,7 +1,11 @@
-"""Pipeline settings read from the environment (see DESIGN.md, Configuration).
+"""Pipeline settings, and the one environment parser every package uses.
 
-Read once into an immutable object so that a request never sees a half-changed configuration and tests
-can build settings without touching `os.environ`.
+Settings are read once into immutable objects, so that a request never sees a half-changed
+configuration and tests can build settings without touching `os.environ`. `EnvReader` is the only
+place that turns environment strings into booleans and numbers: one spelling of true and false for
+every variable (`TRT_FP16=off` is off), and a bad value is recorded as a problem with the variable's
+name instead of raising at import. The failure policy is the same everywhere: a problem keeps the
+process not ready, with the reason in `/readyz` and the log (see README, Configuration).
 """
 
 from __future__ import annotations
@@ -9,24 +13,79 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MODEL_PATH = "./models"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
+class ConfigError(ValueError):
+    """One or more settings have values that cannot be used; the message names each variable."""
+
+
+class EnvReader:
+    """Typed reads of environment variables that collect problems instead of raising.
+
+    An empty or unset variable means its default. A value that cannot be parsed is recorded in
+    `problems` and its default is used, so the caller decides once what a problem means.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = os.environ if env is None else env
+        self.problems: list[str] = []
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        raw = self.env.get(name, "")
+        return raw.strip() if raw and raw.strip() else default
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = (self.str(name) or "").lower()
+        if not raw:
+            return default
+        if raw in TRUE_WORDS:
+            return True
+        if raw in FALSE_WORDS:
+            return False
+        self.problems.append(f"{name} must be one of true/false/1/0/yes/no/on/off, got {raw!r}")
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
+
+    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+        return self._number(name, default, minimum, int)
+
+    def float(self, name: str, default: float, minimum: float | None = None) -> float:
+        return self._number(name, default, minimum, float)
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        if raw not in allowed:
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+            return default
+        return raw
+
+    def _number(self, name, default, minimum, kind):
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}")
+            return default
+        if minimum is not None and value < minimum:
+            self.problems.append(f"{name} must be at least {minimum}, got {raw!r}")
+            return default
+        return value
+
+    def raise_problems(self) -> None:
+        """Raise one ConfigError naming every bad variable, if there was any."""
+        if self.problems:
+            raise ConfigError("invalid configuration: " + "; ".join(self.problems))
 
 
 def default_cache_path(model_path: Path) -> Path:
@@ -54,32 +113,63 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class GpuSettings:
+    """CUDA and TensorRT provider options that matter for start-up time and memory on GPUs.
+
+    `conv_algo_search` is HEURISTIC: the runtime's default, EXHAUSTIVE, benchmarks every convolution on
+    first use and makes warm-up slow. `arena_extend_strategy` kSameAsRequested keeps the CUDA arena
+    close to what the models need. TensorRT engines and timing caches live under CACHE_PATH so a
+    restarted pod reuses what the previous one built.
+    """
+
+    device_id: int = 0
+    conv_algo_search: str = "HEURISTIC"
+    arena_extend_strategy: str = "kSameAsRequested"
+    mem_limit_mb: int | None = None
+    trt_fp16: bool = True
+    trt_max_workspace_mb: int = 2048
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs from the environment."""
 
-    model_path: Path = Path("./models")
+    model_path: Path = Path(DEFAULT_MODEL_PATH)
     model_version: str = "current"
     execution_providers: str = "auto"
     cache_path: Path | None = None
     limits: ImageLimits = ImageLimits()
     optimised_graphs: bool = True
+    gpu: GpuSettings = field(default_factory=GpuSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        model_path = Path(env.get("MODEL_PATH") or "./models")
-        cache = env.get("CACHE_PATH")
-        return cls(
-            model_path=model_path,
-            model_version=env.get("MODEL_VERSION") or "current",
-            execution_providers=env.get("EXECUTION_PROVIDERS") or "auto",
+        """Read the pipeline's variables; raises ConfigError naming every bad one."""
+        read = EnvReader(env)
+        cache = read.str("CACHE_PATH")
+        mem_limit = read.int("CUDA_MEM_LIMIT_MB", 0, minimum=0)
+        settings = cls(
+            model_path=Path(read.str("MODEL_PATH", DEFAULT_MODEL_PATH) or DEFAULT_MODEL_PATH),
+            model_version=read.str("MODEL_VERSION", "current") or "current",
+            execution_providers=read.str("EXECUTION_PROVIDERS", "auto") or "auto",
             cache_path=Path(cache) if cache else None,
-            optimised_graphs=(env.get("OPTIMISED_GRAPHS") or "true").strip().lower() not in ("0", "false", "no", "off"),
+            optimised_graphs=read.bool("OPTIMISED_GRAPHS", True),
             limits=ImageLimits(
-                max_bytes=_int(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
-                max_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+                max_bytes=read.int("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1),
+                max_pixels=read.int("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+            ),
+            gpu=GpuSettings(
+                device_id=read.int("CUDA_DEVICE_ID", 0, minimum=0),
+                conv_algo_search=read.choice("CUDA_CONV_ALGO_SEARCH", "HEURISTIC", ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")),
+                arena_extend_strategy=read.choice("CUDA_ARENA_EXTEND_STRATEGY", "kSameAsRequested",
+                                                  ("kSameAsRequested", "kNextPowerOfTwo")),
+                mem_limit_mb=mem_limit or None,
+                trt_fp16=read.bool("TRT_FP16", True),
+                trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
             ),
         )
+        read.raise_problems()
+        return settings
 
     @property
     def model_dir(self) -> Path:

@@ -14,11 +14,6 @@ import cv2
 import numpy as np
 
 
-def region_of(matrix: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
-    """Frame rectangle (x0, y0, x1, y1) that the pasted crop and its feathering can touch."""
-    return _region(cv2.invertAffineTransform(matrix), crop_size, frame_shape)
-
-
 def _region(inverse: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     corners = np.array([[0, 0, 1], [crop_size, 0, 1], [0, crop_size, 1], [crop_size, crop_size, 1]], dtype=np.float64)
     pts = corners @ inverse.T

@@ -7,12 +7,12 @@ the module in gunicorn's master and forks workers, and CUDA does not survive a f
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
+from .config import GpuSettings
 from .errors import ModelSetInvalid
 
 log = logging.getLogger(__name__)
@@ -49,39 +49,31 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     return chosen
 
 
-def provider_options(providers: Sequence[str], cache_dir: Path, env: Mapping[str, str] | None = None) -> list[dict]:
-    """Per-provider options that matter for start-up time and memory on GPUs, from the environment.
-
-    CUDA: `CUDA_CONV_ALGO_SEARCH` (HEURISTIC here; the runtime's EXHAUSTIVE benchmarks every convolution
-    on first use and makes warm-up slow), `CUDA_ARENA_EXTEND_STRATEGY` (kSameAsRequested keeps the
-    arena close to what the models need), `CUDA_MEM_LIMIT_MB`, `CUDA_DEVICE_ID`.
-    TensorRT: `TRT_FP16` (true), engine and timing caches under CACHE_PATH/tensorrt so a restarted pod
-    reuses the engines built by the previous one, `TRT_MAX_WORKSPACE_MB`.
-    """
-    env = os.environ if env is None else env
+def provider_options(providers: Sequence[str], cache_dir: Path, gpu: GpuSettings) -> list[dict]:
+    """Per-provider options from the settings (see `GpuSettings` for why each one is set)."""
     options: list[dict] = []
     for name in providers:
         if name == "CUDAExecutionProvider":
             opts = {
-                "device_id": env.get("CUDA_DEVICE_ID", "0"),
-                "cudnn_conv_algo_search": env.get("CUDA_CONV_ALGO_SEARCH", "HEURISTIC"),
-                "arena_extend_strategy": env.get("CUDA_ARENA_EXTEND_STRATEGY", "kSameAsRequested"),
+                "device_id": str(gpu.device_id),
+                "cudnn_conv_algo_search": gpu.conv_algo_search,
+                "arena_extend_strategy": gpu.arena_extend_strategy,
             }
-            if env.get("CUDA_MEM_LIMIT_MB"):
-                opts["gpu_mem_limit"] = str(int(env["CUDA_MEM_LIMIT_MB"]) * 1024 * 1024)
+            if gpu.mem_limit_mb:
+                opts["gpu_mem_limit"] = str(gpu.mem_limit_mb * 1024 * 1024)
             options.append(opts)
         elif name == "TensorrtExecutionProvider":
             trt_dir = cache_dir / "tensorrt"
             for sub in ("engines", "timing"):
                 (trt_dir / sub).mkdir(parents=True, exist_ok=True)
             options.append({
-                "device_id": env.get("CUDA_DEVICE_ID", "0"),
-                "trt_fp16_enable": env.get("TRT_FP16", "true").lower() not in ("0", "false", "no"),
+                "device_id": str(gpu.device_id),
+                "trt_fp16_enable": gpu.trt_fp16,
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(trt_dir / "engines"),
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(trt_dir / "timing"),
-                "trt_max_workspace_size": str(int(env.get("TRT_MAX_WORKSPACE_MB", "2048")) * 1024 * 1024),
+                "trt_max_workspace_size": str(gpu.trt_max_workspace_mb * 1024 * 1024),
             })
         else:
             options.append({})

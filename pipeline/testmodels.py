@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .model_store import write_manifest
+from .manifest import manifest_document, write_manifest_file
+from .model_store import sha256_file
 
 OPSET = 17
 IR_VERSION = 8
@@ -235,7 +236,10 @@ def write_test_models(
     if enhancer:
         onnx.save(enhancer_model(), str(target / "enhance.onnx"))
         entries["enhancer"] = {"file": "enhance.onnx", "kind": "gfpgan-standin", "input_size": [512, 512]}
-    write_manifest(target, name=f"stand-in models ({STANDIN_NOTICE})", version=version, entries=entries)
+    for spec in entries.values():
+        path = target / spec["file"]
+        spec.update(sha256=sha256_file(path), size=path.stat().st_size)
+    write_manifest_file(target, manifest_document(f"stand-in models ({STANDIN_NOTICE})", version, entries))
     current = Path(directory) / "current"
     if current.is_symlink():
         current.unlink()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import Fuser, ImageLimits, Settings
+from pipeline import Fuser, ImageLimits, Settings, load_fuser
 from pipeline.testmodels import write_test_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,4 @@ def settings(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Sett
 
 @pytest.fixture(scope="session")
 def fuser(settings: Settings) -> Fuser:
-    f = Fuser(settings)
-    f.load()
-    return f
+    return load_fuser(settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import Fuser, ModelSetInvalid, Settings
+from pipeline import ModelSetInvalid, Settings, load_fuser
 from pipeline.model_store import VERDICT_FILE, open_model_set
 from pipeline.testmodels import write_test_models
 
@@ -25,7 +25,7 @@ def model_copy(tmp_path: Path, model_root: Path) -> Path:
 def test_missing_file_is_named(model_copy: Path, tmp_path: Path):
     (model_copy / "test" / "rec.onnx").unlink()
     with pytest.raises(ModelSetInvalid, match=r"rec\.onnx.*missing"):
-        Fuser(Settings(model_path=model_copy, cache_path=tmp_path / "c")).load()
+        load_fuser(Settings(model_path=model_copy, cache_path=tmp_path / "c"))
 
 
 def test_wrong_hash_is_named(model_copy: Path, tmp_path: Path):
@@ -76,11 +76,9 @@ def test_unwritable_model_dir_keeps_verdict_in_cache(tmp_path: Path, scrfd_path:
 
 def test_emap_side_file_is_built_once(tmp_path: Path, model_root: Path):
     cache = tmp_path / "cache"
-    first = Fuser(Settings(model_path=model_root, cache_path=cache))
-    first.load()
+    first = load_fuser(Settings(model_path=model_root, cache_path=cache))
     assert any("emap" in line for line in first.load_log)
     assert list((cache / "emap").glob("*.npy"))
-    second = Fuser(Settings(model_path=model_root, cache_path=cache))
-    second.load()
+    second = load_fuser(Settings(model_path=model_root, cache_path=cache))
     assert second.load_log == []
     assert (second.swapper.emap == first.swapper.emap).all()

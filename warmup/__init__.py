@@ -13,7 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline import Fuser, PipelineError, Settings
+from pipeline import ConfigError, Fuser, PipelineError, Settings, load_fuser
+
+from .config import WarmupConfig
 
 log = logging.getLogger("facefusion.warmup")
 PROCESS_START = time.time()
@@ -42,9 +44,13 @@ class Readiness:
 class Warmup:
     """Owns the process's Fuser and its readiness."""
 
-    def __init__(self, settings: Settings | None = None, exercise: bool | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, exercise: bool | None = None,
+                 problems: tuple[str, ...] = ()) -> None:
+        """`settings` and `exercise` default to the environment's; `problems` are configuration problems
+        found by the caller (the function's own settings), which keep the process not ready."""
         self.settings = settings
         self.exercise = exercise
+        self.problems = problems
         self.readiness = Readiness()
         self.fuser: Fuser | None = None
         self._started_pid: int | None = None
@@ -64,16 +70,16 @@ class Warmup:
         started = time.time()
         try:
             readiness.state = "loading"
+            config = WarmupConfig.from_env()
+            problems = [*self.problems, *config.problems]
+            if problems:
+                raise ConfigError("invalid configuration: " + "; ".join(problems))
             settings = self.settings or Settings.from_env()
-            fuser = Fuser(settings)
-            fuser.load()
+            fuser = load_fuser(settings)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
             for line in fuser.load_log:
                 log.info(line)
-            exercise = self.exercise
-            if exercise is None:
-                exercise = os.environ.get("WARMUP", "true").strip().lower() not in ("0", "false", "no", "off")
-            if exercise:
+            if config.exercise if self.exercise is None else self.exercise:
                 readiness.state = "warming"
                 t = time.time()
                 fuser.exercise()
@@ -82,9 +88,9 @@ class Warmup:
             readiness.timings_s["cold_start"] = round(time.time() - PROCESS_START, 3)
             readiness.state = "ready"
             log.info("ready: %s", readiness.timings_s)
-        except PipelineError as exc:
-            readiness.state, readiness.reason = "failed", exc.message
-            log.error("not ready: %s", exc.message)
+        except (PipelineError, ConfigError) as exc:
+            readiness.state, readiness.reason = "failed", str(exc)
+            log.error("not ready: %s", exc)
         except Exception as exc:  # any failure keeps the pod not-ready with the reason visible
             readiness.state, readiness.reason = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("not ready")

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import Fuser, PipelineError, Settings
+from pipeline import PipelineError, Settings, prepare
 
 from . import Warmup
 from .prefetch import PrefetchError, prefetch
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "prepare":
         try:
-            built = Fuser(Settings.from_env()).prepare()
+            built = prepare(Settings.from_env())
         except PipelineError as exc:
             print(f"prepare failed: {exc.message}", file=sys.stderr)
             return 1

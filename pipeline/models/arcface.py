@@ -6,16 +6,22 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .align import crop, estimate_norm
-from .faces import Face
+from ..align import crop, estimate_norm
+from ..faces import Face
+from .base import ModelKind
 
 
-class ArcFaceEmbedder:
+class ArcFaceEmbedder(ModelKind):
     """Computes the L2-normalised identity embedding that the swapper is conditioned on."""
 
-    def __init__(self, session: ort.InferenceSession, input_size: int = 112, mean: float = 127.5, std: float = 127.5):
+    kind = "arcface"
+    category = "recognizer"
+    default_input_size = (112, 112)
+
+    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (112, 112), mean: float = 127.5,
+                 std: float = 127.5):
         self.session = session
-        self.input_size = input_size
+        self.input_size = input_size[0]
         self.mean = mean
         self.std = std
         self.input_name = session.get_inputs()[0].name

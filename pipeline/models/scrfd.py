@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .faces import Face
+from ..faces import Face
+from .base import ModelKind
 
 INPUT_MEAN = 127.5
 INPUT_STD = 128.0
@@ -46,8 +47,12 @@ def nms(dets: np.ndarray, threshold: float) -> list[int]:
     return keep
 
 
-class ScrfdDetector:
+class ScrfdDetector(ModelKind):
     """SCRFD with keypoints (the 9-output variants: 3 strides, 2 anchors per location)."""
+
+    kind = "scrfd"
+    category = "detector"
+    default_input_size = (640, 640)
 
     strides = (8, 16, 32)
     anchors_per_location = 2

@@ -7,17 +7,22 @@ once into a `.npy` side file keyed by the model's SHA-256 and load only that on 
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .align import crop, estimate_norm
-from .faces import Face
+from ..align import crop, estimate_norm
+from ..faces import Face
+from ..files import atomic_write
+from .base import ModelKind
+
+if TYPE_CHECKING:
+    from ..manifest import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +57,36 @@ def load_emap(model_path: Path, model_sha256: str, cache_dir: Path) -> tuple[np.
     matrix = extract_emap(model_path)
     try:
         side.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=".emap-", suffix=".npy")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, matrix, allow_pickle=False)
-        os.replace(tmp, side)
+        buffer = io.BytesIO()
+        np.save(buffer, matrix, allow_pickle=False)
+        atomic_write(side, buffer.getvalue())
         log.info("built the swapper's emap side file %s", side)
     except OSError as exc:
         log.warning("could not write the emap side file %s: %s", side, exc)
     return matrix, True
 
 
-class InSwapper:
+class InSwapper(ModelKind):
     """Runs inswapper_128 on one face at a time (the published model has a fixed batch of 1)."""
 
-    def __init__(self, session: ort.InferenceSession, emap: np.ndarray, input_size: int = 128):
+    kind = "inswapper"
+    category = "swapper"
+    default_input_size = (128, 128)
+
+    @classmethod
+    def prepare(cls, entry: ModelEntry, cache_dir: Path) -> list[str]:
+        _, built = load_emap(entry.path, entry.sha256, cache_dir)
+        return [f"emap side file for {entry.path.name}"] if built else []
+
+    @classmethod
+    def create(cls, session: ort.InferenceSession, entry: ModelEntry, cache_dir: Path) -> InSwapper:
+        emap, _ = load_emap(entry.path, entry.sha256, cache_dir)
+        return cls(session, emap, input_size=entry.input_size or cls.default_input_size)
+
+    def __init__(self, session: ort.InferenceSession, emap: np.ndarray, input_size: tuple[int, int] = (128, 128)):
         self.session = session
         self.emap = emap
-        self.input_size = input_size
+        self.input_size = input_size[0]
         inputs = session.get_inputs()
         self.target_name = inputs[0].name
         self.source_name = inputs[1].name

@@ -6,17 +6,24 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .align import FFHQ_512_TEMPLATE, umeyama_similarity
-from .faces import Face
+from ..align import FFHQ_512_TEMPLATE, umeyama_similarity
+from ..faces import Face
+from .base import ModelKind
 
 
-class FaceEnhancer:
-    def __init__(self, session: ort.InferenceSession, input_size: int = 512):
+class FaceEnhancer(ModelKind):
+    """GFPGAN-style restoration of a face aligned on the FFHQ template."""
+
+    kind = "gfpgan"
+    category = "enhancer"
+    default_input_size = (512, 512)
+
+    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (512, 512)):
         self.session = session
-        self.input_size = input_size
+        self.input_size = input_size[0]
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
-        self.template = FFHQ_512_TEMPLATE * (input_size / 512.0)
+        self.template = FFHQ_512_TEMPLATE * (self.input_size / 512.0)
 
     def enhance(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
         """Returns (restored BGR crop, frame->crop matrix) for paste back."""

@@ -1,0 +1,51 @@
+"""Model kinds, one small module each, found through one table.
+
+As insightface's model_zoo keeps one class per model, each kind here is a class in its own module,
+registered in `KINDS` by the name a manifest gives in `kind`. Adding a swapper, enhancer or masker is
+a new module and a line in this table; the loader and the fusion core do not change. `ROLES` says which
+roles a model set has: the three it must have and the optional ones. A manifest may declare further
+roles of a known kind (a second swapper, say); they serve their kind's category.
+
+A kind name ending in `-standin` is a development stand-in with the same signatures as the real kind
+(see devtools/standins.py): it loads through the same class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arcface import ArcFaceEmbedder
+from .base import ModelKind
+from .gfpgan import FaceEnhancer
+from .inswapper import InSwapper
+from .scrfd import ScrfdDetector
+
+KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer)}
+STANDIN_SUFFIX = "-standin"
+
+
+@dataclass(frozen=True)
+class Role:
+    """A role of a model set: which category of kind fills it, whether a set must have it."""
+
+    category: str
+    required: bool
+    default_kind: str
+
+
+ROLES: dict[str, Role] = {
+    "detector": Role("detector", True, "scrfd"),
+    "recognizer": Role("recognizer", True, "arcface"),
+    "swapper": Role("swapper", True, "inswapper"),
+    "enhancer": Role("enhancer", False, "gfpgan"),
+}
+REQUIRED_ROLES = tuple(name for name, role in ROLES.items() if role.required)
+
+
+def kind_class(kind: str) -> type[ModelKind] | None:
+    """The class of a manifest `kind`, or None when no module handles it."""
+    return KINDS.get(kind.removesuffix(STANDIN_SUFFIX))
+
+
+__all__ = ["KINDS", "REQUIRED_ROLES", "ROLES", "ArcFaceEmbedder", "FaceEnhancer", "InSwapper", "ModelKind", "Role",
+           "ScrfdDetector", "kind_class"]
