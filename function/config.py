@@ -1,4 +1,9 @@
-"""The function's settings from the environment (DESIGN.md, Configuration)."""
+"""The function's settings from the environment (README, Configuration).
+
+Read with the pipeline's one parser (`pipeline.EnvReader`). Reading never raises: a bad value is kept
+as a problem, its default is used, and the warm-up keeps the process not ready with the problem as its
+reason. The import of the function therefore never fails on configuration, and `/readyz` says why.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
+from pipeline import EnvReader
 
 
 def bucket_prefix(uri: str) -> str:
@@ -24,41 +25,44 @@ def bucket_prefix(uri: str) -> str:
 
 @dataclass(frozen=True)
 class FunctionConfig:
-    auth_token: str | None
-    allowed_prefixes: tuple[str, ...]
-    source_face_uri: str | None
-    output_uri: str | None
-    input_uri_template: str | None
-    max_inflight: int
-    reply_events: bool
-    storage_timeout_s: float
-    request_wait_s: float
-    service: str
-    revision: str
+    auth_token: str | None = None
+    allowed_prefixes: tuple[str, ...] = ("memory://",)
+    source_face_uri: str | None = None
+    output_uri: str | None = None
+    input_uri_template: str | None = None
+    max_inflight: int = 2
+    reply_events: bool = True
+    storage_timeout_s: float = 30.0
+    request_wait_s: float = 0.0
+    drain_seconds: float = 2.0
+    drain_max_seconds: float = 25.0
+    service: str = "facefusion"
+    revision: str = "local"
+    problems: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionConfig:
-        env = os.environ if env is None else env
-        source = env.get("SOURCE_FACE_URI") or None
-        output = env.get("OUTPUT_URI") or None
-        raw_allowed = env.get("ALLOWED_URI_PREFIXES")
-        if raw_allowed is not None and raw_allowed.strip():
+        read = EnvReader(env)
+        source = read.str("SOURCE_FACE_URI")
+        output = read.str("OUTPUT_URI")
+        raw_allowed = read.str("ALLOWED_URI_PREFIXES")
+        if raw_allowed:
             allowed = tuple(p.strip() for p in raw_allowed.split(",") if p.strip())
         else:
             allowed = ("memory://", *(bucket_prefix(u) for u in (source, output) if u))
-        max_inflight = int(env.get("MAX_INFLIGHT") or 2)
-        if max_inflight < 1:
-            raise ValueError("MAX_INFLIGHT must be at least 1")
         return cls(
-            auth_token=env.get("AUTH_TOKEN") or None,
+            auth_token=read.str("AUTH_TOKEN"),
             allowed_prefixes=allowed,
             source_face_uri=source,
             output_uri=output,
-            input_uri_template=env.get("INPUT_URI_TEMPLATE") or None,
-            max_inflight=max_inflight,
-            reply_events=_bool(env.get("REPLY_EVENTS"), True),
-            storage_timeout_s=float(env.get("STORAGE_TIMEOUT_S") or 30),
-            request_wait_s=float(env.get("READY_WAIT_S") or 0),
-            service=env.get("K_SERVICE", "facefusion"),
-            revision=env.get("K_REVISION", "local"),
+            input_uri_template=read.str("INPUT_URI_TEMPLATE"),
+            max_inflight=read.int("MAX_INFLIGHT", 2, minimum=1),
+            reply_events=read.bool("REPLY_EVENTS", True),
+            storage_timeout_s=read.float("STORAGE_TIMEOUT_S", 30.0, minimum=0.001),
+            request_wait_s=read.float("READY_WAIT_S", 0.0, minimum=0),
+            drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
+            drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),
+            service=read.str("K_SERVICE", "facefusion") or "facefusion",
+            revision=read.str("K_REVISION", "local") or "local",
+            problems=tuple(read.problems),
         )

@@ -3,14 +3,15 @@ storage notifications from GCS, S3, Azure and MinIO.
 
 Each delivery becomes an `EventJob`: either a fusion to run, or a note that the event is ignored
 (not an object creation, or one of our own outputs). Where the object is, per event type, follows
-DESIGN.md's Events table.
+the README's list of events.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -20,7 +21,6 @@ from .problems import Problem
 
 FUSION_REQUESTED = "dev.facefusion.fusion.requested"
 FUSION_COMPLETED = "dev.facefusion.fusion.completed"
-FUSION_FAILED = "dev.facefusion.fusion.failed"
 GCS_PREFIX = "google.cloud.storage.object.v1."
 S3_PREFIX = "com.amazonaws.s3."
 AZURE_PREFIX = "Microsoft.Storage."
@@ -43,7 +43,8 @@ class StorageObject:
 
 @dataclass
 class EventJob:
-    """One unit of event work."""
+    """One unit of event work: a storage object or a fusion request to run, a reason to ignore the
+    event, or the problem that makes it unusable (one malformed entry of a batch fails alone)."""
 
     event_id: str
     event_type: str
@@ -51,7 +52,7 @@ class EventJob:
     storage: StorageObject | None = None
     request: dict[str, Any] | None = None  # the data of a fusion.requested event
     ignored: str = ""  # why nothing is to be done
-    attributes: dict[str, Any] = field(default_factory=dict)
+    problem: Problem | None = None
 
 
 def _metadata_source(meta: Any) -> str | None:
@@ -86,47 +87,72 @@ def _is_creation(event_name: str) -> bool:
     return "ObjectCreated" in event_name
 
 
-def from_cloudevent(event: CloudEvent) -> EventJob:
-    attrs = dict(event.get_attributes())
-    ce_type = str(attrs.get("type", ""))
-    job = EventJob(event_id=str(attrs.get("id", "")), event_type=ce_type, source=str(attrs.get("source", "")),
-                   attributes=attrs)
-    data = event.get_data()
-    if isinstance(data, (bytes, str)) and ce_type.startswith((GCS_PREFIX, S3_PREFIX, AZURE_PREFIX, "dev.facefusion.")):
+def _gcs(ce_type: str, data: Any) -> StorageObject | str:
+    if ce_type != GCS_PREFIX + "finalized":
+        return f"{ce_type} is not an object creation"
+    if not isinstance(data, dict) or not data.get("bucket") or not data.get("name"):
+        raise Problem(400, "malformed-event", "a GCS event needs data.bucket and data.name")
+    return StorageObject("gcs", str(data["bucket"]), str(data["name"]), str(data.get("generation") or data.get("etag") or ""),
+                         _metadata_source(data.get("metadata")))
+
+
+def _s3(ce_type: str, data: Any) -> StorageObject | str:
+    if not _is_creation(ce_type):
+        return f"{ce_type} is not an object creation"
+    records = data.get("Records") if isinstance(data, dict) else None
+    record = records[0] if isinstance(records, list) and records else data  # a whole notification, or one record
+    obj = _s3_record(record, "s3")[1]
+    assert obj is not None
+    return obj
+
+
+def _azure(ce_type: str, data: Any) -> StorageObject | str:
+    if ce_type != AZURE_PREFIX + "BlobCreated":
+        return f"{ce_type} is not a blob creation"
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        raise Problem(400, "malformed-event", "an Azure BlobCreated event needs data.url")
+    container, _, blob = unquote(urlsplit(data["url"]).path).lstrip("/").partition("/")
+    if not container or not blob:
+        raise Problem(400, "malformed-event", "data.url does not name a container and a blob")
+    return StorageObject("azure", container, blob, str(data.get("eTag") or data.get("sequencer") or ""))
+
+
+# One parser per storage provider, by CloudEvent type prefix: each returns the created object, or why
+# the event is ignored (a delete, a metadata change), and raises a 400 problem for malformed data.
+STORAGE_PARSERS: dict[str, Callable[[str, Any], StorageObject | str]] = {
+    GCS_PREFIX: _gcs,
+    S3_PREFIX: _s3,
+    AZURE_PREFIX: _azure,
+}
+
+
+def _json_data(ce_type: str, data: Any) -> Any:
+    if isinstance(data, (bytes, str)):
         try:
-            data = json.loads(data)
+            return json.loads(data)
         except ValueError as exc:
             raise Problem(400, "malformed-event", f"{ce_type} event data is not JSON") from exc
+    return data
+
+
+def from_cloudevent(event: CloudEvent) -> EventJob:
+    """The job of one parsed CloudEvent; raises a 400 problem when its data is malformed."""
+    attrs = event.get_attributes()
+    ce_type = str(attrs.get("type", ""))
+    job = EventJob(event_id=str(attrs.get("id", "")), event_type=ce_type, source=str(attrs.get("source", "")))
     if ce_type == FUSION_REQUESTED:
+        data = _json_data(ce_type, event.get_data())
         if not isinstance(data, dict):
             raise Problem(400, "malformed-event", f"{FUSION_REQUESTED} needs a JSON object as data")
         job.request = data
-    elif ce_type.startswith(GCS_PREFIX):
-        if ce_type != GCS_PREFIX + "finalized":
-            job.ignored = f"{ce_type} is not an object creation"
-        elif not isinstance(data, dict) or not data.get("bucket") or not data.get("name"):
-            raise Problem(400, "malformed-event", "a GCS event needs data.bucket and data.name")
+        return job
+    parser = next((fn for prefix, fn in STORAGE_PARSERS.items() if ce_type.startswith(prefix)), None)
+    if parser is not None:
+        found = parser(ce_type, _json_data(ce_type, event.get_data()))
+        if isinstance(found, str):
+            job.ignored = found
         else:
-            job.storage = StorageObject("gcs", str(data["bucket"]), str(data["name"]),
-                                        str(data.get("generation") or data.get("etag") or ""),
-                                        _metadata_source(data.get("metadata")))
-    elif ce_type.startswith(S3_PREFIX):
-        if not _is_creation(ce_type):
-            job.ignored = f"{ce_type} is not an object creation"
-        else:
-            record = data["Records"][0] if isinstance(data, dict) and isinstance(data.get("Records"), list) and data["Records"] else data
-            _, job.storage = _s3_record(record, "s3")
-    elif ce_type.startswith(AZURE_PREFIX):
-        if ce_type != AZURE_PREFIX + "BlobCreated":
-            job.ignored = f"{ce_type} is not a blob creation"
-        elif not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            raise Problem(400, "malformed-event", "an Azure BlobCreated event needs data.url")
-        else:
-            parts = urlsplit(data["url"])
-            container, _, blob = unquote(parts.path).lstrip("/").partition("/")
-            if not container or not blob:
-                raise Problem(400, "malformed-event", "data.url does not name a container and a blob")
-            job.storage = StorageObject("azure", container, blob, str(data.get("eTag") or data.get("sequencer") or ""))
+            job.storage = found
     elif ce_type == "Microsoft.EventGrid.SubscriptionValidationEvent":
         job.ignored = "Event Grid subscription validation (use the OPTIONS handshake with CloudEvents schema)"
     else:
@@ -143,13 +169,21 @@ def from_minio(body: dict) -> list[EventJob]:
         isinstance(r, dict) and str(r.get("eventSource", "")).startswith("minio") for r in records) else "s3"
     jobs = []
     for i, record in enumerate(records):
-        name, obj = _s3_record(record, provider)
         rid = ""
         if isinstance(record, dict) and isinstance(record.get("responseElements"), dict):
             rid = str(record["responseElements"].get("x-amz-request-id", ""))
-        job = EventJob(event_id=rid or f"record-{i}", event_type=name or "s3:unknown", storage=obj)
-        if not _is_creation(name):
-            job.ignored, job.storage = f"{name} is not an object creation", None
+        job = EventJob(event_id=rid or f"record-{i}", event_type="s3:unknown")
+        try:
+            name, obj = _s3_record(record, provider)
+        except Problem as problem:
+            job.problem = problem
+            jobs.append(job)
+            continue
+        job.event_type = name or job.event_type
+        if _is_creation(name):
+            job.storage = obj
+        else:
+            job.ignored = f"{name} is not an object creation"
         jobs.append(job)
     return jobs
 
@@ -161,25 +195,26 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
         raise Problem(400, "malformed-event", f"not a valid CloudEvent: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def parse_batch(body: bytes) -> list[CloudEvent | Problem]:
-    """Each entry of a batch on its own: a malformed entry fails alone, the others still run."""
+def parse_batch(body: bytes) -> list[EventJob]:
+    """Each entry of a batch on its own: a malformed entry is a job with its problem, the others run."""
     try:
         items = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array") from exc
     if not isinstance(items, list):
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array")
-    parsed: list[CloudEvent | Problem] = []
+    jobs: list[EventJob] = []
     for item in items:
-        if not isinstance(item, dict):
-            parsed.append(Problem(400, "malformed-event", "each batch entry must be a structured CloudEvent object"))
-            continue
+        event_id = str(item.get("id", "")) if isinstance(item, dict) else ""
         try:
-            parsed.append(parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode()))
+            if not isinstance(item, dict):
+                raise Problem(400, "malformed-event", "each batch entry must be a structured CloudEvent object")
+            event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+            jobs.append(from_cloudevent(event))
         except Problem as problem:
-            problem.event_id = str(item.get("id", ""))
-            parsed.append(problem)
-    return parsed
+            jobs.append(EventJob(event_id=event_id, event_type=str(item.get("type", "")) if isinstance(item, dict) else "",
+                                 problem=problem))
+    return jobs
 
 
 def render_template(template: str, obj: StorageObject) -> str:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
+import posixpath
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pipeline import (
-    DecodedImage,
     EncodedFusion,
     FuseOptions,
     Fuser,
-    PipelineError,
+    InvalidOptions,
     Selection,
     StageTimer,
     normalise_format,
 )
+from pipeline.config import TRUE_WORDS
 
 from .metrics import INFLIGHT, STAGE_SECONDS
-from .problems import Problem, from_pipeline
+from .problems import Problem
 
 
 class InflightLimiter:
@@ -60,56 +60,48 @@ def _number(value: Any, name: str, kind: type, default: Any = None) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise Problem(400, "invalid-options", f"{name} must be {'an integer' if kind is int else 'a number'}") from exc
+        raise InvalidOptions(f"{name} must be {'an integer' if kind is int else 'a number'}") from exc
 
 
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    return str(value).strip().lower() in TRUE_WORDS
 
 
-def parse_options(raw: dict[str, Any], reference: DecodedImage | None = None) -> FuseOptions:
-    """Options from form fields or JSON: faces, index, reference_threshold, min_face_size, enhance."""
-    try:
-        threshold = _number(raw.get("reference_threshold"), "reference_threshold", float)
-        selection = Selection(
-            mode=str(raw.get("faces") or "largest"),
-            index=_number(raw.get("index"), "index", int),
-            min_face_size=_number(raw.get("min_face_size"), "min_face_size", int, 0) or 0,
-            **({"reference_threshold": threshold} if threshold is not None else {}),
-        )
-    except PipelineError as exc:
-        raise from_pipeline(exc) from exc
-    return FuseOptions(selection=selection, enhance=_bool(raw.get("enhance", False)), reference=reference)
+def _format(raw: dict[str, Any], accept: str, default: str) -> str:
+    """`format` if given, else the first image type the Accept header names, else `default`."""
+    if raw.get("format"):
+        return str(raw["format"])
+    for media in ("image/webp", "image/png", "image/jpeg"):
+        if media in (accept or ""):
+            return media
+    return default
 
 
-def output_format(raw: dict[str, Any], accept: str, default: str = "jpeg") -> tuple[str, int]:
-    fmt = raw.get("format")
-    if not fmt:
-        for media in ("image/webp", "image/png", "image/jpeg"):
-            if media in (accept or ""):
-                fmt = media
-                break
-    try:
-        fmt = normalise_format(str(fmt or default))
-    except PipelineError as exc:
-        raise from_pipeline(exc) from exc
-    quality = _number(raw.get("quality"), "quality", int, 92)
-    if not 1 <= quality <= 100:
-        raise Problem(400, "invalid-options", "quality must be between 1 and 100")
-    return fmt, quality
+def parse_options(raw: dict[str, Any], reference: bytes | None = None, accept: str = "",
+                  default_format: str = "jpeg") -> FuseOptions:
+    """Options from form fields or JSON: faces, index, reference_threshold, min_face_size, enhance, format,
+    quality. Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400."""
+    threshold = _number(raw.get("reference_threshold"), "reference_threshold", float)
+    selection = Selection(
+        mode=str(raw.get("faces") or "largest"),
+        index=_number(raw.get("index"), "index", int),
+        min_face_size=_number(raw.get("min_face_size"), "min_face_size", int, 0) or 0,
+        **({"reference_threshold": threshold} if threshold is not None else {}),
+    )
+    return FuseOptions(selection=selection, enhance=_bool(raw.get("enhance", False)), reference=reference,
+                       output_format=_format(raw, accept, default_format),
+                       quality=_number(raw.get("quality"), "quality", int, 92))
 
 
-def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions, fmt: str, quality: int,
-               timer: StageTimer) -> EncodedFusion:
-    try:
-        result = fuser.fuse_bytes(source, target, dataclasses.replace(options, output_format=fmt, quality=quality), timer=timer)
-    except PipelineError as exc:
-        raise from_pipeline(exc) from exc
+def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:
+    """Fuse and record the stage timings in the metrics."""
+    timer = StageTimer()
+    result = fuser.fuse_bytes(source, target, options, timer)
     for stage, ms in timer.ms.items():
         STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
-    return result
+    return result, timer
 
 
 def server_timing(timer: StageTimer) -> str:
@@ -124,3 +116,11 @@ def fusion_headers(result: EncodedFusion, timer: StageTimer, revision: str) -> d
         "X-Model-Version": result.report.model_version,
         "X-Revision": revision,
     }
+
+
+def format_for_uri(uri: str) -> str:
+    """The output format an output URI's extension names; JPEG when it names none we write."""
+    try:
+        return normalise_format(posixpath.splitext(uri)[1].lstrip("."))
+    except InvalidOptions:
+        return "jpeg"

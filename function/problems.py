@@ -1,4 +1,4 @@
-"""RFC 9457 problem responses, and the mapping from failures to statuses (DESIGN.md's table).
+"""RFC 9457 problem responses, and the one mapping from pipeline failures to statuses (README, statuses).
 
 The status decides whether Knative Eventing retries a delivery, so it is part of the contract:
 4xx (but 429) is poison and is not retried; 429 and 503 are transient and are.
@@ -48,7 +48,6 @@ class Problem(Exception):
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
-        self.event_id = ""  # set when the problem belongs to one event of a batch
 
     @property
     def retryable(self) -> bool:
@@ -58,14 +57,28 @@ class Problem(Exception):
         return {"type": PROBLEM_BASE + self.code, "title": TITLES.get(self.status, "Error"),
                 "status": self.status, "detail": self.detail}
 
-    def response(self, instance: str = "", extra_headers: dict[str, str] | None = None) -> Response:
+    def response(self, instance: str = "") -> Response:
         body = self.as_dict()
         if instance:
             body["instance"] = instance
-        headers = dict(extra_headers or {})
+        headers: dict[str, str] = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="facefusion"'
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return Response(json.dumps(body), status=self.status, mimetype="application/problem+json", headers=headers)
+
+
+def as_problem(exc: Exception) -> Problem | None:
+    """The problem a failure answers with: a Problem as it is, a pipeline failure by its type; None for
+    anything else (an unexpected error, which the caller logs and answers with 503)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, PipelineError):
+        problem = from_pipeline(exc)
+        problem.__cause__ = exc  # the request log names the root cause by type
+        return problem
+    return None
 
 
 def from_pipeline(exc: PipelineError) -> Problem:

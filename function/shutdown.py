@@ -12,7 +12,6 @@ handling. DRAIN_MAX_SECONDS bounds the wait below gunicorn's 30 s graceful timeo
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +20,7 @@ log = logging.getLogger("facefusion.shutdown")
 DRAINING = threading.Event()
 
 
-def _drain_then(original: Callable[[], None], inflight: Callable[[], int]) -> None:
-    minimum = float(os.environ.get("DRAIN_SECONDS") or 2)
-    maximum = float(os.environ.get("DRAIN_MAX_SECONDS") or 25)
+def _drain_then(original: Callable[[], None], inflight: Callable[[], int], minimum: float, maximum: float) -> None:
     start = time.monotonic()
     while time.monotonic() - start < maximum:
         if time.monotonic() - start >= minimum and inflight() == 0:
@@ -33,7 +30,7 @@ def _drain_then(original: Callable[[], None], inflight: Callable[[], int]) -> No
     original()
 
 
-def install(inflight: Callable[[], int]) -> bool:
+def install(inflight: Callable[[], int], minimum_s: float, maximum_s: float) -> bool:
     """Wrap gunicorn's threaded worker SIGTERM handler; False when that worker class is not there."""
     try:
         from gunicorn.workers.gthread import ThreadWorker
@@ -47,7 +44,7 @@ def install(inflight: Callable[[], int]) -> bool:
         if DRAINING.is_set():
             return
         DRAINING.set()
-        threading.Thread(target=_drain_then, args=(lambda: original(self, sig, frame), inflight),
+        threading.Thread(target=_drain_then, args=(lambda: original(self, sig, frame), inflight, minimum_s, maximum_s),
                          name="drain", daemon=True).start()
 
     handle_exit._facefusion_drain = True  # type: ignore[attr-defined]

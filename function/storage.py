@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 import fsspec
 
+from pipeline import atomic_write
+
 from .problems import Problem
 
 _io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="storage")
@@ -77,11 +79,6 @@ class AllowList:
         if any(norm.startswith(p) or norm + "/" == p for p in self.prefixes):
             return norm
         raise Problem(403, "uri-not-allowed", f"{norm.split('://')[0]}:// URI outside ALLOWED_URI_PREFIXES")
-
-
-def check_uri(uri: str, allowed: tuple[str, ...]) -> str:
-    """One-off check against a list of prefixes (the function keeps an AllowList instead)."""
-    return AllowList(allowed).check(uri)
 
 
 def _run(fn, timeout: float, what: str):
@@ -166,11 +163,7 @@ def write_atomic(uri: str, data: bytes, timeout: float) -> None:
             tmp_dir = posixpath.join(posixpath.dirname(path), TMP_DIR)
             os.makedirs(tmp_dir, exist_ok=True)
             tmp = posixpath.join(tmp_dir, f"{posixpath.basename(path)}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.partial")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, data, tmp_path=tmp)
             _remove_orphans(tmp_dir)
         else:
             fs.pipe_file(path, data)

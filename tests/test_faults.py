@@ -85,7 +85,7 @@ def test_store_faults(faulty_server, capsys, mode, status, code):
 def test_runtime_out_of_memory(faulty_server, capsys):
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    swapper = faulty_server.module.WARMUP.fuser.swapper
+    swapper = faulty_server.module.RUNTIME.warmup.fuser.swapper
     real = swapper.session
 
     class OutOfMemory:

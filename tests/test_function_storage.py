@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from function.problems import Problem
-from function.storage import check_uri
+from function.storage import AllowList
 
 from .conftest import shared_file
 from .server import FunctionServer, free_port
@@ -26,13 +26,13 @@ from .server import FunctionServer, free_port
 ])
 def test_refused_before_any_io(uri):
     with pytest.raises(Problem) as info:
-        check_uri(uri, ("s3://allowed/", "memory://"))
+        AllowList(("s3://allowed/", "memory://")).check(uri)
     assert info.value.status in (400, 403)
 
 
 def test_allowed_and_normalised():
-    assert check_uri("s3://allowed/a/./b.jpg", ("s3://allowed",)) == "s3://allowed/a/b.jpg"
-    assert check_uri("memory://in/x.jpg", ("memory://",)) == "memory://in/x.jpg"
+    assert AllowList(("s3://allowed",)).check("s3://allowed/a/./b.jpg") == "s3://allowed/a/b.jpg"
+    assert AllowList(("memory://",)).check("memory://in/x.jpg") == "memory://in/x.jpg"
 
 
 def test_symlink_out_of_a_file_root_is_refused(tmp_path: Path):
@@ -40,9 +40,9 @@ def test_symlink_out_of_a_file_root_is_refused(tmp_path: Path):
     root.mkdir()
     (root / "escape").symlink_to("/etc")
     with pytest.raises(Problem) as info:
-        check_uri(f"file://{root}/escape/passwd", (f"file://{root}/",))
+        AllowList((f"file://{root}/",)).check(f"file://{root}/escape/passwd")
     assert info.value.status == 403
-    assert check_uri(f"file://{root}/ok.jpg", (f"file://{root}",)) == f"file://{root}/ok.jpg"
+    assert AllowList((f"file://{root}",)).check(f"file://{root}/ok.jpg") == f"file://{root}/ok.jpg"
 
 
 # -- memory:// through an in-process server ----------------------------------------------------------

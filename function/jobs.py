@@ -1,0 +1,143 @@
+"""Event work: storage and fusion-request jobs, completion markers, reply events, the batch loop.
+
+Delivery is at least once, so every job is idempotent: after the output is written atomically, a
+marker `<output>.facefusion.json` records the input version it was made from, and a redelivery that
+finds it is answered without a second fusion. Objects under OUTPUT_URI's fixed prefix, and markers,
+are our own outputs and are ignored, so a trigger on a bucket that is input and output cannot loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import flask
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+
+from . import events, storage
+from .fusion import format_for_uri, parse_options, run_fusion
+from .inputs import ImageRef, fetch_all, image_ref, uri_ref
+from .problems import Problem, as_problem
+from .reply import json_response
+from .runtime import Runtime
+
+MARKER_SUFFIX = ".facefusion.json"
+
+
+def _own_output(rt: Runtime, in_uri: str) -> bool:
+    return in_uri.endswith(MARKER_SUFFIX) or bool(rt.output_prefix and in_uri.startswith(rt.output_prefix))
+
+
+def _already_done(rt: Runtime, out_uri: str, identity: str) -> bool:
+    """The marker beside the output names the input version it was made from."""
+    marker = storage.read_json(out_uri + MARKER_SUFFIX, rt.config.storage_timeout_s)
+    return bool(marker) and marker.get("input") == identity and storage.exists(out_uri, rt.config.storage_timeout_s)
+
+
+def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict[str, Any], identity: str,
+                 job: events.EventJob) -> dict[str, Any]:
+    """Fuse checked inputs into `out_uri`, then write the marker that makes a redelivery a duplicate."""
+    fuser = rt.fuser()
+    options = parse_options(raw, default_format=format_for_uri(out_uri))
+    timeout = rt.config.storage_timeout_s
+    with rt.limiter.slot():
+        blobs = fetch_all(rt, refs)
+        options.reference = blobs.get("reference")
+        result, _ = run_fusion(fuser, blobs["source"], blobs["target"], options)
+        storage.write_atomic(out_uri, result.data, timeout)
+        report = result.report
+        marker = {"input": identity, "event_id": job.event_id, "revision": rt.config.revision,
+                  "model_version": report.model_version, "faces_swapped": report.faces_swapped, "written_at": time.time()}
+        storage.write_atomic(out_uri + MARKER_SUFFIX, json.dumps(marker).encode(), timeout)
+    return {"status": "done", "output": out_uri, "faces_found": report.faces_found, "faces_swapped": report.faces_swapped,
+            "model_version": report.model_version, "timings_ms": report.timings_ms}
+
+
+def _storage_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
+    obj = job.storage
+    assert obj is not None
+    target = uri_ref(rt, events.input_uri(obj, rt.config.input_uri_template))
+    assert target.uri is not None
+    if _own_output(rt, target.uri):
+        return {"status": "ignored", "reason": "the object is one of this function's outputs"}
+    if not rt.config.output_uri:
+        raise Problem(503, "misconfigured", "OUTPUT_URI is not set, so storage events have nowhere to go", retry_after=30)
+    out_uri = rt.allow.check(events.render_template(rt.config.output_uri, obj))
+    source_uri = obj.source_face or rt.config.source_face_uri
+    if not source_uri:
+        raise Problem(400, "no-source-face-uri", "the object names no source face and SOURCE_FACE_URI is not set")
+    source = uri_ref(rt, source_uri)
+    identity = f"{target.uri}#{obj.version}"
+    if _already_done(rt, out_uri, identity):
+        return {"status": "duplicate", "output": out_uri}
+    return _fuse_to_uri(rt, {"source": source, "target": target}, out_uri, {}, identity, job)
+
+
+def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
+    data = job.request or {}
+    for name in ("source", "target", "output"):
+        if not isinstance(data.get(name), str):
+            raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data needs a '{name}' URI")
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    refs = {"source": uri_ref(rt, data["source"]), "target": uri_ref(rt, data["target"])}
+    if options.get("reference") is not None:
+        refs["reference"] = image_ref(rt, options["reference"], "reference")
+    out_uri = rt.allow.check(data["output"])  # every URI is checked before anything is read
+    identity = f"{refs['target'].uri}#{job.event_id}"
+    if _already_done(rt, out_uri, identity):
+        return {"status": "duplicate", "output": out_uri}
+    return _fuse_to_uri(rt, refs, out_uri, options, identity, job)
+
+
+def run_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
+    """The outcome of one job; raises the problem of a job that failed."""
+    base = {"id": job.event_id, "type": job.event_type}
+    if job.problem is not None:
+        raise job.problem
+    if job.ignored:
+        return {**base, "status": "ignored", "reason": job.ignored}
+    if job.request is not None:
+        return {**base, **_request_job(rt, job)}
+    return {**base, **_storage_job(rt, job)}
+
+
+def reply(rt: Runtime, job: events.EventJob, outcome: dict[str, Any]) -> flask.Response:
+    """202 for work without a reply; a `fusion.completed` reply event (binary mode) for a done fusion."""
+    if outcome["status"] != "done" or not rt.config.reply_events:
+        return flask.Response(status=202)
+    event = CloudEvent({
+        "type": events.FUSION_COMPLETED,
+        "source": f"/facefusion/{rt.config.service}/{rt.config.revision}",
+        "id": str(uuid.uuid4()),
+        "subject": outcome["output"],
+        "datacontenttype": "application/json",
+        "causationid": job.event_id,
+    }, {**{k: v for k, v in outcome.items() if k not in ("id", "type", "status")}, "revision": rt.config.revision,
+        "input_event": {"id": job.event_id, "type": job.event_type, "source": job.source}})
+    headers, body = to_binary(event)
+    return flask.Response(body, status=200, headers=headers)
+
+
+def run_many(rt: Runtime, jobs: list[events.EventJob]) -> flask.Response:
+    """A batch, job by job: 200 with a result each, or the worst retryable status so that Eventing
+    redelivers (what was done is a duplicate next time)."""
+    if not jobs:
+        return flask.Response(status=202)
+    outcomes, worst = [], None
+    for job in jobs:
+        try:
+            outcomes.append(run_job(rt, job))
+        except Exception as exc:
+            problem = as_problem(exc)
+            if problem is None:
+                raise
+            outcomes.append({"id": job.event_id, "type": job.event_type, "status": "failed", "error": problem.as_dict()})
+            if problem.retryable and (worst is None or problem.status > worst.status):
+                worst = problem
+    body = {"results": outcomes}
+    if worst is not None:
+        return json_response(body, worst.status, {"Retry-After": str(worst.retry_after or 1)})
+    return json_response(body)

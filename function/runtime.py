@@ -1,0 +1,63 @@
+"""The process-wide objects of the function: configuration, warm-up, fusion limiter, allow-list.
+
+main.py builds one `Runtime` when functions-framework imports it and hands it to the request and
+event handlers, so no other module reads the environment or keeps its own globals (a test that loads
+the function twice with other settings gets two independent runtimes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline import Fuser, ImageLimits
+from warmup import Warmup
+
+from .config import FunctionConfig
+from .fusion import InflightLimiter
+from .problems import Problem
+from .storage import AllowList, normalise
+
+
+def output_prefix(template: str | None) -> str | None:
+    """The fixed part of OUTPUT_URI before its first placeholder: objects under it are our outputs."""
+    if not template:
+        return None
+    fixed = template.split("{", 1)[0]
+    try:
+        norm = normalise(fixed)
+    except Problem:
+        return None
+    return norm + "/" if fixed.endswith("/") and not norm.endswith("/") else norm
+
+
+@dataclass
+class Runtime:
+    config: FunctionConfig
+    warmup: Warmup
+    limiter: InflightLimiter
+    allow: AllowList
+    output_prefix: str | None
+
+    @classmethod
+    def from_env(cls) -> Runtime:
+        config = FunctionConfig.from_env()
+        # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
+        return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
+                   allow=AllowList(config.allowed_prefixes), output_prefix=output_prefix(config.output_uri))
+
+    def fuser(self) -> Fuser:
+        """The loaded Fuser, or a 503 problem saying why there is none yet."""
+        self.warmup.ensure_started()
+        if not self.warmup.readiness.ready and self.config.request_wait_s > 0:
+            self.warmup.wait(self.config.request_wait_s)
+        readiness = self.warmup.readiness
+        if readiness.state == "failed":
+            raise Problem(503, "not-ready", f"models failed to load: {readiness.reason}", retry_after=30)
+        if not readiness.ready or self.warmup.fuser is None:
+            raise Problem(503, "not-ready", f"models are not ready yet ({readiness.state})", retry_after=2)
+        return self.warmup.fuser
+
+    def max_image_bytes(self) -> int:
+        """MAX_IMAGE_BYTES as the loaded pipeline reads it (its default until then: no fusion runs before)."""
+        fuser = self.warmup.fuser
+        return (fuser.limits if fuser else ImageLimits()).max_bytes
