@@ -78,6 +78,12 @@ class ModelSetInvalid(PipelineError):
     code = "model-set-invalid"
 
 
+class ModelSetMissing(ModelSetInvalid):
+    """No manifest where the set should be: not prefetched yet (prefetch writes the manifest last)."""
+
+    code = "model-set-missing"
+
+
 class RuntimeFailure(PipelineError):
     """A transient failure of the inference runtime (for example GPU out of memory). Worth a retry."""
 

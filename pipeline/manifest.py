@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelSetInvalid
+from .errors import ModelSetInvalid, ModelSetMissing
 from .files import atomic_write
 from .models import REQUIRED_ROLES, ROLES, kind_class
 
@@ -97,7 +97,7 @@ def read_manifest(directory: Path) -> ModelSet:
     """Parse the manifest of the set in `directory` (no file checks yet)."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        raise ModelSetInvalid(f"no model set at {directory}: {path} is missing")
+        raise ModelSetMissing(f"no model set at {directory.absolute()}: {path.absolute()} is missing")
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

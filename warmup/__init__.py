@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline import ConfigError, Fuser, PipelineError, Settings, load_fuser
+from pipeline import ConfigError, Fuser, ModelSetMissing, PipelineError, Settings, load_fuser
 
 from .config import WarmupConfig
 
@@ -25,7 +25,7 @@ PROCESS_START = time.time()
 class Readiness:
     """Readiness of this process: `ready`, or the reason it is not, plus cold-start timings."""
 
-    state: str = "starting"  # starting | loading | warming | ready | failed
+    state: str = "starting"  # starting | loading | waiting (for the model set) | warming | ready | failed
     reason: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     ready_event: threading.Event = field(default_factory=threading.Event)
@@ -45,12 +45,17 @@ class Warmup:
     """Owns the process's Fuser and its readiness."""
 
     def __init__(self, settings: Settings | None = None, exercise: bool | None = None,
-                 problems: tuple[str, ...] = ()) -> None:
+                 problems: tuple[str, ...] = (), wait_for_models: bool = True) -> None:
         """`settings` and `exercise` default to the environment's; `problems` are configuration problems
-        found by the caller (the function's own settings), which keep the process not ready."""
+        found by the caller (the function's own settings), which keep the process not ready.
+
+        With `wait_for_models`, a model set that is not there yet (no manifest: prefetch writes it
+        last) is looked for again every MODEL_WAIT_S, so a server started before its models becomes
+        ready once they appear; readiness says `waiting` meanwhile. Any other failure is final."""
         self.settings = settings
         self.exercise = exercise
         self.problems = problems
+        self.wait_for_models = wait_for_models
         self.readiness = Readiness()
         self.fuser: Fuser | None = None
         self._started_pid: int | None = None
@@ -75,7 +80,7 @@ class Warmup:
             if problems:
                 raise ConfigError("invalid configuration: " + "; ".join(problems))
             settings = self.settings or Settings.from_env()
-            fuser = load_fuser(settings)
+            fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
             for line in fuser.load_log:
                 log.info(line)
@@ -96,6 +101,23 @@ class Warmup:
             log.exception("not ready")
         finally:
             readiness.ready_event.set()
+
+    def _load(self, settings: Settings, retry_s: float) -> tuple[Fuser, float]:
+        """The loaded Fuser and when its successful load started."""
+        readiness = self.readiness
+        while True:
+            started = time.time()
+            try:
+                fuser = load_fuser(settings)
+                readiness.state, readiness.reason = "loading", ""
+                return fuser, started
+            except ModelSetMissing as exc:
+                if not self.wait_for_models:
+                    raise
+                if readiness.state != "waiting":
+                    log.warning("waiting for the model set: %s; looking again every %g s", exc.message, retry_s)
+                readiness.state, readiness.reason = "waiting", f"{exc.message} (looking again every {retry_s:g} s)"
+                time.sleep(retry_s)
 
     def wait(self, timeout: float) -> bool:
         return self.readiness.ready_event.wait(timeout) and self.readiness.ready

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps({"built": built}))
         return 0
-    warm = Warmup(exercise=True)
+    warm = Warmup(exercise=True, wait_for_models=False)
     warm.ensure_started()
     warm.readiness.ready_event.wait()
     print(json.dumps(warm.readiness.as_dict(), indent=2))
