@@ -29,7 +29,7 @@ import flask  # noqa: E402
 from cloudevents.conversion import to_binary  # noqa: E402
 from cloudevents.http import CloudEvent  # noqa: E402
 
-from function import events, metrics, shutdown, storage  # noqa: E402
+from function import demo, events, metrics, shutdown, storage  # noqa: E402
 from function.config import FunctionConfig  # noqa: E402
 from function.fusion import InflightLimiter, fusion_headers, output_format, parse_options, run_fusion  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
@@ -398,6 +398,12 @@ def _route(request: flask.Request) -> tuple[flask.Response, str, str]:
         # The CloudEvents webhook handshake only echoes the origin; Event Grid's validation request
         # carries no delivery headers, so requiring the token here would make subscriptions fail.
         return _options(request), "options", ""
+    if path == "/" and method in ("GET", "HEAD") and demo.wants_html(request):  # the demo page (function/demo.py)
+        try:
+            _check_auth(request)
+        except Problem:
+            return demo.unlock(), "demo", ""  # 401 whose body is a token form that loads the page
+        return demo.page(), "demo", ""
     _check_auth(request)
     if path == "/metrics" and method == "GET":
         return flask.Response(metrics.render(), mimetype="text/plain; version=0.0.4"), "metrics", ""
