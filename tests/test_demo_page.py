@@ -13,6 +13,7 @@ import time
 
 import pytest
 import requests
+from PIL import Image
 
 from .conftest import shared_file
 from .server import REPO, FunctionServer
@@ -102,6 +103,15 @@ def test_non_html_get_keeps_answering_as_before(server):
     assert r.status_code == 401 and r.headers["Content-Type"] == "application/problem+json"
 
 
+def test_openapi_documents_the_page(server):
+    from openapi_spec_validator import validate
+
+    spec = requests.get(server.url + "/openapi.json", headers=AUTH, timeout=10).json()
+    validate(spec)
+    get = spec["paths"]["/"]["get"]["responses"]
+    assert "text/html" in get["200"]["content"] and "text/html" in get["401"]["content"] and "405" in get
+
+
 def test_without_auth_token_the_page_is_served_directly(model_root, tmp_path):
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WARMUP": "false"},
                          wait_ready=False)
@@ -141,7 +151,7 @@ def _browser():
 
 def test_browser_unlocks_uploads_and_shows_the_result(server, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     source, target = shared_file("images", SOURCE), shared_file("images", TARGET)
     ARTEFACTS.mkdir(exist_ok=True)
@@ -180,6 +190,30 @@ def test_browser_unlocks_uploads_and_shows_the_result(server, tmp_path):
         assert '-H "Authorization: Bearer $TOKEN"' in curl and TOKEN not in curl
         assert server.url + "/" in curl
         driver.save_screenshot(str(ARTEFACTS / "demo-page.png"))
+
+        # a dropped reference face (faces=reference shows its zone) and the curl command follows the options
+        Select(driver.find_element(By.ID, "faces")).select_by_visible_text("reference")
+        assert driver.find_element(By.ID, "drop-reference").is_displayed() and not fuse.is_enabled()
+        driver.execute_script("""
+            const dt = new DataTransfer();
+            dt.items.add(document.getElementById('source').files[0]);
+            document.getElementById('drop-reference').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));""")
+        wait.until(lambda d: "set" in d.find_element(By.ID, "drop-reference").get_attribute("class"))
+        assert fuse.is_enabled()
+        curl = driver.find_element(By.ID, "curl").text
+        assert "-F faces=reference" in curl and f"-F reference=@{SOURCE}" in curl
+        Select(driver.find_element(By.ID, "faces")).select_by_visible_text("largest")
+
+        # an error is shown with its status and the problem's detail
+        blank = tmp_path / "blank.png"
+        Image.new("RGB", (320, 240), (200, 200, 200)).save(blank)
+        driver.find_element(By.ID, "source").send_keys(str(blank))
+        fuse.click()
+        wait.until(lambda d: not d.find_element(By.ID, "error").get_attribute("hidden"))
+        error = driver.find_element(By.ID, "error").text
+        assert error.startswith("422") and "face" in error, error
+        assert "422" in driver.find_element(By.ID, "status").text
         blocked = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
         assert not blocked, blocked
         passed = True
