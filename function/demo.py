@@ -32,6 +32,7 @@ UNLOCK = """<!doctype html>
 <title>facefusion-fn: token required</title>
 <link rel="icon" href="data:,">
 <style>
+* { box-sizing: border-box; }
 body { margin: 0; min-height: 100vh; display: grid; place-items: center; background: #f4f5f7; color: #1d2330;
        font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; }
 form { background: #fff; border: 1px solid #d9dde5; border-radius: 10px; padding: 1.6rem 1.8rem; width: 22rem; }

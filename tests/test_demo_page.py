@@ -1,6 +1,7 @@
 """The demo page (`GET /` with `Accept: text/html`): its HTTP contract, and a real headless Chromium
 (Debian's `chromium` and `chromium-driver`, driven by selenium) that unlocks it with the token,
-uploads two photographs, waits for the fused result and saves a screenshot to tests/artefacts/."""
+uploads two photographs, waits for the fused result and saves screenshots to tests/artefacts/
+(demo-page.png; demo-unlock.png, demo-page-error.png, and demo-page-failed.png when it fails)."""
 
 from __future__ import annotations
 
@@ -162,6 +163,7 @@ def test_browser_unlocks_uploads_and_shows_the_result(server, tmp_path):
         wait = WebDriverWait(driver, 30)
         driver.get(server.url + "/")
         wait.until(lambda d: d.find_elements(By.ID, "unlock"))
+        driver.save_screenshot(str(ARTEFACTS / "demo-unlock.png"))
         driver.find_element(By.ID, "token").send_keys(TOKEN)
         driver.find_element(By.ID, "open").click()
         wait.until(lambda d: d.find_elements(By.ID, "fuse"))  # the page replaced the unlock form
@@ -214,6 +216,7 @@ def test_browser_unlocks_uploads_and_shows_the_result(server, tmp_path):
         error = driver.find_element(By.ID, "error").text
         assert error.startswith("422") and "face" in error, error
         assert "422" in driver.find_element(By.ID, "status").text
+        driver.save_screenshot(str(ARTEFACTS / "demo-page-error.png"))
         blocked = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
         assert not blocked, blocked
         passed = True
