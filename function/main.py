@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # functions-framew
 
 import flask  # noqa: E402
 
-from function import direct, events, jobs, metrics, shutdown  # noqa: E402
+from function import demo, direct, events, jobs, metrics, shutdown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem  # noqa: E402
 from function.reply import Reply, json_response  # noqa: E402
@@ -74,6 +74,19 @@ def _webhook_handshake(request: flask.Request) -> Reply:
         return Reply(flask.Response(status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*",
                                                          "Allow": "POST, OPTIONS"}), "options")
     return Reply(flask.Response(status=204, headers={"Allow": "GET, POST, OPTIONS"}), "options")
+
+
+def _demo_page(request: flask.Request) -> Reply:
+    """GET / from a browser: the demo page (function/demo.py). Without a valid token the answer is a
+    401 whose body asks for the token and then loads the page with it; other clients get 405."""
+    if not demo.wants_html(request):
+        _check_auth(request)
+        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on /")
+    try:
+        _check_auth(request)
+    except Problem:
+        return Reply(demo.unlock(), "demo")
+    return Reply(demo.page(), "demo")
 
 
 def _json_body(request: flask.Request) -> Any:
@@ -130,6 +143,7 @@ ROUTES: dict[str, dict[str, Route]] = {
         # The handshake only echoes the origin; Event Grid's validation request carries no delivery
         # headers, so requiring the token here would make subscriptions fail.
         "OPTIONS": Route(_webhook_handshake, public=True),
+        **{m: Route(_demo_page, public=True) for m in ("GET", "HEAD")},  # checks the token itself
     },
 }
 

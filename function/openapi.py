@@ -29,6 +29,18 @@ SPEC: dict = {
              "description": "Face fusion as a serverless function. Errors are RFC 9457 problem documents."},
     "paths": {
         "/": {
+            "get": {
+                "summary": "The demo page, for a browser: only when Accept prefers text/html (others get 405)",
+                "responses": {
+                    "200": {"description": "one self-contained HTML page that fuses through POST /",
+                            "content": {"text/html": {}}},
+                    "401": {"description": "without a valid token: an HTML form that asks for it and loads the page "
+                                           "(a problem document when Accept does not prefer text/html)",
+                            "content": {"text/html": {},
+                                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+                    "405": _problem,
+                },
+            },
             "post": {
                 "summary": "Fuse faces (multipart or JSON), or deliver a CloudEvent / storage notification",
                 "requestBody": {"required": True, "content": {
