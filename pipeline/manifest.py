@@ -1,5 +1,8 @@
 """The model-set manifest: one schema for the prefetch job and the serving process.
 
+Messages name the set's folder, roles and file names, never absolute paths: they reach the public
+`/readyz` and 503 answers.
+
 `$MODEL_PATH/<version>/manifest.json` names, per role, a file, its SHA-256, its kind and optionally
 its size and input size (README, Model store). The same parser checks a manifest before prefetch
 copies a byte and before a serving process opens a file, so a set that could not serve (a missing
@@ -97,12 +100,12 @@ def read_manifest(directory: Path) -> ModelSet:
     """Parse the manifest of the set in `directory` (no file checks yet)."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        raise ModelSetMissing(f"no model set at {directory.absolute()}: {path.absolute()} is missing")
+        raise ModelSetMissing(f"no model set {directory.name!r} yet: its {MANIFEST_FILE} is missing")
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelSetInvalid(f"{path} cannot be read: {exc}") from exc
-    return parse_manifest(raw, directory, str(path))
+        raise ModelSetInvalid(f"{directory.name}/{MANIFEST_FILE} cannot be read: {type(exc).__name__}") from exc
+    return parse_manifest(raw, directory, f"{directory.name}/{MANIFEST_FILE}")
 
 
 def manifest_document(name: str, version: str, models: dict[str, dict[str, Any]]) -> dict[str, Any]:

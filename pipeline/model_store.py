@@ -86,17 +86,17 @@ def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None, force: 
         try:
             stat = entry.path.stat()
         except OSError as exc:
-            raise ModelSetInvalid(f"model file {entry.path} ({entry.role}) is missing") from exc
+            raise ModelSetInvalid(f"model file {entry.path.name} ({entry.role}) is missing") from exc
         if entry.size is not None and stat.st_size != entry.size:
             raise ModelSetInvalid(
-                f"model file {entry.path} ({entry.role}) is {stat.st_size} bytes; the manifest says {entry.size}"
+                f"model file {entry.path.name} ({entry.role}) is {stat.st_size} bytes; the manifest says {entry.size}"
             )
         if not force and verdicts.is_verified(entry.path, entry.sha256, stat):
             continue
         actual = sha256_file(entry.path)
         if actual != entry.sha256:
             raise ModelSetInvalid(
-                f"model file {entry.path} ({entry.role}) has sha256 {actual}; the manifest says {entry.sha256}"
+                f"model file {entry.path.name} ({entry.role}) has sha256 {actual}; the manifest says {entry.sha256}"
             )
         verdicts.remember(entry.path, entry.sha256, stat)
         changed = True

@@ -97,4 +97,5 @@ def create_session(
             str(path), sess_options=opts, providers=list(providers), provider_options=provider_options
         )
     except Exception as exc:  # the runtime raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelSetInvalid(f"model file {path} cannot be loaded by ONNX Runtime: {exc}") from exc
+        log.error("ONNX Runtime cannot load %s: %s", path, exc)  # the full path and message for the operator
+        raise ModelSetInvalid(f"model file {path.name} cannot be loaded by ONNX Runtime ({type(exc).__name__})") from exc

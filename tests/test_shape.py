@@ -106,7 +106,9 @@ def test_a_model_set_that_appears_after_start_is_picked_up(model_root, tmp_path,
     deadline = time.time() + 10
     while warm.readiness.state != "waiting" and time.time() < deadline:
         time.sleep(0.05)
-    assert warm.readiness.state == "waiting" and str(root.absolute()) in warm.readiness.reason
+    reason = warm.readiness.reason
+    assert warm.readiness.state == "waiting" and "manifest.json is missing" in reason
+    assert str(tmp_path) not in reason  # /readyz is public: no absolute paths
     shutil.copytree(model_root / "test", root / "test")
     os.symlink("test", root / "current")
     assert warm.readiness.ready_event.wait(30) and warm.readiness.ready, warm.readiness.as_dict()
@@ -151,3 +153,24 @@ def test_a_malformed_record_in_a_notification_fails_alone(model_root, tmp_path):
         assert results[0]["error"]["status"] == 400 and (store / "out" / "ok.jpg").is_file()
     finally:
         server.stop()
+
+
+def test_a_failed_load_recovers_when_the_cause_is_fixed_and_names_no_paths(model_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_WAIT_S", "0.1")
+    root = tmp_path / "models"
+    shutil.copytree(model_root / "test", root / "test")
+    os.symlink("test", root / "current")
+    swap = root / "test" / "swap.onnx"
+    good = swap.read_bytes()
+    swap.write_bytes(good[:-10] + b"0123456789")  # same size, wrong hash
+    warm = Warmup(settings=Settings(model_path=root, cache_path=tmp_path / "c"), exercise=False)
+    warm.ensure_started()
+    assert warm.readiness.ready_event.wait(20)
+    reason = warm.readiness.reason
+    assert warm.readiness.state == "failed" and "swap.onnx (swapper)" in reason and "trying again" in reason
+    assert str(tmp_path) not in reason
+    swap.write_bytes(good)
+    deadline = time.time() + 20
+    while not warm.readiness.ready and time.time() < deadline:
+        time.sleep(0.05)
+    assert warm.readiness.ready, warm.readiness.as_dict()

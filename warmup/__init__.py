@@ -19,6 +19,7 @@ from .config import WarmupConfig
 
 log = logging.getLogger("facefusion.warmup")
 PROCESS_START = time.time()
+RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -103,8 +104,14 @@ class Warmup:
             readiness.ready_event.set()
 
     def _load(self, settings: Settings, retry_s: float) -> tuple[Fuser, float]:
-        """The loaded Fuser and when its successful load started."""
+        """The loaded Fuser and when its successful load started.
+
+        A set that is not there yet is looked for every `retry_s` (state `waiting`). A set that fails to
+        load (a damaged file, a runtime that cannot create a session) stays `failed` with its reason,
+        and is tried again with back-off up to RETRY_MAX_S, so the pod recovers once the cause is
+        fixed (a prefetch repairs the file, say) without a restart."""
         readiness = self.readiness
+        backoff = retry_s
         while True:
             started = time.time()
             try:
@@ -118,6 +125,14 @@ class Warmup:
                     log.warning("waiting for the model set: %s; looking again every %g s", exc.message, retry_s)
                 readiness.state, readiness.reason = "waiting", f"{exc.message} (looking again every {retry_s:g} s)"
                 time.sleep(retry_s)
+            except PipelineError as exc:
+                if not self.wait_for_models:
+                    raise
+                log.error("not ready: %s; trying again in %g s", exc.message, backoff)
+                readiness.state, readiness.reason = "failed", f"{exc.message} (trying again in {backoff:g} s)"
+                readiness.ready_event.set()  # a verdict for whoever waits; a later success still turns ready
+                time.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
 
     def wait(self, timeout: float) -> bool:
         return self.readiness.ready_event.wait(timeout) and self.readiness.ready
