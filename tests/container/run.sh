@@ -175,7 +175,10 @@ say "started $NAME on port $port (uid 10001, /models read-only)"
   --data "$WORK/data" --images "$SHARED/images" || die "container checks failed"
 checks_s=$((SECONDS - t))
 podman logs "$NAME" > "$WORK/container.log" 2>&1 || true
-if grep -q '"status": 500' "$WORK/container.log"; then die "the container logged a 500"; fi
+if grep -qE '"status": ?500[,}]|Traceback' "$WORK/container.log"; then
+  sed 's/^/    /' "$WORK/container.log" | tail -n 60
+  die "the container logged a 500 or a traceback"
+fi
 
 # --- 7. summary -----------------------------------------------------------------------------------
 printf '\n| %-34s | %-28s |\n|%s|%s|\n' "what" "value" "------------------------------------" "------------------------------"
