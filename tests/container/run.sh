@@ -79,10 +79,12 @@ mkdir -p "$CACHE_DIR"
 
 # --- 2. base image --------------------------------------------------------------------------------
 t=$SECONDS
-if podman image exists "$BASE_IMAGE"; then
+# the image carries a key of what went into it: a changed package list or mirror makes a new one
+base_key=$(printf '%s\n' "$BASE_PACKAGES" "$DEBIAN_MIRROR" "$DEBIAN_SECURITY" | sha256sum | cut -c1-12)
+if [ "$(podman image inspect --format '{{index .Labels "facefusion.base-key"}}' "$BASE_IMAGE" 2>/dev/null)" = "$base_key" ]; then
   say "base image $BASE_IMAGE exists: reused"
 else
-  tarball=$CACHE_DIR/base-bookworm.tar
+  tarball=$CACHE_DIR/base-bookworm-$base_key.tar
   if [ ! -s "$tarball" ]; then
     say "making the bookworm base with mmdebstrap (minbase + $BASE_PACKAGES)"
     rm -f "$tarball.partial"
@@ -95,9 +97,11 @@ else
       "deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main" \
       "deb $DEBIAN_SECURITY bookworm-security main"
     mv "$tarball.partial" "$tarball"
+    find "$CACHE_DIR" -maxdepth 1 -name 'base-bookworm-*.tar' ! -name "${tarball##*/}" -delete
   fi
   say "importing $tarball as $BASE_IMAGE"
-  podman import --quiet --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' "$tarball" "$BASE_IMAGE" >/dev/null
+  podman import --quiet --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL facefusion.base-key=$base_key" "$tarball" "$BASE_IMAGE" >/dev/null
 fi
 base_s=$((SECONDS - t))
 
@@ -128,12 +132,17 @@ mv "$pipconf.new" "$pipconf"
 
 # --- 4. build -------------------------------------------------------------------------------------
 say "building $IMAGE (--target cpu, BASE_IMAGE=$BASE_IMAGE)"
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 t=$SECONDS
 podman build --network host --layers -f Containerfile --target cpu \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   --volume "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" --volume "$pipconf:/etc/pip.conf:ro" \
   -t "$IMAGE" . > "$WORK/build.log" 2>&1 || { tail -n 80 "$WORK/build.log"; die "podman build failed"; }
 build_s=$((SECONDS - t))
+# the image this build replaced (untagged now) would pile up on a CI machine; its layers still in use stay
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 steps=$(grep -cE '^(\[[0-9]+/[0-9]+\] )?STEP ' "$WORK/build.log" || true)
 cached=$(grep -c -- '--> Using cache' "$WORK/build.log" || true)
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
