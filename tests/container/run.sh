@@ -148,11 +148,14 @@ cached=$(grep -c -- '--> Using cache' "$WORK/build.log" || true)
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 say "built in ${build_s} s ($cached of $steps steps from the layer cache), $((size / 1000000)) MB"
 
-# the runtime image holds the service only: no development tools, tests or benchmarks, no build tools
+# the runtime image holds the service only: no development tools, tests or benchmarks, no build
+# configuration from the host
 podman run --rm --network none --entrypoint python "$IMAGE" -c '
 import importlib.util, os, sys
 bad = [m for m in ("devtools", "tests", "bench", "insightface", "pytest") if importlib.util.find_spec(m)]
 bad += [p for p in ("/app/devtools", "/app/tests", "/app/bench") if os.path.exists(p)]
+# buildah leaves the mount point of the build-time --volume pip.conf behind, empty (buildah#5847)
+bad += [p for p in ("/etc/pip.conf",) if os.path.exists(p) and os.path.getsize(p)]
 sys.exit(f"not for the runtime image: {bad}" if bad else 0)' || die "the image holds development files"
 [ "$(podman image inspect --format '{{.Config.User}}' "$IMAGE")" = 10001 ] || die "the image's USER is not 10001"
 
@@ -164,7 +167,8 @@ if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("devt
 else
   maker=pipeline  # before the stand-in builder moved to devtools/
 fi
-"$PY" -m "$maker" make-test-models "$models" --detector "$detector" > "$WORK/models.log"
+say "stand-in model set: python -m $maker make-test-models (real SCRFD detector)"
+"$PY" -m "$maker" make-test-models "$models" --detector "$detector" > "$WORK/models.log" 2>&1 || { cat "$WORK/models.log"; die "make-test-models failed"; }
 mkdir -p "$WORK/data/in" "$WORK/data/out" "$WORK/cache"
 chmod 0755 "$WORK" "$WORK/data" "$WORK/data/in"
 chmod 0777 "$WORK/data/out" "$WORK/cache"  # written by uid 10001, like an emptyDir
