@@ -6,12 +6,16 @@ Eventing cannot tell that from a crash. functions-framework gives no access to g
 hooks, so this module wraps the worker's SIGTERM handler (installed in the worker after the fork):
 the wrapper marks the process as draining, and only once in-flight fusions are done (and at least
 DRAIN_SECONDS have passed, so the load balancer sees /readyz fail) hands over to gunicorn's own
-handling. DRAIN_MAX_SECONDS bounds the wait below gunicorn's 30 s graceful timeout.
+handling. DRAIN_MAX_SECONDS bounds the wait below gunicorn's 30 s graceful timeout. The worker then
+leaves without the interpreter's teardown (see `_leave_quietly`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,4 +53,27 @@ def install(inflight: Callable[[], int], minimum_s: float, maximum_s: float) -> 
 
     handle_exit._facefusion_drain = True  # type: ignore[attr-defined]
     ThreadWorker.handle_exit = handle_exit
+    original_run = ThreadWorker.run
+
+    def run(self) -> None:
+        original_run(self)
+        _leave_quietly()
+
+    ThreadWorker.run = run
     return True
+
+
+def _leave_quietly() -> None:
+    """End a worker whose loop has finished without Python's interpreter teardown.
+
+    gunicorn ends a worker with sys.exit(0), whose teardown runs the C++ static destructors of the
+    native libraries the master imported before the fork. In a worker that never created an inference
+    session (its models failed to load) one of them aborts the process with `terminate called after
+    throwing an instance of 'std::system_error'`, which reads as a crash. Everything worth keeping is
+    flushed first; gunicorn's master only needs the exit status.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)

@@ -174,3 +174,24 @@ def test_a_failed_load_recovers_when_the_cause_is_fixed_and_names_no_paths(model
     while not warm.readiness.ready and time.time() < deadline:
         time.sleep(0.05)
     assert warm.readiness.ready, warm.readiness.as_dict()
+
+
+def test_sigterm_ends_a_worker_without_models_cleanly(tmp_path):
+    """A worker whose models never loaded used to abort on SIGTERM (C++ terminate during teardown)."""
+    server = FunctionServer({"MODEL_PATH": str(tmp_path / "empty"), "CACHE_PATH": str(tmp_path / "c"),
+                             "DRAIN_SECONDS": "0"}, wait_ready=False)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(server.url + "/readyz", timeout=2).json().get("status") == "waiting":
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    logs = server.log_path.read_text(errors="replace")
+    assert "waiting for the model set" in logs
+    assert "terminate called" not in logs and "Traceback" not in logs, logs
+    assert server.proc.returncode == 0
