@@ -15,8 +15,8 @@ import fsspec
 import pytest
 import requests
 
+from devtools.standins import write_test_models
 from pipeline import sha256_file
-from pipeline.testmodels import write_test_models
 from warmup.prefetch import PrefetchError, Progress, prefetch
 
 from .conftest import REPO
