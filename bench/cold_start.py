@@ -40,7 +40,7 @@ SIZES_MB = {"detector": 13.6, "recognizer": 166, "swapper": 554}
 
 
 def proxy_models() -> Path:
-    from pipeline.testmodels import write_test_models
+    from devtools.standins import write_test_models
 
     root = Path(tempfile.gettempdir()) / "ff-coldstart-proxies"
     if not (root / "current" / "manifest.json").is_file():

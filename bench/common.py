@@ -22,7 +22,7 @@ def insightface_t1() -> Path:
 
 
 def standin_models(root: Path | None = None, **kwargs) -> Path:
-    from pipeline.testmodels import write_test_models
+    from devtools.standins import write_test_models
 
     if not SCRFD.is_file():
         raise SystemExit(f"{SCRFD} is missing: the benchmarks need the real SCRFD detector from ../shared")

@@ -1,6 +1,21 @@
-"""Command line: `python -m pipeline fuse|detect|make-test-models`.
+"""Command line: `python -m pipeline fuse|detect`.
 
-Exit codes: 0 success, 2 bad usage, 3 image or face problem, 4 model set problem.
+    fuse SOURCE TARGET -o OUT [options]   swap SOURCE's largest face into TARGET, write OUT, print the report
+    detect IMAGE                          print the faces found in IMAGE as JSON
+
+Models come from $MODEL_PATH/$MODEL_VERSION (default ./models/current, relative to the current
+folder). A stand-in set for trying things out: `python -m devtools make-test-models ./models`.
+
+Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
+  0  success
+  1  the inference runtime failed (out of memory, say): worth a retry
+  2  bad usage: unknown or missing arguments, invalid option values (--quality 0, an --index no face
+     has, --faces reference without --reference, an unknown output format), an invalid environment
+     variable
+  3  an image or face problem: not an image, undecodable, too large, no face in the source or target
+  4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
+  5  file I/O: an input that cannot be read, an output that cannot be written (checked before the
+     fusion runs; the output is written atomically, so OUT is either untouched or complete)
 """
 
 from __future__ import annotations
@@ -8,92 +23,153 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from .config import Settings
-from .errors import ImageError, ModelSetInvalid, PipelineError
-from .fuser import FuseOptions
+from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
+from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
+from .files import atomic_write
+from .fuser import FuseOptions, Fuser
 from .loader import load_fuser
 from .selection import MODES, Selection
 
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_IMAGE = 3
+EXIT_MODELS = 4
+EXIT_IO = 5
 
-def _read(path: str) -> bytes:
+
+class CliError(Exception):
+    """A failure with its one-line message and exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
+    except IsADirectoryError as exc:
+        raise CliError(f"cannot read the {what} {path}: it is a folder", EXIT_IO) from exc
     except OSError as exc:
-        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from exc
+        raise CliError(f"cannot read the {what} {path}: {exc.strerror or exc}", EXIT_IO) from exc
+
+
+def _check_writable(path: str) -> None:
+    """Fail before any model runs if OUT cannot be written: its folder must exist and take a new file."""
+    out = Path(path)
+    if out.is_dir():
+        raise CliError(f"cannot write the output {path}: it is a folder", EXIT_IO)
+    folder = out.parent
+    if not folder.is_dir():
+        why = "does not exist" if not folder.exists() else "is not a folder"
+        raise CliError(f"cannot write the output {path}: {folder} {why}", EXIT_IO)
+    try:  # the real test (access() says yes to root on a read-only mount): create and drop a file there
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write the output {path}: {folder}: {exc.strerror or exc}", EXIT_IO) from exc
+
+
+def _load(settings: Settings) -> Fuser:
+    try:
+        return load_fuser(settings)
+    except ModelSetInvalid as exc:
+        raw = EnvReader().str("MODEL_PATH")
+        where = (f"MODEL_PATH is {raw}" if raw else
+                 f"MODEL_PATH is not set, and then it is {DEFAULT_MODEL_PATH} relative to the current folder, "
+                 f"here {Path.cwd()}")
+        raise CliError(f"{exc.message}. Looked in {settings.model_dir.absolute()}: {where}; MODEL_VERSION is "
+                       f"{settings.model_version}. Set MODEL_PATH to the folder holding your model sets, or write "
+                       "a stand-in set there: python -m devtools make-test-models ./models", EXIT_MODELS) from exc
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    fuser = load_fuser(Settings.from_env())
-    selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
-                          **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
-    reference = _read(args.reference) if args.reference else None
-    fmt = args.format or (Path(args.output).suffix.lstrip(".") or "jpeg")
-    options = FuseOptions(selection=selection, enhance=args.enhance, reference=reference, output_format=fmt,
-                          quality=args.quality)
-    result = fuser.fuse_bytes(_read(args.source), _read(args.target), options)
-    Path(args.output).write_bytes(result.data)
+    if Path(args.output).is_dir():  # before its name is read as a format
+        raise CliError(f"cannot write the output {args.output}: it is a folder", EXIT_IO)
+    try:
+        selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
+                              **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
+        fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() or "jpeg")
+        options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality)
+    except InvalidOptions as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    if args.faces == "reference" and not args.reference:
+        raise CliError("--faces reference needs --reference IMAGE", EXIT_USAGE)
+    settings = _settings()
+    source, target = _read(args.source, "source"), _read(args.target, "target")
+    options.reference = _read(args.reference, "reference") if args.reference else None
+    _check_writable(args.output)
+    result = _load(settings).fuse_bytes(source, target, options)
+    try:
+        atomic_write(args.output, result.data)
+    except OSError as exc:
+        raise CliError(f"cannot write the output {args.output}: {exc.strerror or exc}", EXIT_IO) from exc
     print(json.dumps(result.report.as_dict(), indent=2))
-    return 0
+    return EXIT_OK
 
 
 def _detect(args: argparse.Namespace) -> int:
-    fuser = load_fuser(Settings.from_env())
-    image = fuser.decode(_read(args.image))
+    settings = _settings()
+    data = _read(args.image, "image")
+    fuser = _load(settings)
+    image = fuser.decode(data)
     faces = fuser.detect(image)
     print(json.dumps({"width": image.width, "height": image.height, "faces": [
         {"index": i, **f.as_dict()} for i, f in enumerate(faces)]}, indent=2))
-    return 0
+    return EXIT_OK
 
 
-def _make_test_models(args: argparse.Namespace) -> int:
-    from .testmodels import STANDIN_NOTICE, write_test_models
-
-    target = write_test_models(Path(args.directory), detector=Path(args.detector) if args.detector else None,
-                               version=args.version)
-    print(f"wrote a model set to {target} (and {Path(args.directory) / 'current'} -> {args.version})")
-    print(f"*** {STANDIN_NOTICE}. ***")
-    if not args.detector:
-        print("*** The detector is a stand-in too: it reports one fixed face. Pass --detector FILE "
-              "(e.g. ../shared/models/scrfd_2.5g_bnkps.onnx) for real detection. ***")
-    print(f"use it with: MODEL_PATH={args.directory}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="facefusion-fn fusion pipeline")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
     fuse = sub.add_parser("fuse", help="swap the source's face into the target")
     fuse.add_argument("source")
     fuse.add_argument("target")
-    fuse.add_argument("-o", "--output", required=True)
+    fuse.add_argument("-o", "--output", required=True, help="where to write the image (its suffix picks the format)")
     fuse.add_argument("--faces", choices=MODES, default="largest")
-    fuse.add_argument("--index", type=int)
+    fuse.add_argument("--index", type=int, help="with --faces index: which face, counted left to right from 0")
     fuse.add_argument("--reference", help="image whose face selects the target faces (with --faces reference)")
     fuse.add_argument("--threshold", type=float, help="cosine similarity for --faces reference")
     fuse.add_argument("--min-face-size", type=int, default=0)
     fuse.add_argument("--enhance", action="store_true")
     fuse.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"])
-    fuse.add_argument("--quality", type=int, default=92)
+    fuse.add_argument("--quality", type=int, default=92, help="1-100")
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")
     detect.set_defaults(run=_detect)
-    make = sub.add_parser("make-test-models", help="write a stand-in model set (not real swaps)")
-    make.add_argument("directory")
-    make.add_argument("--detector", help="a real SCRFD .onnx file to use as the detector")
-    make.add_argument("--version", default="test")
-    make.set_defaults(run=_make_test_models)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)  # exits 2 on usage errors
     try:
         return args.run(args)
-    except ModelSetInvalid as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 4
+    except CliError as exc:
+        message, code = exc.message, exc.code
+    except InvalidOptions as exc:  # found only once faces are known: an --index beyond the faces found
+        message, code = exc.message, EXIT_USAGE
+    except ModelSetInvalid as exc:  # a file that changed between verification and loading
+        message, code = exc.message, EXIT_MODELS
+    except RuntimeFailure as exc:
+        message, code = exc.message, EXIT_RUNTIME
     except (ImageError, PipelineError) as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 3
+        message, code = exc.message, EXIT_IMAGE
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.standins import write_test_models
 from pipeline import Fuser, ImageLimits, Settings, load_fuser
-from pipeline.testmodels import write_test_models
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

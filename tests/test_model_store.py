@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.standins import write_test_models
 from pipeline import ModelSetInvalid, Settings, load_fuser
 from pipeline.model_store import VERDICT_FILE, open_model_set
-from pipeline.testmodels import write_test_models
 
 
 @pytest.fixture()

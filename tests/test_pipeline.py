@@ -181,7 +181,7 @@ def test_enhancer_changes_the_face_only_when_asked(fuser: Fuser, obama, t1):
 
 
 def test_enhance_without_enhancer_is_refused(model_root, tmp_path, scrfd_path, obama, t1):
-    from pipeline.testmodels import write_test_models
+    from devtools.standins import write_test_models
 
     write_test_models(tmp_path / "m", detector=scrfd_path, enhancer=False)
     bare = load_fuser(Settings(model_path=tmp_path / "m", cache_path=tmp_path / "c"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,8 +16,8 @@ import fsspec
 import pytest
 import requests
 
-from pipeline import sha256_file
-from pipeline.testmodels import write_test_models
+from devtools.standins import write_test_models
+from pipeline import manifest_document, parse_manifest, sha256_file
 from warmup.prefetch import PrefetchError, Progress, prefetch
 
 from .conftest import REPO
@@ -72,6 +73,7 @@ def test_corrupted_source_fails_naming_the_file_and_leaves_nothing(tmp_path, sou
     target = tmp_path / "models" / "v1"
     assert not (target / "swap.onnx").exists() and not (target / "manifest.json").exists()
     assert not list(target.glob(".*partial"))
+    assert not list((tmp_path / "models").glob(".prefetch-*"))  # the lock lives only while a run holds it
 
 
 def test_killed_download_resumes(tmp_path, source_set):
@@ -95,6 +97,7 @@ def test_concurrent_prefetches_copy_once(tmp_path, source_set):
     assert sorted(len(r["copied"]) for r in results) == [0, 4]
     assert sorted(len(r["reused"]) for r in results) == [0, 4]
     assert_installed(tmp_path / "models" / "v1", source_set)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["v1"]  # no lock file left
 
 
 def _internet() -> bool:
@@ -105,14 +108,92 @@ def _internet() -> bool:
         return False
 
 
-def test_default_set_fails_fast_without_internet(tmp_path):
+def _offline_default(model_path: Path) -> subprocess.CompletedProcess:
     if _internet():
         pytest.skip("this machine reaches the internet; the default set would really be downloaded")
-    proc = subprocess.run([sys.executable, "-m", "warmup", "prefetch", "default", "--model-path", str(tmp_path / "m")],
+    return subprocess.run([sys.executable, "-m", "warmup", "prefetch", "default", "--model-path", str(model_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_default_set_fails_fast_without_internet_and_leaves_nothing(tmp_path):
+    proc = _offline_default(tmp_path / "m")
     assert proc.returncode == 1
     assert "could be reached" in proc.stderr and "no internet" in proc.stderr
-    assert not (tmp_path / "m" / "buffalo_l-inswapper_128" / "manifest.json").exists()
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()  # no model root, version folder, lock file or archive partial
+    (tmp_path / "empty").mkdir()
+    assert _offline_default(tmp_path / "empty").returncode == 1
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_failed_default_prefetch_keeps_a_complete_set(tmp_path, source_set):
+    models = tmp_path / "models"
+    prefetch(f"file://{source_set}", models, make_current=True, progress=quiet())
+    before = _snapshot(models)
+    assert _offline_default(models).returncode == 1
+    assert sorted(p.name for p in models.iterdir()) == ["current", "v1"]
+    assert _snapshot(models) == before and os.readlink(models / "current") == "v1"
+
+
+def _publish(folder: Path, source_set: Path, edit) -> str:
+    shutil.copytree(source_set, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return f"file://{folder}"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["models"].pop("swapper"), "lacks the roles swapper"),
+    (lambda m: m["models"]["swapper"].update(kind="simswap"), "kind 'simswap', which this version does not handle"),
+    (lambda m: m["models"]["recognizer"].update(kind="inswapper"), "a swapper, not a recognizer"),
+    (lambda m: m["models"]["swapper"].update(file="../swap.onnx"), "needs a plain 'file' name"),
+    (lambda m: m["models"]["swapper"].update(file=".swap.onnx"), "needs a plain 'file' name"),
+    (lambda m: m["models"]["detector"].update(sha256="abc"), "64-hex-digit sha256"),
+    (lambda m: m.pop("models"), "has no 'models' object"),
+])
+def test_prefetch_checks_the_manifest_with_the_pipelines_parser_before_copying(tmp_path, source_set, edit, message):
+    source = _publish(tmp_path / "published", source_set, edit)
+    with pytest.raises(PrefetchError, match=re.escape(message)):
+        prefetch(source, tmp_path / "models", progress=quiet())
+    assert not (tmp_path / "models").exists()  # nothing copied, no folder made
+    proc = subprocess.run([sys.executable, "-m", "warmup", "prefetch", source, "--model-path", str(tmp_path / "m")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_installed_manifest_has_the_one_schema(tmp_path, source_set):
+    def decorate(manifest):
+        manifest["models"]["swapper"].update(urls=["https://example.invalid/swap.onnx"], note="published by CI")
+        manifest["comment"] = "not part of the schema"
+
+    source = _publish(tmp_path / "published", source_set, decorate)
+    prefetch(source, tmp_path / "models", version="v2", progress=quiet())
+    installed = json.loads((tmp_path / "models" / "v2" / "manifest.json").read_text())
+    published = json.loads((source_set / "manifest.json").read_text())
+    assert installed == manifest_document(published["name"], "v2", published["models"])
+    parse_manifest(installed, tmp_path / "models" / "v2")
+
+
+def test_missing_source_file_fails_naming_it_and_cleans_up(tmp_path, source_set):
+    published = tmp_path / "published"
+    shutil.copytree(source_set, published)
+    (published / "swap.onnx").unlink()
+    with pytest.raises(PrefetchError, match=r"swap\.onnx: copying from .* failed"):
+        prefetch(f"file://{published}", tmp_path / "models", progress=quiet())
+    target = tmp_path / "models" / "v1"
+    assert not (target / "manifest.json").exists()
+    assert not [p for p in target.iterdir() if p.name.endswith(".partial")]
+    assert not list((tmp_path / "models").glob(".prefetch-*"))
+
+
+def test_model_path_defaults_to_the_environment(tmp_path, source_set):
+    env = {**os.environ, "MODEL_PATH": str(tmp_path / "from-env")}
+    proc = subprocess.run([sys.executable, "-m", "warmup", "prefetch", f"file://{source_set}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_installed(tmp_path / "from-env" / "v1", source_set)
 
 
 def _snapshot(folder: Path) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """`python -m warmup prefetch|prepare|check`.
 
 prefetch SOURCE  copy a model set (fsspec URI of a folder with manifest.json, or `default`) into
-                 $MODEL_PATH/<version>/, verified; exit 1 with the reason on any failure
+                 MODEL_PATH/<version>/ (--model-path, default $MODEL_PATH, else ./models), verified;
+                 exit 1 with the reason on any failure, leaving nothing partial behind
 prepare          build derived artefacts (emap side file, optimised graphs) for $MODEL_PATH/$MODEL_VERSION
                  into $CACHE_PATH, so serving processes start without building anything
 check            verify, load and exercise the model set; exit 0 when it would serve
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from pipeline import PipelineError, Settings, prepare
+from pipeline import EnvReader, PipelineError, Settings, prepare
+from pipeline.config import DEFAULT_MODEL_PATH
 
 from . import Warmup
 from .prefetch import PrefetchError, prefetch
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     pre = sub.add_parser("prefetch", help="copy a verified model set onto the volume")
     pre.add_argument("source", help="fsspec URI of a folder with manifest.json, or 'default'")
     pre.add_argument("--version", help="folder name under MODEL_PATH (default: the manifest's version)")
-    pre.add_argument("--model-path", default=os.environ.get("MODEL_PATH") or "./models")
+    pre.add_argument("--model-path", default=EnvReader().str("MODEL_PATH", DEFAULT_MODEL_PATH),
+                     help="model root to install into (default: $MODEL_PATH, else ./models)")
     pre.add_argument("--current", action="store_true", help="point MODEL_PATH/current at this version")
     sub.add_parser("prepare", help="build derived artefacts for MODEL_PATH/MODEL_VERSION")
     sub.add_parser("check", help="load and exercise the model set")

@@ -1,4 +1,6 @@
-"""Stand-in models with the exact input/output signatures of the real ones.
+"""Stand-in models with the exact input/output signatures of the real ones (a development tool).
+
+This module lives in `devtools/`, outside the shipped packages: the container image never holds it.
 
 The real weights (ArcFace w600k_r50, inswapper_128, a GFPGAN enhancer) cannot be shipped in the repo
 or downloaded in CI. These small ONNX graphs let tests, benchmarks and a local run exercise the real
@@ -12,15 +14,15 @@ scaled down so the outputs stay close. Proxies of the real file sizes serve the 
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .manifest import manifest_document, write_manifest_file
-from .model_store import sha256_file
+from pipeline import atomic_symlink, manifest_document, plain_name, sha256_file, write_manifest_file
 
 OPSET = 17
 IR_VERSION = 8
@@ -212,11 +214,41 @@ def write_test_models(
     version: str = "test",
     enhancer: bool = True,
     pad_mb: dict[str, float] | None = None,
+    link_current: bool = True,
 ) -> Path:
-    """Write a complete stand-in model set to `directory/<version>` and point `current` at it."""
+    """Write a complete stand-in model set to `directory/<version>` and point `current` at it.
+
+    The set is built in a hidden folder beside its final place and renamed into place whole, so a
+    failure (a detector that is not ONNX, a full disk) leaves no partial set; an existing
+    `directory/<version>` is replaced. `current` is (re)pointed only when it is missing or a symlink.
+    """
+    if not plain_name(version):
+        raise ValueError(f"a model set version must be a plain folder name, got {version!r}")
     pad_mb = pad_mb or {}
-    target = Path(directory) / version
-    target.mkdir(parents=True, exist_ok=True)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / version
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=directory))
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the set from a server running as another user
+        _write_set(staging, detector, version, enhancer, pad_mb)
+        if target.is_dir() and not target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".old", dir=directory))
+            target.rename(old / version)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    current = directory / "current"
+    if link_current and version != "current" and (current.is_symlink() or not current.exists()):
+        atomic_symlink(current, version)
+    return target
+
+
+def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool, pad_mb: dict[str, float]) -> None:
     if detector is not None and pad_mb.get("detector"):
         onnx.save(padded_detector(Path(detector), pad_mb["detector"]), str(target / "det.onnx"))
         det_kind = "scrfd"
@@ -240,9 +272,3 @@ def write_test_models(
         path = target / spec["file"]
         spec.update(sha256=sha256_file(path), size=path.stat().st_size)
     write_manifest_file(target, manifest_document(f"stand-in models ({STANDIN_NOTICE})", version, entries))
-    current = Path(directory) / "current"
-    if current.is_symlink():
-        current.unlink()
-    if not current.exists():
-        os.symlink(version, current)
-    return target
