@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 DATA_SUFFIX = ".data"
 
 
-def _hardware() -> str:
+def _hardware(gpu: str) -> str:
     """CPU model (graph rewrites can be ISA-specific) and, when visible, the GPU model."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -41,21 +41,21 @@ def _hardware() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}|{os.environ.get('NVIDIA_GPU_NAME') or os.environ.get('NVIDIA_VISIBLE_DEVICES', '')}"
+    return f"{cpu}|{gpu}"
 
 
-def artefact_key(entry: ModelEntry, providers: Sequence[str]) -> str:
-    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware()])
+def artefact_key(entry: ModelEntry, providers: Sequence[str], gpu: str = "") -> str:
+    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware(gpu)])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def optimised_path(entry: ModelEntry, providers: Sequence[str], cache_dir: Path) -> Path:
-    return cache_dir / "graphs" / artefact_key(entry, providers) / f"{entry.role}.onnx"
+def optimised_path(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, gpu: str = "") -> Path:
+    return cache_dir / "graphs" / artefact_key(entry, providers, gpu) / f"{entry.role}.onnx"
 
 
-def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path) -> Path:
+def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, gpu: str = "") -> Path:
     """Optimise `entry` once and save graph plus aligned external weights; atomic for concurrent builders."""
-    target = optimised_path(entry, providers, cache_dir)
+    target = optimised_path(entry, providers, cache_dir, gpu)
     if target.is_file() and (target.parent / (target.name + DATA_SUFFIX)).exists():
         return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,7 @@ class GpuSettings:
     mem_limit_mb: int | None = None
     trt_fp16: bool = True
     trt_max_workspace_mb: int = 2048
+    name: str = ""  # the GPU model (NVIDIA_GPU_NAME, else NVIDIA_VISIBLE_DEVICES): part of artefact keys
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class Settings:
                 mem_limit_mb=mem_limit or None,
                 trt_fp16=read.bool("TRT_FP16", True),
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
+                name=read.str("NVIDIA_GPU_NAME") or read.str("NVIDIA_VISIBLE_DEVICES") or "",
             ),
         )
         read.raise_problems()

@@ -62,10 +62,10 @@ def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], ca
         built += _kind(entry).prepare(entry, cache_dir)
         if not settings.optimised_graphs:
             continue
-        path = optimised_path(entry, providers, cache_dir)
+        path = optimised_path(entry, providers, cache_dir, settings.gpu.name)
         if not path.is_file():
             try:
-                build_optimised(entry, providers, cache_dir)
+                build_optimised(entry, providers, cache_dir, settings.gpu.name)
             except Exception as exc:  # the runtime and the filesystem raise many types here
                 log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
                 continue
@@ -82,7 +82,7 @@ def prepare(settings: Settings) -> list[str]:
 
 
 def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-             load_log: list[str]) -> ort.InferenceSession:
+             load_log: list[str], gpu: str) -> ort.InferenceSession:
     if graph is None:
         return create_session(entry.path, providers, provider_options=options)
     try:
@@ -91,7 +91,7 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
         log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
         shutil.rmtree(graph.parent, ignore_errors=True)
-        build_optimised(entry, providers, cache_dir)
+        build_optimised(entry, providers, cache_dir, gpu)
         load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
 
@@ -105,7 +105,8 @@ def load_models(settings: Settings) -> ModelBundle:
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
-        futures = {role: pool.submit(_session, entry, graphs.get(role), providers, cache_dir, options, load_log)
+        futures = {role: pool.submit(_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
+                                     settings.gpu.name)
                    for role, entry in model_set.models.items()}
         sessions = {role: future.result() for role, future in futures.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
