@@ -145,9 +145,9 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(tmp_path: Path):
 
     tmp_dir = tmp_path / TMP_DIR
     tmp_dir.mkdir()
-    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.abc.partial"
-    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.def.partial"
-    other_host = tmp_dir / "out.jpg.elsewhere.1.ghi.partial"
+    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.{'a' * 32}.partial"
+    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.{'d' * 32}.partial"
+    other_host = tmp_dir / f"out.jpg.elsewhere.1.{'e' * 32}.partial"
     for p in (dead, alive, other_host):
         p.write_bytes(b"half")
     write_atomic(f"file://{tmp_path}/out.jpg", b"whole", 10)
