@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pipeline import EnvReader
 
+FUSION_BUDGET_S = 120.0  # the longest one fusion is expected to take, for the default LEASE_TTL_S
+
 
 def bucket_prefix(uri: str) -> str:
     """`s3://bucket/fused/{name}` -> `s3://bucket/`: the part of a URI that an allow-list entry names."""
@@ -33,6 +35,8 @@ class FunctionConfig:
     max_inflight: int = 2
     reply_events: bool = True
     storage_timeout_s: float = 30.0
+    allowed_output_prefixes: tuple[str, ...] | None = None  # None: the fixed prefix of OUTPUT_URI only
+    lease_ttl_s: float = 180.0
     request_wait_s: float = 0.0
     drain_seconds: float = 2.0
     drain_max_seconds: float = 25.0
@@ -50,6 +54,10 @@ class FunctionConfig:
             allowed = tuple(p.strip() for p in raw_allowed.split(",") if p.strip())
         else:
             allowed = ("memory://", *(bucket_prefix(u) for u in (source, output) if u))
+        raw_output_allowed = read.str("ALLOWED_OUTPUT_PREFIXES")
+        output_allowed = (tuple(p.strip() for p in raw_output_allowed.split(",") if p.strip())
+                          if raw_output_allowed else None)
+        storage_timeout = read.float("STORAGE_TIMEOUT_S", 30.0, minimum=0.001)
         return cls(
             auth_token=read.str("AUTH_TOKEN"),
             allowed_prefixes=allowed,
@@ -58,7 +66,11 @@ class FunctionConfig:
             input_uri_template=read.str("INPUT_URI_TEMPLATE"),
             max_inflight=read.int("MAX_INFLIGHT", 2, minimum=1),
             reply_events=read.bool("REPLY_EVENTS", True),
-            storage_timeout_s=read.float("STORAGE_TIMEOUT_S", 30.0, minimum=0.001),
+            storage_timeout_s=storage_timeout,
+            allowed_output_prefixes=output_allowed,
+            # a lease outlives a stuck read, the fusion and a stuck write; a pod killed mid-fusion holds
+            # its objects no longer than this
+            lease_ttl_s=read.float("LEASE_TTL_S", 2 * storage_timeout + FUSION_BUDGET_S, minimum=1),
             request_wait_s=read.float("READY_WAIT_S", 0.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),

@@ -8,8 +8,12 @@ reads nothing at all and each URI costs one check.
 from __future__ import annotations
 
 import base64
+import os
+import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from . import storage
 from .problems import Problem
@@ -52,6 +56,63 @@ def image_ref(rt: Runtime, value: Any, name: str) -> ImageRef:
         return ImageRef(data=base64.b64decode(value, validate=True))
     except ValueError as exc:
         raise Problem(400, "invalid-base64", f"'{name}' is neither a URI nor valid base64") from exc
+
+
+MARKER_SUFFIX = ".facefusion.json"  # `<output>.facefusion.json`: the completion marker of an output
+OUTPUT_EXTENSIONS = ("", ".jpg", ".jpeg", ".png", ".webp")  # what the encoder writes (none: JPEG)
+
+
+def reserved_name(uri: str) -> bool:
+    """Names of our own bookkeeping: markers, leases, temp folders. Never an input, never an output."""
+    path = uri.split("://", 1)[-1]
+    return (path.endswith((MARKER_SUFFIX, storage.LEASE_SUFFIX))
+            or storage.TMP_DIR in path.split("/"))
+
+
+def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] = (), operator: bool = False) -> str:
+    """Check an output URI before anything is read or fused, and return it normalised.
+
+    It must fall under ALLOWED_URI_PREFIXES (403) and ALLOWED_OUTPUT_PREFIXES (403); it may not name a
+    marker, lease or temp folder (400), one of the request's own inputs or SOURCE_FACE_URI (403), a folder
+    (400 for a trailing '/', 422 for an existing local folder), a name too long for its marker (400), or an
+    extension the encoder does not write (400; `operator=True`, for the OUTPUT_URI template of storage
+    events, makes that a 503 misconfiguration). Direct fusions, fusion.requested and storage events all
+    check their output here."""
+    if not isinstance(value, str) or not value:
+        raise Problem(400, "invalid-uri", "'output' must be a non-empty URI")
+    norm = rt.allow.check(value)
+    rt.allow_output.check(norm)
+    path = norm.partition("://")[2]
+    if unquote(urlsplit(value).path).endswith("/") or not posixpath.basename(path):
+        raise Problem(400, "invalid-uri", "the output URI names a folder, not a file")
+    if reserved_name(norm):
+        raise Problem(400, "reserved-output-name", "the output URI names a completion marker, a lease or the temp "
+                      f"folder ({MARKER_SUFFIX}, {storage.LEASE_SUFFIX}, {storage.TMP_DIR}/), which only the function writes")
+    ext = posixpath.splitext(posixpath.basename(path))[1].lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        allowed = ", ".join(e for e in OUTPUT_EXTENSIONS if e)
+        if operator:
+            raise Problem(503, "misconfigured", f"OUTPUT_URI makes an output ending {ext!r}; outputs must end {allowed} "
+                          "or have no extension", retry_after=30)
+        raise Problem(400, "unsupported-output-type", f"the output URI ends {ext!r}; outputs must end {allowed} "
+                      "(or have no extension, for JPEG)")
+    storage.check_length(norm, reserve=len(MARKER_SUFFIX))
+    others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in inputs]
+    if rt.config.source_face_uri:
+        others.append(_normalised(rt.config.source_face_uri))
+    if norm in others:
+        raise Problem(403, "output-is-input", "the output URI names one of the request's inputs or SOURCE_FACE_URI; "
+                      "an output never overwrites an input")
+    if storage.is_local(norm) and os.path.isdir(path):
+        raise Problem(422, "not-a-file", "the output URI names an existing folder, not a file")
+    return norm
+
+
+def _normalised(uri: str) -> str | None:
+    try:
+        return storage.normalise(uri)
+    except Problem:
+        return None
 
 
 def fetch_all(rt: Runtime, refs: dict[str, ImageRef]) -> dict[str, bytes]:

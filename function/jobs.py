@@ -2,13 +2,16 @@
 
 Delivery is at least once, so every job is idempotent: after the output is written atomically, a
 marker `<output>.facefusion.json` records the input version it was made from, and a redelivery that
-finds it is answered without a second fusion. Objects under OUTPUT_URI's fixed prefix, and markers,
-are our own outputs and are ignored, so a trigger on a bucket that is input and output cannot loop.
+finds it is answered without a second fusion. While a job fuses, a lease `<output>.facefusion.lease`
+makes a concurrent delivery of the same work answer 429 (retried, then a duplicate) instead of fusing
+twice. Objects under OUTPUT_URI's fixed prefix, markers and leases are our own outputs and are
+ignored, so a trigger on a bucket that is input and output cannot loop.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -19,16 +22,16 @@ from cloudevents.http import CloudEvent
 
 from . import events, storage
 from .fusion import format_for_uri, parse_options, run_fusion
-from .inputs import ImageRef, fetch_all, image_ref, uri_ref
+from .inputs import MARKER_SUFFIX, ImageRef, fetch_all, image_ref, output_uri, reserved_name, uri_ref
 from .problems import Problem, as_problem
 from .reply import json_response
 from .runtime import Runtime
 
-MARKER_SUFFIX = ".facefusion.json"
+log = logging.getLogger("facefusion.function")
 
 
 def _own_output(rt: Runtime, in_uri: str) -> bool:
-    return in_uri.endswith(MARKER_SUFFIX) or bool(rt.output_prefix and in_uri.startswith(rt.output_prefix))
+    return reserved_name(in_uri) or bool(rt.output_prefix and in_uri.startswith(rt.output_prefix))
 
 
 def _already_done(rt: Runtime, out_uri: str, identity: str) -> bool:
@@ -39,9 +42,24 @@ def _already_done(rt: Runtime, out_uri: str, identity: str) -> bool:
 
 def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict[str, Any], identity: str,
                  job: events.EventJob) -> dict[str, Any]:
-    """Fuse checked inputs into `out_uri`, then write the marker that makes a redelivery a duplicate."""
+    """Fuse checked inputs into `out_uri`, then write the marker that makes a redelivery a duplicate.
+
+    The output's lease keeps a concurrent delivery of the same event from fusing too: it gets a
+    retryable 429 and, redelivered later, finds the marker."""
     fuser = rt.fuser()
     options = parse_options(raw, default_format=format_for_uri(out_uri))
+    timeout = rt.config.storage_timeout_s
+    owner = storage.claim(out_uri, rt.config.lease_ttl_s, timeout)
+    try:
+        if _already_done(rt, out_uri, identity):  # finished between our first look and the claim
+            return {"status": "duplicate", "output": out_uri}
+        return _fuse_claimed(rt, fuser, refs, out_uri, options, identity, job)
+    finally:
+        storage.release(out_uri, owner, timeout)
+
+
+def _fuse_claimed(rt: Runtime, fuser: Any, refs: dict[str, ImageRef], out_uri: str, options: Any, identity: str,
+                  job: events.EventJob) -> dict[str, Any]:
     timeout = rt.config.storage_timeout_s
     with rt.limiter.slot():
         blobs = fetch_all(rt, refs)
@@ -65,11 +83,11 @@ def _storage_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         return {"status": "ignored", "reason": "the object is one of this function's outputs"}
     if not rt.config.output_uri:
         raise Problem(503, "misconfigured", "OUTPUT_URI is not set, so storage events have nowhere to go", retry_after=30)
-    out_uri = rt.allow.check(events.render_template(rt.config.output_uri, obj))
     source_uri = obj.source_face or rt.config.source_face_uri
     if not source_uri:
         raise Problem(400, "no-source-face-uri", "the object names no source face and SOURCE_FACE_URI is not set")
     source = uri_ref(rt, source_uri)
+    out_uri = output_uri(rt, events.render_template(rt.config.output_uri, obj), (source, target), operator=True)
     identity = f"{target.uri}#{obj.version}"
     if _already_done(rt, out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
@@ -85,7 +103,7 @@ def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
     refs = {"source": uri_ref(rt, data["source"]), "target": uri_ref(rt, data["target"])}
     if options.get("reference") is not None:
         refs["reference"] = image_ref(rt, options["reference"], "reference")
-    out_uri = rt.allow.check(data["output"])  # every URI is checked before anything is read
+    out_uri = output_uri(rt, data["output"], refs.values())  # every URI is checked before anything is read
     identity = f"{refs['target'].uri}#{job.event_id}"
     if _already_done(rt, out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
@@ -132,8 +150,9 @@ def run_many(rt: Runtime, jobs: list[events.EventJob]) -> flask.Response:
             outcomes.append(run_job(rt, job))
         except Exception as exc:
             problem = as_problem(exc)
-            if problem is None:
-                raise
+            if problem is None:  # a bug fails its own entry (retryably), never the entries after it
+                log.exception("unhandled error in batch entry %s", job.event_id)
+                problem = Problem(503, "internal-error", "an unexpected error occurred", retry_after=5)
             outcomes.append({"id": job.event_id, "type": job.event_type, "status": "failed", "error": problem.as_dict()})
             if problem.retryable and (worst is None or problem.status > worst.status):
                 worst = problem

@@ -1,4 +1,4 @@
-"""The process-wide objects of the function: configuration, warm-up, fusion limiter, allow-list.
+"""The process-wide objects of the function: configuration, warm-up, fusion limiter, allow-lists.
 
 main.py builds one `Runtime` when functions-framework imports it and hands it to the request and
 event handlers, so no other module reads the environment or keeps its own globals (a test that loads
@@ -30,6 +30,15 @@ def output_prefix(template: str | None) -> str | None:
     return norm + "/" if fixed.endswith("/") and not norm.endswith("/") else norm
 
 
+def output_allow_list(config: FunctionConfig, prefix: str | None) -> AllowList:
+    """Where outputs may be written: ALLOWED_OUTPUT_PREFIXES, else the fixed prefix of OUTPUT_URI only,
+    else nowhere. (Every output must also fall under ALLOWED_URI_PREFIXES.)"""
+    if config.allowed_output_prefixes is not None:
+        return AllowList(config.allowed_output_prefixes, "ALLOWED_OUTPUT_PREFIXES", "output-not-allowed")
+    return AllowList.exact((prefix,) if prefix else (), "ALLOWED_OUTPUT_PREFIXES (default: OUTPUT_URI's fixed prefix)",
+                           "output-not-allowed")
+
+
 @dataclass
 class Runtime:
     config: FunctionConfig
@@ -37,13 +46,16 @@ class Runtime:
     limiter: InflightLimiter
     allow: AllowList
     output_prefix: str | None
+    allow_output: AllowList
 
     @classmethod
     def from_env(cls) -> Runtime:
         config = FunctionConfig.from_env()
+        prefix = output_prefix(config.output_uri)
         # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
         return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
-                   allow=AllowList(config.allowed_prefixes), output_prefix=output_prefix(config.output_uri))
+                   allow=AllowList(config.allowed_prefixes), output_prefix=prefix,
+                   allow_output=output_allow_list(config, prefix))
 
     def fuser(self) -> Fuser:
         """The loaded Fuser, or a 503 problem saying why there is none yet."""

@@ -50,7 +50,7 @@ def faulty_server(model_root, tmp_path_factory):
     fs.pipe("/faces/obama.jpg", shared_file("images", "obama.jpg").read_bytes())
     fs.pipe("/in/biden.jpg", shared_file("images", "biden.jpg").read_bytes())
     srv = InProcessServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path_factory.mktemp("faults")),
-                           "ALLOWED_URI_PREFIXES": "faulty://", "STORAGE_TIMEOUT_S": "1", "K_REVISION": "faults"})
+                           "ALLOWED_URI_PREFIXES": "faulty://", "ALLOWED_OUTPUT_PREFIXES": "faulty://out/", "STORAGE_TIMEOUT_S": "1", "K_REVISION": "faults"})
     yield srv
     srv.stop()
     FaultyFS.mode = "ok"

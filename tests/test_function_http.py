@@ -40,6 +40,7 @@ def server(model_root, store, tmp_path_factory):
         "INPUT_URI_TEMPLATE": f"file://{store}/in/{{provider}}/{{bucket}}/{{name}}",
         "OUTPUT_URI": f"file://{store}/out/{{provider}}/{{bucket}}/{{name}}.fused.jpg",
         "ALLOWED_URI_PREFIXES": f"file://{store}/,memory://",
+        "ALLOWED_OUTPUT_PREFIXES": f"file://{store}/out/,file://{store}/direct-out/,file://{store}/req-out/",
         "MAX_INFLIGHT": "2",
     }
     srv = FunctionServer(env)

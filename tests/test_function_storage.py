@@ -145,11 +145,34 @@ def test_orphaned_temp_files_of_killed_writers_are_removed(tmp_path: Path):
 
     tmp_dir = tmp_path / TMP_DIR
     tmp_dir.mkdir()
-    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.abc.partial"
-    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.def.partial"
-    other_host = tmp_dir / "out.jpg.elsewhere.1.ghi.partial"
+    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.{'a' * 32}.partial"
+    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.{'d' * 32}.partial"
+    other_host = tmp_dir / f"out.jpg.elsewhere.1.{'e' * 32}.partial"
     for p in (dead, alive, other_host):
         p.write_bytes(b"half")
     write_atomic(f"file://{tmp_path}/out.jpg", b"whole", 10)
     assert (tmp_path / "out.jpg").read_bytes() == b"whole"
     assert not dead.exists() and alive.exists() and other_host.exists()
+
+
+def test_s3_lease_is_a_conditional_put(moto_s3, monkeypatch):
+    """On S3 the lease is exclusive through `If-None-Match: *` (s3fs `mode="create"`), across processes."""
+    import boto3
+
+    from function.storage import LEASE_SUFFIX, claim, release
+
+    boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="leases")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": moto_s3, "key": "testing", "secret": "testing",
+                                                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True})
+    fs = fsspec.filesystem("s3")
+    first = claim("s3://leases/out.jpg", ttl=60, timeout=10)
+    with pytest.raises(Problem) as info:
+        claim("s3://leases/out.jpg", ttl=60, timeout=10)
+    assert info.value.status == 429 and info.value.code == "in-progress" and info.value.retry_after
+    fs.rm_file("leases/out.jpg" + LEASE_SUFFIX)
+    fs.pipe_file("leases/out.jpg" + LEASE_SUFFIX, json.dumps({"owner": "gone", "expires_at": 1}).encode())
+    taken = claim("s3://leases/out.jpg", ttl=60, timeout=10)  # an expired lease is taken over
+    assert json.loads(fs.cat_file("leases/out.jpg" + LEASE_SUFFIX))["owner"] == taken != first
+    release("s3://leases/out.jpg", taken, timeout=10)
+    assert not fs.exists("leases/out.jpg" + LEASE_SUFFIX)
