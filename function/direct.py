@@ -2,61 +2,154 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import flask
 
+from pipeline import PipelineError
+
 from . import storage
 from .fusion import format_for_uri, fusion_headers, parse_options, run_fusion
-from .inputs import ImageRef, fetch_all, image_ref
+from .inputs import ImageRef, image_ref
+from .options import IMAGE_FIELDS
 from .problems import Problem
 from .reply import Reply, json_response
 from .runtime import Runtime
 
-IMAGE_FIELDS = ("source", "target", "reference")
+JSON_FIELDS = (*IMAGE_FIELDS, "output", "options")  # the rest of a JSON body's members are options
+
+
+@contextmanager
+def about(image: str) -> Iterator[None]:
+    """Failures while handling one input image name it (problem member `image`)."""
+    try:
+        yield
+    except Problem as problem:
+        problem.image = problem.image or image
+        raise
+    except PipelineError as exc:
+        exc.about(image)
+        raise
 
 
 def multipart(rt: Runtime, request: flask.Request) -> Reply:
     limit = rt.max_image_bytes()
     if request.content_length is not None and request.content_length > 3 * limit + (1 << 20):
         raise Problem(413, "request-too-large", "the request body exceeds the limit for three images")
-    files = request.files
+    files, form = request.files, request.form
+    for name in (*files, *form):
+        if len(files.getlist(name)) + len(form.getlist(name)) > 1:
+            raise Problem(400, "invalid-options", f"multipart field '{name}' is given more than once")
+    for name in files:
+        if name not in IMAGE_FIELDS:
+            raise Problem(400, "invalid-options", f"multipart file '{name}' is not one of {', '.join(IMAGE_FIELDS)}")
+    for name in IMAGE_FIELDS:
+        if name in form:
+            raise Problem(400, "missing-field", f"multipart field '{name}' must be a file, not text", image=name)
     for name in ("source", "target"):
         if name not in files:
-            raise Problem(400, "missing-field", f"multipart field '{name}' (a file) is required")
+            raise Problem(400, "missing-field", f"multipart field '{name}' (a file) is required", image=name)
     refs = {}
     for name in IMAGE_FIELDS:
         if name in files:
             data = files[name].read(limit + 1)
             if len(data) > limit:
-                raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes")
+                raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes", image=name)
             refs[name] = ImageRef(data=data)
-    return Reply(_fuse(rt, refs, dict(request.form), request.headers.get("Accept", ""), request.form.get("output")),
-                 "multipart")
+    options = {k: v for k, v in form.items() if k != "output"}
+    return Reply(_fuse(rt, request, refs, options, form.get("output"), form=True), "multipart")
 
 
 def json_body(rt: Runtime, body: dict[str, Any], request: flask.Request) -> Reply:
+    """`{"source", "target", "reference"?, "output"?, "options"?}`; options may also sit beside the images
+    (each name in one place only), and a reference image may also sit in `options`, as in events."""
     for name in ("source", "target"):
         if name not in body:
-            raise Problem(400, "missing-field", f"JSON field '{name}' is required")
-    options = body.get("options") if isinstance(body.get("options"), dict) else {
-        k: v for k, v in body.items() if k not in (*IMAGE_FIELDS, "output")}
-    refs = {name: image_ref(rt, body[name], name) for name in IMAGE_FIELDS if name in body}
-    return Reply(_fuse(rt, refs, options, request.headers.get("Accept", ""), body.get("output")), "json")
+            raise Problem(400, "missing-field", f"JSON field '{name}' is required", image=name)
+    nested = body.get("options", {})
+    if not isinstance(nested, dict):
+        raise Problem(400, "invalid-options", "'options' must be a JSON object")
+    beside = {k: v for k, v in body.items() if k not in JSON_FIELDS}
+    if "reference" in body:
+        beside["reference"] = body["reference"]
+    twice = sorted(beside.keys() & nested.keys())
+    if twice:
+        raise Problem(400, "invalid-options", f"{', '.join(map(repr, twice))} given both in 'options' and beside it")
+    options = {**beside, **nested}
+    images = {"source": body["source"], "target": body["target"], "reference": options.get("reference")}
+    refs = {}
+    for name, value in images.items():
+        if value is not None or name != "reference":
+            with about(name):
+                refs[name] = image_ref(rt, value, name)
+    return Reply(_fuse(rt, request, refs, options, body.get("output")), "json")
 
 
-def _fuse(rt: Runtime, refs: dict[str, ImageRef], raw: dict[str, Any], accept: str, output: Any) -> flask.Response:
-    """Check the output URI and options, then take a fusion slot, fetch the inputs and fuse."""
+def client_gone(request: flask.Request) -> bool:
+    """Whether the client has closed its connection, as far as the socket can tell without waiting.
+
+    gunicorn (`gunicorn.socket`) and werkzeug's server (`werkzeug.socket`) hand the request's socket
+    to the application. Once the body has been read, nothing more arrives on it before we answer,
+    unless the client closed it: then a non-blocking peek reads end-of-file (FIN) or fails (RST).
+    Knative's queue-proxy closes its connection to us when its client goes away, so this sees that
+    too. What it cannot see: a client that half-closes (shuts down only its sending side) looks
+    gone; a pipelined next request, a TLS socket or an unknown server looks present; and
+    `wsgi.input` says nothing at all (it reads end-of-body once Content-Length bytes are read).
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket) or not hasattr(select, "poll"):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        events = poller.poll(0)
+        if not events:
+            return False
+        if events[0][1] & (select.POLLHUP | select.POLLERR):
+            return True
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset by the peer
+        return True
+    except ValueError:  # a socket closed under us
+        return False
+
+
+def _stop_if_gone(request: flask.Request, before: str) -> None:
+    if client_gone(request):
+        raise Problem(499, "client-closed-request", f"the client closed the connection before {before}")
+
+
+def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: dict[str, Any], output: Any,
+          form: bool = False) -> flask.Response:
+    """Check the output URI and options, then take a fusion slot, fetch the inputs and fuse.
+
+    A client that has gone away is noticed before the slot is taken, before the fusion runs and
+    before the answer is written (see `client_gone`); its request ends with 499 in the log."""
     fuser = rt.fuser()
     if output is not None and not isinstance(output, str):
         raise Problem(400, "invalid-uri", "'output' must be a URI")
     out_uri = rt.allow.check(output) if output else None
-    options = parse_options(raw, accept=accept, default_format=format_for_uri(out_uri) if out_uri else "jpeg")
+    # Accept is about the answer: it picks the format only when the image is the answer
+    options = parse_options(raw, accept=None if out_uri else request.accept_mimetypes,
+                            default_format=format_for_uri(out_uri) if out_uri else "jpeg", form=form)
+    _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():
-        blobs = fetch_all(rt, refs)
+        blobs = {}
+        for name, ref in refs.items():
+            with about(name):
+                blobs[name] = ref.fetch(rt)
+        _stop_if_gone(request, "the fusion ran")
         options.reference = blobs.get("reference")
         result, timer = run_fusion(fuser, blobs["source"], blobs["target"], options)
         headers = fusion_headers(result, timer, rt.config.revision)
+        _stop_if_gone(request, "the answer")
         if out_uri is None:
             return flask.Response(result.data, status=200, mimetype=result.media_type, headers=headers)
         storage.write_atomic(out_uri, result.data, rt.config.storage_timeout_s)

@@ -9,6 +9,7 @@ the README's list of events.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from urllib.parse import unquote, urlsplit
 
 from cloudevents.http import CloudEvent, from_http
 
+from pipeline import EnvReader
+
 from .problems import Problem
+
+log = logging.getLogger("facefusion.function")
 
 FUSION_REQUESTED = "dev.facefusion.fusion.requested"
 FUSION_COMPLETED = "dev.facefusion.fusion.completed"
@@ -30,6 +35,31 @@ DEFAULT_INPUT_TEMPLATES = {
     "minio": "s3://{bucket}/{name}",
     "azure": "az://{bucket}/{name}",
 }
+
+
+DEFAULT_MAX_BATCH = 32
+
+
+def _read_max_batch() -> int:
+    """MAX_BATCH, read here for now; it belongs in FunctionConfig (so that a bad value fails readiness
+    like every other setting) and will be handed in from there."""
+    read = EnvReader()
+    value = read.int("MAX_BATCH", DEFAULT_MAX_BATCH, minimum=1)
+    for problem in read.problems:
+        log.error("%s; using %d", problem, DEFAULT_MAX_BATCH)
+    return value
+
+
+MAX_BATCH = _read_max_batch()
+
+
+def check_batch_size(count: int, what: str, limit: int | None = None) -> None:
+    """A delivery with more than MAX_BATCH entries is refused whole (413), before any entry runs: one
+    delivery must not hold the fusion slots for minutes. Eventing does not retry a 413."""
+    limit = limit or MAX_BATCH
+    if count > limit:
+        raise Problem(413, "batch-too-large", f"{what} holds {count} entries; at most {limit} (MAX_BATCH) are "
+                                              "taken in one delivery")
 
 
 @dataclass
@@ -160,11 +190,12 @@ def from_cloudevent(event: CloudEvent) -> EventJob:
     return job
 
 
-def from_minio(body: dict) -> list[EventJob]:
+def from_minio(body: dict, limit: int | None = None) -> list[EventJob]:
     """A MinIO webhook (or any plain S3 notification): `Records[]`, not a CloudEvent."""
     records = body.get("Records")
     if not isinstance(records, list):
         raise Problem(400, "malformed-event", "a storage notification needs a Records list")
+    check_batch_size(len(records), "the notification's Records list", limit)
     provider = "minio" if "EventName" in body or any(
         isinstance(r, dict) and str(r.get("eventSource", "")).startswith("minio") for r in records) else "s3"
     jobs = []
@@ -195,14 +226,16 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
         raise Problem(400, "malformed-event", f"not a valid CloudEvent: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def parse_batch(body: bytes) -> list[EventJob]:
-    """Each entry of a batch on its own: a malformed entry is a job with its problem, the others run."""
+def parse_batch(body: bytes, limit: int | None = None) -> list[EventJob]:
+    """Each entry of a batch on its own: a malformed entry is a job with its problem, the others run.
+    More than `limit` (MAX_BATCH) entries are refused whole."""
     try:
         items = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array") from exc
     if not isinstance(items, list):
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array")
+    check_batch_size(len(items), "the batch", limit)
     jobs: list[EventJob] = []
     for item in items:
         event_id = str(item.get("id", "")) if isinstance(item, dict) else ""

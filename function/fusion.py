@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import posixpath
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from werkzeug.datastructures import MIMEAccept
+
 from pipeline import (
+    OUTPUT_FORMATS,
     EncodedFusion,
     FuseOptions,
     Fuser,
@@ -17,9 +20,10 @@ from pipeline import (
     StageTimer,
     normalise_format,
 )
-from pipeline.config import TRUE_WORDS
+from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
 from .metrics import INFLIGHT, STAGE_SECONDS
+from .options import validate
 from .problems import Problem
 
 
@@ -53,46 +57,37 @@ class InflightLimiter:
             self._sem.release()
 
 
-def _number(value: Any, name: str, kind: type, default: Any = None) -> Any:
-    """An int or float option from a form field or JSON; absent or empty means `default`."""
-    if value is None or value == "":
+def accept_format(accept: MIMEAccept | None, default: str) -> str:
+    """The output format an Accept header prefers, by werkzeug's parsing (q-values, wildcards).
+
+    Of equally acceptable types the one the client lists first wins, then `default`; a header that
+    names none of ours (or only wildcards, or refuses them all with q=0) leaves `default`.
+    """
+    if accept is None:
         return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidOptions(f"{name} must be {'an integer' if kind is int else 'a number'}") from exc
+    media = {OUTPUT_FORMATS[name]: name for name in OUTPUT_FORMATS}
+    listed = [value.lower() for value, _ in accept]
+    order = sorted(media, key=lambda m: (listed.index(m) if m in listed else len(listed), media[m] != default))
+    best = accept.best_match(order)
+    return media[best] if best else default
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in TRUE_WORDS
-
-
-def _format(raw: dict[str, Any], accept: str, default: str) -> str:
-    """`format` if given, else the first image type the Accept header names, else `default`."""
-    if raw.get("format"):
-        return str(raw["format"])
-    for media in ("image/webp", "image/png", "image/jpeg"):
-        if media in (accept or ""):
-            return media
-    return default
-
-
-def parse_options(raw: dict[str, Any], reference: bytes | None = None, accept: str = "",
-                  default_format: str = "jpeg") -> FuseOptions:
-    """Options from form fields or JSON: faces, index, reference_threshold, min_face_size, enhance, format,
-    quality. Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400."""
-    threshold = _number(raw.get("reference_threshold"), "reference_threshold", float)
+def parse_options(raw: Mapping[str, Any], reference: bytes | None = None, accept: MIMEAccept | None = None,
+                  default_format: str = "jpeg", form: bool = False) -> FuseOptions:
+    """Options from multipart fields (`form`) or JSON, checked against the one option table
+    (function/options.py); a `reference` image among them is the caller's. The format is the `format`
+    option, else what `accept` prefers (pass it only when the image is the answer), else `default_format`.
+    Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400."""
+    values = validate({k: v for k, v in raw.items() if k != "reference"}, form=form)
     selection = Selection(
-        mode=str(raw.get("faces") or "largest"),
-        index=_number(raw.get("index"), "index", int),
-        min_face_size=_number(raw.get("min_face_size"), "min_face_size", int, 0) or 0,
-        **({"reference_threshold": threshold} if threshold is not None else {}),
+        mode=values.get("faces", "largest"),
+        index=values.get("index"),
+        min_face_size=values.get("min_face_size", 0),
+        reference_threshold=values.get("reference_threshold", DEFAULT_REFERENCE_THRESHOLD),
     )
-    return FuseOptions(selection=selection, enhance=_bool(raw.get("enhance", False)), reference=reference,
-                       output_format=_format(raw, accept, default_format),
-                       quality=_number(raw.get("quality"), "quality", int, 92))
+    return FuseOptions(selection=selection, enhance=values.get("enhance", False), reference=reference,
+                       output_format=values.get("format") or accept_format(accept, default_format),
+                       quality=values.get("quality", 92))
 
 
 def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:

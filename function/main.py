@@ -29,7 +29,7 @@ import flask  # noqa: E402
 from function import demo, direct, events, jobs, metrics, shutdown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem  # noqa: E402
-from function.reply import Reply, json_response  # noqa: E402
+from function.reply import Reply, json_response, without_body_type  # noqa: E402
 from function.runtime import Runtime  # noqa: E402
 
 log = logging.getLogger("facefusion.function")
@@ -73,7 +73,7 @@ def _webhook_handshake(request: flask.Request) -> Reply:
     if origin:
         return Reply(flask.Response(status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*",
                                                          "Allow": "POST, OPTIONS"}), "options")
-    return Reply(flask.Response(status=204, headers={"Allow": "GET, POST, OPTIONS"}), "options")
+    return Reply(flask.Response(status=204, headers={"Allow": _allow("/")}), "options")
 
 
 def _demo_page(request: flask.Request) -> Reply:
@@ -81,7 +81,7 @@ def _demo_page(request: flask.Request) -> Reply:
     401 whose body asks for the token and then loads the page with it; other clients get 405."""
     if not demo.wants_html(request):
         _check_auth(request)
-        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on /")
+        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on /", headers={"Allow": _allow("/")})
     try:
         _check_auth(request)
     except Problem:
@@ -159,8 +159,13 @@ def _find_route(request: flask.Request) -> tuple[str, Route]:
             _check_auth(request)
         if not methods:
             raise Problem(404, "not-found", f"no route {path}")
-        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on {path}")
+        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on {path}",
+                      headers={"Allow": _allow(path)})
     return path, route
+
+
+def _allow(path: str) -> str:
+    return ", ".join(sorted(ROUTES[path]))
 
 
 def _check_auth(request: flask.Request) -> None:
@@ -211,7 +216,7 @@ def fuse(request: flask.Request) -> flask.Response:
         else:
             error = f"{problem.code}: {problem.detail}{_cause(problem)}"
         reply = Reply(problem.response(instance=request.path), flask.g.get("kind", "unknown"), flask.g.get("event_id", ""))
-    response = reply.response
+    response = without_body_type(reply.response)
     response.headers["X-Revision"] = RUNTIME.config.revision
     if route is None or route.logged:
         _log({"severity": "INFO" if response.status_code < 500 else "ERROR", "revision": RUNTIME.config.revision,

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from pipeline import FACE_MODES
+from . import options
 
 _problem = {"$ref": "#/components/responses/Problem"}
+_not_allowed = {"$ref": "#/components/responses/MethodNotAllowed"}
 _fusion_headers = {
     name: {"$ref": f"#/components/headers/{name}"}
     for name in ("Server-Timing", "X-Faces-Swapped", "X-Faces-Found", "X-Model-Version", "X-Revision")
 }
-_options_props = {
-    "faces": {"type": "string", "enum": list(FACE_MODES), "default": "largest"},
-    "index": {"type": "integer", "minimum": 0, "description": "with faces=index; faces count left to right"},
-    "reference_threshold": {"type": "number", "default": 0.4, "description": "cosine similarity, faces=reference"},
-    "min_face_size": {"type": "integer", "minimum": 0, "default": 0},
-    "enhance": {"type": "boolean", "default": False},
-    "format": {"type": "string", "enum": ["jpeg", "jpg", "png", "webp"]},
-    "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 92},
-}
+# Generated from the one option table that also checks every request and event (function/options.py).
+_options_props = options.properties()
 _image_ref = {"oneOf": [
     {"type": "string", "description": "a URI under ALLOWED_URI_PREFIXES, a data: URL or base64"},
     {"type": "object", "properties": {"uri": {"type": "string"}, "base64": {"type": "string"}}},
 ]}
+# JSON bodies: options in `options` or beside the images (each in one place); nothing else is accepted
+_json_options = {**options.schema(), "properties": {**_options_props, "reference": _image_ref}}
 
 SPEC: dict = {
     "openapi": "3.1.0",
@@ -38,22 +34,25 @@ SPEC: dict = {
                                            "(a problem document when Accept does not prefer text/html)",
                             "content": {"text/html": {},
                                         "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
-                    "405": _problem,
+                    "405": _not_allowed,
                 },
             },
             "post": {
                 "summary": "Fuse faces (multipart or JSON), or deliver a CloudEvent / storage notification",
                 "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "required": ["source", "target"], "properties": {
-                        "source": {"type": "string", "format": "binary"},
-                        "target": {"type": "string", "format": "binary"},
-                        "reference": {"type": "string", "format": "binary"},
-                        "output": {"type": "string"}, **_options_props}}},
+                    "multipart/form-data": {"schema": {
+                        "type": "object", "required": ["source", "target"], "additionalProperties": False,
+                        "description": "option fields are text: integers and numbers as decimals, booleans as "
+                                       "true/false/1/0/yes/no/on/off; an empty field is not given",
+                        "properties": {
+                            "source": {"type": "string", "format": "binary"},
+                            "target": {"type": "string", "format": "binary"},
+                            "reference": {"type": "string", "format": "binary"},
+                            "output": {"type": "string"}, **_options_props}}},
                     "application/json": {"schema": {"oneOf": [
-                        {"type": "object", "required": ["source", "target"], "properties": {
+                        {"type": "object", "required": ["source", "target"], "additionalProperties": False, "properties": {
                             "source": _image_ref, "target": _image_ref, "reference": _image_ref,
-                            "output": {"type": "string"},
-                            "options": {"type": "object", "properties": _options_props}, **_options_props}},
+                            "output": {"type": "string"}, "options": _json_options, **_options_props}},
                         {"type": "object", "required": ["Records"], "description": "MinIO / S3 notification"},
                         {"type": "array", "description": "Event Grid CloudEvents-schema batch"},
                     ]}},
@@ -66,8 +65,10 @@ SPEC: dict = {
                             "headers": _fusion_headers,
                             "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {},
                                         "application/json": {"schema": {"type": "object"}}}},
-                    "202": {"description": "event accepted and done (or ignored, or a duplicate), no reply event"},
+                    "202": {"description": "event accepted and done (or ignored, or a duplicate), no reply event; "
+                                           "no body"},
                     **{str(code): _problem for code in (400, 401, 403, 413, 415, 422, 429, 503, 504)},
+                    "405": _not_allowed,
                 },
             },
             "options": {
@@ -77,7 +78,8 @@ SPEC: dict = {
                     "200": {"description": "origin allowed", "headers": {
                         "WebHook-Allowed-Origin": {"schema": {"type": "string"}},
                         "WebHook-Allowed-Rate": {"schema": {"type": "string"}}}},
-                    "204": {"description": "no handshake requested"},
+                    "204": {"description": "no handshake requested", "headers": {
+                        "Allow": {"schema": {"type": "string"}}}},
                 },
             },
         },
@@ -96,7 +98,9 @@ SPEC: dict = {
         "schemas": {
             "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
                 "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                "detail": {"type": "string"}, "instance": {"type": "string"}}},
+                "detail": {"type": "string"}, "instance": {"type": "string"},
+                "image": {"type": "string", "enum": ["source", "target", "reference"],
+                          "description": "the input an image or face error is about"}}},
             "Readiness": {"type": "object", "required": ["status"], "properties": {
                 "status": {"type": "string", "enum": ["starting", "loading", "warming", "ready", "failed"]},
                 "reason": {"type": "string"}, "timings_s": {"type": "object"}, "revision": {"type": "string"},
@@ -104,7 +108,10 @@ SPEC: dict = {
         },
         "responses": {"Problem": {"description": "an RFC 9457 problem", "headers": {
             "Retry-After": {"schema": {"type": "integer"}, "description": "with 429 and 503"}},
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+            "MethodNotAllowed": {"description": "the method is not served on this path", "headers": {
+                "Allow": {"schema": {"type": "string"}, "description": "the methods this path serves"}},
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
         "headers": {
             "Server-Timing": {"schema": {"type": "string"}, "description": "decode, detect, embed, swap, paste, encode"},
             "X-Faces-Swapped": {"schema": {"type": "integer"}},

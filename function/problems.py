@@ -33,6 +33,7 @@ TITLES = {
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
+    499: "Client Closed Request",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -42,26 +43,32 @@ TITLES = {
 class Problem(Exception):
     """A failure with its HTTP status; raised anywhere in the function, rendered once in main."""
 
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None,
+                 image: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+        self.image = image  # source | target | reference: the input an image or face error is about
+        self.headers = headers or {}  # extra response headers (Allow with 405)
 
     @property
     def retryable(self) -> bool:
         return self.status in (429, 503, 504, 502)
 
     def as_dict(self) -> dict:
-        return {"type": PROBLEM_BASE + self.code, "title": TITLES.get(self.status, "Error"),
+        body = {"type": PROBLEM_BASE + self.code, "title": TITLES.get(self.status, "Error"),
                 "status": self.status, "detail": self.detail}
+        if self.image:
+            body["image"] = self.image
+        return body
 
     def response(self, instance: str = "") -> Response:
         body = self.as_dict()
         if instance:
             body["instance"] = instance
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(self.headers)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="facefusion"'
         if self.retry_after is not None:
@@ -82,14 +89,19 @@ def as_problem(exc: Exception) -> Problem | None:
 
 
 def from_pipeline(exc: PipelineError) -> Problem:
-    if isinstance(exc, ImageTooLarge):
-        return Problem(413, exc.code, exc.message)
-    if isinstance(exc, (UnsupportedImageType,)):
-        return Problem(415, exc.code, exc.message)
-    if isinstance(exc, (EmptyImage, InvalidOptions)):
-        return Problem(400, exc.code, exc.message)
-    if isinstance(exc, (UndecodableImage, FaceError)):
-        return Problem(422, exc.code, exc.message)
+    """The status of a pipeline failure by its type; the input it is about (`image`) goes along."""
     if isinstance(exc, (ModelSetInvalid, RuntimeFailure)):
         return Problem(503, exc.code, exc.message, retry_after=5)
-    return Problem(422, exc.code, exc.message)
+    return Problem(_status(exc), exc.code, exc.message, image=exc.image)
+
+
+def _status(exc: PipelineError) -> int:
+    if isinstance(exc, ImageTooLarge):
+        return 413
+    if isinstance(exc, UnsupportedImageType):
+        return 415
+    if isinstance(exc, (EmptyImage, InvalidOptions)):
+        return 400
+    if isinstance(exc, (UndecodableImage, FaceError)):  # FaceError includes NoMatchingFace
+        return 422
+    return 422

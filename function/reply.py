@@ -18,3 +18,11 @@ class Reply:
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
     return flask.Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def without_body_type(response: flask.Response) -> flask.Response:
+    """A response without a body carries no Content-Type: Flask's default, text/html, would claim
+    one (202 for events, the OPTIONS handshake, an empty batch)."""
+    if not response.is_streamed and response.status_code != 304 and not response.get_data():
+        del response.headers["Content-Type"]
+    return response

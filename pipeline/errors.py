@@ -2,7 +2,9 @@
 
 Each failure is its own class so that callers (the HTTP function, the CLI, the warm-up) can map it to
 a status code or an exit code without parsing messages. `code` is a stable slug that also names the
-problem type in HTTP error responses.
+problem type in HTTP error responses. `image` names the input a failure is about (source, target or
+reference) where there is one: face errors know it by their type; image errors are told it by the
+Fuser, which knows which input it was decoding (`about`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ class PipelineError(Exception):
     """Base of every failure the pipeline reports on purpose."""
 
     code = "pipeline-error"
+    image: str | None = None  # source | target | reference, when the failure is about one input
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, image: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if image is not None:
+            self.image = image
+
+    def about(self, image: str) -> PipelineError:
+        """Name the input this failure is about (once: the innermost caller knows best)."""
+        if self.image is None:
+            self.image = image
+            self.message = f"{image} image: {self.message}"
+            self.args = (self.message,)
+        return self
 
 
 class ImageError(PipelineError):
@@ -56,14 +69,24 @@ class FaceError(PipelineError):
 
 class NoSourceFace(FaceError):
     code = "no-source-face"
+    image = "source"
 
 
 class NoTargetFace(FaceError):
     code = "no-target-face"
+    image = "target"
 
 
 class NoReferenceFace(FaceError):
     code = "no-reference-face"
+    image = "reference"
+
+
+class NoMatchingFace(FaceError):
+    """faces=reference: the target has faces, but none is similar enough to the reference face."""
+
+    code = "no-matching-face"
+    image = "target"
 
 
 class InvalidOptions(PipelineError):

@@ -21,6 +21,7 @@ import numpy as np
 from .config import ImageLimits
 from .errors import (
     FaceError,
+    ImageError,
     InvalidOptions,
     NoReferenceFace,
     NoSourceFace,
@@ -93,6 +94,16 @@ class EncodedFusion:
 
 
 @contextmanager
+def _about(image: str) -> Iterator[None]:
+    """Image errors raised inside name the input they are about (source, target, reference)."""
+    try:
+        yield
+    except ImageError as exc:
+        exc.about(image)
+        raise
+
+
+@contextmanager
 def _runtime_failures() -> Iterator[None]:
     """The runtime's own exceptions (GPU out of memory, say) as RuntimeFailure: worth a retry."""
     try:
@@ -127,8 +138,12 @@ class Fuser:
         return self.models.load_log
 
     # -- building blocks ---------------------------------------------------------------------------
-    def decode(self, data: bytes) -> DecodedImage:
-        return decode_image(data, self.limits)
+    def decode(self, data: bytes, image: str | None = None) -> DecodedImage:
+        """Decode with the limits; `image` (source, target, reference) is named by any image error."""
+        if image is None:
+            return decode_image(data, self.limits)
+        with _about(image):
+            return decode_image(data, self.limits)
 
     def detect(self, image: DecodedImage) -> list[Face]:
         """Faces in the image, ordered left to right (the order `index` refers to)."""
@@ -247,7 +262,7 @@ class Fuser:
             raise InvalidOptions("faces=reference needs a reference image")
         if isinstance(reference, bytes):
             with timer.stage("decode"):
-                reference = self.decode(reference)
+                reference = self.decode(reference, "reference")
         face = self._largest_face(reference, timer, NoReferenceFace, "reference")
         assert face.embedding is not None
         return face.embedding
@@ -258,8 +273,8 @@ class Fuser:
         options = options or FuseOptions()
         timer = timer or StageTimer()
         with timer.stage("decode"):
-            tgt = self.decode(target)
-        result = self.fuse(lambda: self.decode(source), tgt, options, timer, source_key=hashlib.sha256(source).hexdigest())
+            tgt = self.decode(target, "target")
+        result = self.fuse(lambda: self.decode(source, "source"), tgt, options, timer, source_key=hashlib.sha256(source).hexdigest())
         with timer.stage("encode"):
             data, media_type = encode_image(result.image, options.output_format, options.quality)
         result.report.timings_ms = timer.rounded()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidOptions
+from .errors import InvalidOptions, NoMatchingFace
 from .faces import Face
 
 MODES = ("largest", "all", "index", "reference")
@@ -56,7 +56,10 @@ def choose(faces: list[Face], selection: Selection, candidates: list[int], refer
         return [int(selection.index)]
     if reference is None:
         raise InvalidOptions("faces=reference needs a reference image")
-    return [
-        i for i in candidates
-        if faces[i].embedding is not None and float(faces[i].embedding @ reference) >= selection.reference_threshold
-    ]
+    similarity = {i: float(faces[i].embedding @ reference) for i in candidates if faces[i].embedding is not None}
+    matched = [i for i, s in similarity.items() if s >= selection.reference_threshold]
+    if not matched:  # like every other selection that finds nothing: a failure, not the unchanged image
+        best = f"; the closest has similarity {max(similarity.values()):.3f}" if similarity else ""
+        raise NoMatchingFace(f"no face of the target matches the reference face at reference_threshold "
+                             f"{selection.reference_threshold}{best}")
+    return matched
