@@ -37,6 +37,7 @@ class FunctionConfig:
     storage_timeout_s: float = 30.0
     allowed_output_prefixes: tuple[str, ...] | None = None  # None: the fixed prefix of OUTPUT_URI only
     lease_ttl_s: float = 180.0
+    max_batch: int = 32  # entries per delivery; beyond it 413 before any entry runs
     request_wait_s: float = 0.0
     drain_seconds: float = 2.0
     drain_max_seconds: float = 25.0
@@ -71,6 +72,7 @@ class FunctionConfig:
             # a lease outlives a stuck read, the fusion and a stuck write; a pod killed mid-fusion holds
             # its objects no longer than this
             lease_ttl_s=read.float("LEASE_TTL_S", 2 * storage_timeout + FUSION_BUDGET_S, minimum=1),
+            max_batch=read.int("MAX_BATCH", 32, minimum=1),
             request_wait_s=read.float("READY_WAIT_S", 0.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),

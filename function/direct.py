@@ -5,36 +5,19 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import flask
 
-from pipeline import PipelineError
-
 from . import storage
 from .fusion import format_for_uri, fusion_headers, parse_options, run_fusion
-from .inputs import ImageRef, image_ref
+from .inputs import ImageRef, about, fetch_all, image_ref, output_uri
 from .options import IMAGE_FIELDS
 from .problems import Problem
 from .reply import Reply, json_response
 from .runtime import Runtime
 
 JSON_FIELDS = (*IMAGE_FIELDS, "output", "options")  # the rest of a JSON body's members are options
-
-
-@contextmanager
-def about(image: str) -> Iterator[None]:
-    """Failures while handling one input image name it (problem member `image`)."""
-    try:
-        yield
-    except Problem as problem:
-        problem.image = problem.image or image
-        raise
-    except PipelineError as exc:
-        exc.about(image)
-        raise
 
 
 def multipart(rt: Runtime, request: flask.Request) -> Reply:
@@ -135,16 +118,13 @@ def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: d
     fuser = rt.fuser()
     if output is not None and not isinstance(output, str):
         raise Problem(400, "invalid-uri", "'output' must be a URI")
-    out_uri = rt.allow.check(output) if output else None
+    out_uri = output_uri(rt, output, refs.values()) if output else None
     # Accept is about the answer: it picks the format only when the image is the answer
     options = parse_options(raw, accept=None if out_uri else request.accept_mimetypes,
                             default_format=format_for_uri(out_uri) if out_uri else "jpeg", form=form)
     _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():
-        blobs = {}
-        for name, ref in refs.items():
-            with about(name):
-                blobs[name] = ref.fetch(rt)
+        blobs = fetch_all(rt, refs)
         _stop_if_gone(request, "the fusion ran")
         options.reference = blobs.get("reference")
         result, timer = run_fusion(fuser, blobs["source"], blobs["target"], options)

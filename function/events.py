@@ -18,8 +18,6 @@ from urllib.parse import unquote, urlsplit
 
 from cloudevents.http import CloudEvent, from_http
 
-from pipeline import EnvReader
-
 from .problems import Problem
 
 log = logging.getLogger("facefusion.function")
@@ -37,26 +35,9 @@ DEFAULT_INPUT_TEMPLATES = {
 }
 
 
-DEFAULT_MAX_BATCH = 32
-
-
-def _read_max_batch() -> int:
-    """MAX_BATCH, read here for now; it belongs in FunctionConfig (so that a bad value fails readiness
-    like every other setting) and will be handed in from there."""
-    read = EnvReader()
-    value = read.int("MAX_BATCH", DEFAULT_MAX_BATCH, minimum=1)
-    for problem in read.problems:
-        log.error("%s; using %d", problem, DEFAULT_MAX_BATCH)
-    return value
-
-
-MAX_BATCH = _read_max_batch()
-
-
-def check_batch_size(count: int, what: str, limit: int | None = None) -> None:
+def check_batch_size(count: int, what: str, limit: int) -> None:
     """A delivery with more than MAX_BATCH entries is refused whole (413), before any entry runs: one
     delivery must not hold the fusion slots for minutes. Eventing does not retry a 413."""
-    limit = limit or MAX_BATCH
     if count > limit:
         raise Problem(413, "batch-too-large", f"{what} holds {count} entries; at most {limit} (MAX_BATCH) are "
                                               "taken in one delivery")
@@ -190,7 +171,7 @@ def from_cloudevent(event: CloudEvent) -> EventJob:
     return job
 
 
-def from_minio(body: dict, limit: int | None = None) -> list[EventJob]:
+def from_minio(body: dict, limit: int) -> list[EventJob]:
     """A MinIO webhook (or any plain S3 notification): `Records[]`, not a CloudEvent."""
     records = body.get("Records")
     if not isinstance(records, list):
@@ -226,7 +207,7 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
         raise Problem(400, "malformed-event", f"not a valid CloudEvent: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def parse_batch(body: bytes, limit: int | None = None) -> list[EventJob]:
+def parse_batch(body: bytes, limit: int) -> list[EventJob]:
     """Each entry of a batch on its own: a malformed entry is a job with its problem, the others run.
     More than `limit` (MAX_BATCH) entries are refused whole."""
     try:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from pipeline import PipelineError
 
 from . import storage
 from .problems import Problem
@@ -115,5 +118,23 @@ def _normalised(uri: str) -> str | None:
         return None
 
 
+@contextmanager
+def about(image: str) -> Iterator[None]:
+    """Failures while handling one input image name it (problem member `image`)."""
+    try:
+        yield
+    except Problem as problem:
+        problem.image = problem.image or image
+        raise
+    except PipelineError as exc:
+        exc.about(image)
+        raise
+
+
 def fetch_all(rt: Runtime, refs: dict[str, ImageRef]) -> dict[str, bytes]:
-    return {name: ref.fetch(rt) for name, ref in refs.items()}
+    """Read every input; a failure names the image it happened to."""
+    blobs = {}
+    for name, ref in refs.items():
+        with about(name):
+            blobs[name] = ref.fetch(rt)
+    return blobs

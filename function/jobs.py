@@ -99,7 +99,9 @@ def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
     for name in ("source", "target", "output"):
         if not isinstance(data.get(name), str):
             raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data needs a '{name}' URI")
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data.options must be an object")
     refs = {"source": uri_ref(rt, data["source"]), "target": uri_ref(rt, data["target"])}
     if options.get("reference") is not None:
         refs["reference"] = image_ref(rt, options["reference"], "reference")

@@ -102,7 +102,7 @@ def _post(request: flask.Request) -> Reply:
     ctype = (request.mimetype or "").lower()
     if ctype == "application/cloudevents-batch+json":
         flask.g.kind = "batch"
-        return Reply(jobs.run_many(RUNTIME, events.parse_batch(request.get_data())), "batch")
+        return Reply(jobs.run_many(RUNTIME, events.parse_batch(request.get_data(), RUNTIME.config.max_batch)), "batch")
     if ctype == "application/cloudevents+json" or "ce-specversion" in request.headers:
         flask.g.kind = "cloudevent"
         job = events.from_cloudevent(events.parse_cloudevent(dict(request.headers), request.get_data()))
@@ -116,9 +116,9 @@ def _post(request: flask.Request) -> Reply:
     flask.g.kind = "json"
     body = _json_body(request)
     if isinstance(body, list):  # Event Grid (CloudEvents schema) posts arrays as application/json
-        return Reply(jobs.run_many(RUNTIME, events.parse_batch(request.get_data())), "batch")
+        return Reply(jobs.run_many(RUNTIME, events.parse_batch(request.get_data(), RUNTIME.config.max_batch)), "batch")
     if isinstance(body, dict) and "Records" in body:
-        return Reply(jobs.run_many(RUNTIME, events.from_minio(body)), "storage-notification")
+        return Reply(jobs.run_many(RUNTIME, events.from_minio(body, RUNTIME.config.max_batch)), "storage-notification")
     if isinstance(body, dict):
         return direct.json_body(RUNTIME, body, request)
     raise Problem(400, "malformed-json", "the JSON body must be an object, a batch array or a notification")

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the service's own settings never leak from the test process into a server under test
 CONFIG_VARS = {"MODEL_PATH", "MODEL_VERSION", "EXECUTION_PROVIDERS", "CACHE_PATH", "WARMUP", "SOURCE_FACE_URI",
                "OUTPUT_URI", "INPUT_URI_TEMPLATE", "ALLOWED_URI_PREFIXES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
-               "MAX_INFLIGHT", "AUTH_TOKEN", "REPLY_EVENTS", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
+               "MAX_INFLIGHT", "AUTH_TOKEN", "REPLY_EVENTS", "K_SERVICE", "K_REVISION", "K_CONFIGURATION",
+               "ALLOWED_OUTPUT_PREFIXES", "LEASE_TTL_S", "MAX_BATCH", "MODEL_WAIT_S", "STORAGE_TIMEOUT_S",
+               "READY_WAIT_S", "DRAIN_SECONDS", "DRAIN_MAX_SECONDS", "OPTIMISED_GRAPHS"}
 
 
 def free_port() -> int:

@@ -49,6 +49,7 @@ def server(model_root, store, tmp_path_factory):
         "INPUT_URI_TEMPLATE": f"file://{store}/in/{{provider}}/{{bucket}}/{{name}}",
         "OUTPUT_URI": f"file://{store}/out/{{provider}}/{{bucket}}/{{name}}.fused.jpg",
         "ALLOWED_URI_PREFIXES": f"file://{store}/",
+        "ALLOWED_OUTPUT_PREFIXES": f"file://{store}/",  # direct and requested outputs go beside the inputs here
         "MAX_INFLIGHT": "2",
         "MAX_BATCH": str(MAX_BATCH),
     })
@@ -115,14 +116,18 @@ def test_batches_over_max_batch_are_413_before_any_entry_runs(server, store):
 
 
 def test_max_batch_defaults_to_32():
-    assert events.DEFAULT_MAX_BATCH == 32 == events.MAX_BATCH  # MAX_BATCH is not set in the test process
+    from function.config import FunctionConfig
+
+    limit = FunctionConfig.from_env({}).max_batch
+    assert limit == 32
+    assert FunctionConfig.from_env({"MAX_BATCH": "lots"}).problems  # a bad value fails readiness
     entry = {"specversion": "1.0", "type": "x.y", "source": "/t", "id": "1"}
-    assert len(events.parse_batch(json.dumps([entry] * 32).encode())) == 32
+    assert len(events.parse_batch(json.dumps([entry] * 32).encode(), limit)) == 32
     with pytest.raises(events.Problem) as exc:
-        events.parse_batch(json.dumps([entry] * 33).encode())
+        events.parse_batch(json.dumps([entry] * 33).encode(), limit)
     assert exc.value.status == 413
     with pytest.raises(events.Problem):
-        events.from_minio({"Records": [{}] * 33})
+        events.from_minio({"Records": [{}] * 33}, limit)
 
 
 # -- 5: clients that went away ---------------------------------------------------------------------
