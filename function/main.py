@@ -55,6 +55,8 @@ def _readyz(request: flask.Request) -> Reply:
         metrics.READY.set(1)
         metrics.COLD_START.set(readiness.timings_s.get("cold_start", 0))
         metrics.MODEL_LOAD.set(readiness.timings_s.get("model_load", 0))
+        for role, provider in readiness.providers.items():
+            metrics.MODEL_PROVIDER.labels(role, provider).set(1)
         return Reply(json_response(body), "readyz")
     return Reply(json_response(body, 503, {"Retry-After": "2"}), "readyz")
 

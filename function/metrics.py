@@ -11,6 +11,8 @@ STAGE_SECONDS = Histogram("facefusion_stage_seconds", "Time per pipeline stage",
 INFLIGHT = Gauge("facefusion_inflight_fusions", "Fusions running now", registry=REGISTRY)
 COLD_START = Gauge("facefusion_cold_start_seconds", "Process start to ready", registry=REGISTRY)
 MODEL_LOAD = Gauge("facefusion_model_load_seconds", "Time to verify and load the model set", registry=REGISTRY)
+MODEL_PROVIDER = Gauge("facefusion_model_provider_info", "1 for the execution provider each model runs on",
+                       ["role", "provider"], registry=REGISTRY)
 READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY)
 
 

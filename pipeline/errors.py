@@ -107,6 +107,13 @@ class ModelSetMissing(ModelSetInvalid):
     code = "model-set-missing"
 
 
+class ProviderUnavailable(ModelSetInvalid):
+    """A session runs on other execution providers than EXECUTION_PROVIDERS asked for (a CUDA library that
+    failed to load leaves ONNX Runtime on the CPU without an error): refused, never served slowly."""
+
+    code = "provider-unavailable"
+
+
 class RuntimeFailure(PipelineError):
     """A transient failure of the inference runtime (for example GPU out of memory). Worth a retry."""
 

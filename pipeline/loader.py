@@ -23,7 +23,7 @@ from .fuser import Fuser
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
 from .models import ModelKind, kind_class
-from .sessions import create_session, provider_options, resolve_providers
+from .sessions import check_providers, create_session, provider_options, resolve_providers
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class ModelBundle:
     providers: list[str]
     models: dict[str, ModelKind]
     load_log: list[str] = field(default_factory=list)
+    active: dict[str, list[str]] = field(default_factory=dict)  # role -> providers its session runs on
 
     @property
     def version(self) -> str:
@@ -109,9 +110,13 @@ def load_models(settings: Settings) -> ModelBundle:
                                      settings.gpu.name)
                    for role, entry in model_set.models.items()}
         sessions = {role: future.result() for role, future in futures.items()}
+    auto = settings.execution_providers.strip().lower() in ("", "auto")
+    active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
+              for role, entry in model_set.models.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
-    log.info("model set %s (%s) loaded with %s", model_set.name, model_set.version, providers)
-    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log)
+    log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
+             ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
+    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active)
 
 
 def load_fuser(settings: Settings) -> Fuser:

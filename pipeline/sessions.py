@@ -13,7 +13,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .config import GpuSettings
-from .errors import ModelSetInvalid
+from .errors import ModelSetInvalid, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,27 @@ def provider_options(providers: Sequence[str], cache_dir: Path, gpu: GpuSettings
         else:
             options.append({})
     return options
+
+
+def check_providers(role: str, file_name: str, session: ort.InferenceSession, requested: Sequence[str],
+                    auto: bool) -> list[str]:
+    """The providers `session` really runs on, refusing a silent fallback.
+
+    ONNX Runtime does not fail when a provider cannot load (a missing CUDA or cuDNN library): it logs and
+    runs on the next one, ending on the CPU. An explicit EXECUTION_PROVIDERS list must therefore be
+    active as asked. With `auto`, TensorRT is a preference: a session on CUDA without it is accepted (and
+    said in the log), but one that lost every GPU provider is refused.
+    """
+    active = list(session.get_providers())
+    missing = [p for p in requested if p not in active]
+    if not missing:
+        return active
+    gpu_asked = [p for p in requested if p != "CPUExecutionProvider"]
+    if auto and any(p in active for p in gpu_asked):
+        log.warning("%s (%s) runs on %s without %s", role, file_name, active, missing)
+        return active
+    raise ProviderUnavailable(f"{role} ({file_name}) runs on {', '.join(active)}, but EXECUTION_PROVIDERS asked for "
+                              f"{', '.join(missing)}: that provider failed to load (see the log)")
 
 
 def create_session(

@@ -29,6 +29,7 @@ class Readiness:
     state: str = "starting"  # starting | loading | waiting (for the model set) | warming | ready | failed
     reason: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)  # role -> the execution provider it runs on
     ready_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -36,7 +37,9 @@ class Readiness:
         return self.state == "ready"
 
     def as_dict(self) -> dict:
-        body = {"status": self.state, "timings_s": self.timings_s}
+        body: dict = {"status": self.state, "timings_s": self.timings_s}
+        if self.providers:
+            body["providers"] = self.providers
         if self.reason:
             body["reason"] = self.reason
         return body
@@ -83,6 +86,7 @@ class Warmup:
             settings = self.settings or Settings.from_env()
             fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
+            readiness.providers = {role: names[0] for role, names in fuser.models.active.items()}
             for line in fuser.load_log:
                 log.info(line)
             if config.exercise if self.exercise is None else self.exercise:

@@ -1,0 +1,49 @@
+"""No silent CPU fallback: a session that does not run on the provider EXECUTION_PROVIDERS asked for is
+refused, and the provider of every model is reported."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+import requests
+
+from pipeline import ProviderUnavailable, Settings, load_fuser
+from warmup import Warmup
+
+from .server import FunctionServer
+
+
+@pytest.fixture
+def cuda_that_fails_to_load(monkeypatch):
+    """What onnxruntime-gpu does when a CUDA library is missing: CUDA is listed as available, the session
+    is created anyway, and it runs on the CPU with only a warning."""
+    listed = [*ort.get_available_providers(), "CUDAExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+
+
+def test_a_provider_that_fails_to_load_is_refused(model_root, tmp_path, cuda_that_fails_to_load):
+    with pytest.warns(UserWarning), pytest.raises(ProviderUnavailable, match=r"detector .*CPUExecutionProvider.*CUDAExecutionProvider"):
+        load_fuser(Settings(model_path=model_root, execution_providers="cuda,cpu", cache_path=tmp_path / "c"))
+
+
+def test_readiness_refuses_a_silent_cpu_fallback(model_root, tmp_path, cuda_that_fails_to_load, monkeypatch):
+    monkeypatch.setenv("MODEL_WAIT_S", "30")
+    warm = Warmup(settings=Settings(model_path=model_root, execution_providers="cuda,cpu", cache_path=tmp_path / "c"),
+                  exercise=False)
+    with pytest.warns(UserWarning):
+        warm.ensure_started()
+        assert warm.readiness.ready_event.wait(60)
+    assert warm.readiness.state == "failed" and "CUDAExecutionProvider" in warm.readiness.reason
+    assert warm.fuser is None
+
+
+def test_auto_on_a_cpu_runtime_serves_and_reports_each_models_provider(model_root, tmp_path):
+    server = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c")})
+    try:
+        ready = requests.get(server.url + "/readyz", timeout=5).json()
+        assert ready["providers"] == {role: "CPUExecutionProvider"
+                                      for role in ("detector", "recognizer", "swapper", "enhancer")}
+        text = requests.get(server.url + "/metrics", timeout=5).text
+        assert 'facefusion_model_provider_info{provider="CPUExecutionProvider",role="swapper"} 1.0' in text
+    finally:
+        server.stop()
