@@ -1,0 +1,18 @@
+"""The GPU bench in reduced form on the CPU, so CI keeps it working (timings are printed, never asserted)."""
+
+from __future__ import annotations
+
+from .conftest import shared_file
+
+
+def test_gpu_bench_runs_on_the_cpu():
+    shared_file("models", "scrfd_2.5g_bnkps.onnx")
+    shared_file("images", "solvay_conference_1927.png")
+    from bench.gpu import main
+
+    result = main(["--cpu", "--requests", "3", "--concurrency", "1,2", "--images", "1080p,solvay", "--model-runs", "2"])
+    assert result["ready_s"] > 0 and result["first_s"] >= result["ready_s"]
+    assert {row[0] for row in result["models"]} == {"detector", "recognizer", "swapper"}
+    assert all(row[1] == "CPUExecutionProvider" for row in result["models"])
+    assert [(row[0], row[1]) for row in result["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
+    assert all(row[5] == 0 for row in result["rows"]), result["rows"]  # no request failed
