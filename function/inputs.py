@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipeline import PipelineError
 
-from . import storage
+from . import leases, storage, uris
 from .problems import Problem
 from .runtime import Runtime
 
@@ -68,7 +68,7 @@ OUTPUT_EXTENSIONS = ("", ".jpg", ".jpeg", ".png", ".webp")  # what the encoder w
 def reserved_name(uri: str) -> bool:
     """Names of our own bookkeeping: markers, leases, temp folders. Never an input, never an output."""
     path = uri.split("://", 1)[-1]
-    return (path.endswith((MARKER_SUFFIX, storage.LEASE_SUFFIX))
+    return (path.endswith((MARKER_SUFFIX, leases.LEASE_SUFFIX))
             or storage.TMP_DIR in path.split("/"))
 
 
@@ -90,7 +90,7 @@ def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] 
         raise Problem(400, "invalid-uri", "the output URI names a folder, not a file")
     if reserved_name(norm):
         raise Problem(400, "reserved-output-name", "the output URI names a completion marker, a lease or the temp "
-                      f"folder ({MARKER_SUFFIX}, {storage.LEASE_SUFFIX}, {storage.TMP_DIR}/), which only the function writes")
+                      f"folder ({MARKER_SUFFIX}, {leases.LEASE_SUFFIX}, {storage.TMP_DIR}/), which only the function writes")
     ext = posixpath.splitext(posixpath.basename(path))[1].lower()
     if ext not in OUTPUT_EXTENSIONS:
         allowed = ", ".join(e for e in OUTPUT_EXTENSIONS if e)
@@ -99,21 +99,21 @@ def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] 
                           "or have no extension", retry_after=30)
         raise Problem(400, "unsupported-output-type", f"the output URI ends {ext!r}; outputs must end {allowed} "
                       "(or have no extension, for JPEG)")
-    storage.check_length(norm, reserve=len(MARKER_SUFFIX))
+    uris.check_length(norm, reserve=len(MARKER_SUFFIX))
     others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in inputs]
     if rt.config.source_face_uri:
         others.append(_normalised(rt.config.source_face_uri))
     if norm in others:
         raise Problem(403, "output-is-input", "the output URI names one of the request's inputs or SOURCE_FACE_URI; "
                       "an output never overwrites an input")
-    if storage.is_local(norm) and os.path.isdir(path):
+    if uris.is_local(norm) and os.path.isdir(path):
         raise Problem(422, "not-a-file", "the output URI names an existing folder, not a file")
     return norm
 
 
 def _normalised(uri: str) -> str | None:
     try:
-        return storage.normalise(uri)
+        return uris.normalise(uri)
     except Problem:
         return None
 

@@ -20,7 +20,7 @@ import flask
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from . import events, storage
+from . import events, leases, storage
 from .fusion import format_for_uri, parse_options, run_fusion
 from .inputs import MARKER_SUFFIX, ImageRef, fetch_all, image_ref, output_uri, reserved_name, uri_ref
 from .problems import Problem, as_problem
@@ -49,13 +49,13 @@ def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict
     fuser = rt.fuser()
     options = parse_options(raw, default_format=format_for_uri(out_uri))
     timeout = rt.config.storage_timeout_s
-    owner = storage.claim(out_uri, rt.config.lease_ttl_s, timeout)
+    owner = leases.claim(out_uri, rt.config.lease_ttl_s, timeout)
     try:
         if _already_done(rt, out_uri, identity):  # finished between our first look and the claim
             return {"status": "duplicate", "output": out_uri}
         return _fuse_claimed(rt, fuser, refs, out_uri, options, identity, job)
     finally:
-        storage.release(out_uri, owner, timeout)
+        leases.release(out_uri, owner, timeout)
 
 
 def _fuse_claimed(rt: Runtime, fuser: Any, refs: dict[str, ImageRef], out_uri: str, options: Any, identity: str,

@@ -15,7 +15,7 @@ from warmup import Warmup
 from .config import FunctionConfig
 from .fusion import InflightLimiter
 from .problems import Problem
-from .storage import AllowList, normalise
+from .uris import AllowList, normalise
 
 
 def output_prefix(template: str | None) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from function.problems import Problem
-from function.storage import AllowList
+from function.uris import AllowList
 
 from .conftest import shared_file
 from .server import FunctionServer, free_port
@@ -141,12 +141,12 @@ def test_s3_notification_against_local_s3(moto_s3, model_root, tmp_path):
 def test_orphaned_temp_files_of_killed_writers_are_removed(tmp_path: Path):
     import os
 
-    from function.storage import _HOST, TMP_DIR, write_atomic
+    from function.storage import HOST, TMP_DIR, write_atomic
 
     tmp_dir = tmp_path / TMP_DIR
     tmp_dir.mkdir()
-    dead = tmp_dir / f"out.jpg.{_HOST}.999999999.{'a' * 32}.partial"
-    alive = tmp_dir / f"out.jpg.{_HOST}.{os.getpid()}.{'d' * 32}.partial"
+    dead = tmp_dir / f"out.jpg.{HOST}.999999999.{'a' * 32}.partial"
+    alive = tmp_dir / f"out.jpg.{HOST}.{os.getpid()}.{'d' * 32}.partial"
     other_host = tmp_dir / f"out.jpg.elsewhere.1.{'e' * 32}.partial"
     for p in (dead, alive, other_host):
         p.write_bytes(b"half")
@@ -159,7 +159,7 @@ def test_s3_lease_is_a_conditional_put(moto_s3, monkeypatch):
     """On S3 the lease is exclusive through `If-None-Match: *` (s3fs `mode="create"`), across processes."""
     import boto3
 
-    from function.storage import LEASE_SUFFIX, claim, release
+    from function.leases import LEASE_SUFFIX, claim, release
 
     boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket="leases")

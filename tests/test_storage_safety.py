@@ -318,11 +318,11 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(gunicorn):
     root = gunicorn.root
     (root / "in").mkdir(exist_ok=True)
     (root / "out").mkdir(exist_ok=True)
-    from function.storage import _HOST
+    from function.storage import HOST
 
     cases = (("live.jpg", {"host": "other-pod", "pid": 1, "expires_at": time.time() + 600}, 429),
              ("expired.jpg", {"host": "other-pod", "pid": 1, "expires_at": time.time() - 1}, 200),
-             ("killed.jpg", {"host": _HOST, "pid": 999_999_999, "expires_at": time.time() + 600}, 200))  # a dead local pid
+             ("killed.jpg", {"host": HOST, "pid": 999_999_999, "expires_at": time.time() + 600}, 200))  # a dead local pid
     for name, held, status in cases:
         shutil.copy(shared_file("images", "two_people.jpg"), root / "in" / name)
         lease = root / "out" / f"{name}.fused.jpg.facefusion.lease"
