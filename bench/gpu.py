@@ -25,7 +25,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -43,6 +42,7 @@ from bench.common import (
     table,
     worker_pids,
 )
+from bench.serve import drive
 
 
 def _proxy_builder():
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                              max(3, args.requests // 20)).items())])
             for c in levels:
                 with UtilSampler() as util:
-                    rps, p50, p99, errors = drive_form(url, {"source": source, "target": target}, data, c, args.requests)
+                    rps, p50, p99, errors = drive(url, lambda i, t=target: {"source": source, "target": t}, c, args.requests, data)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
                 rows.append([name, c, rps, p50, p99, errors, gpu_util])
                 print(table(["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %"], [rows[-1]]),
@@ -235,32 +235,6 @@ def main(argv: list[str] | None = None) -> dict:
     if memory:
         print(table(["worker pid", "GPU memory MiB"], memory))
     return {"ready_s": ready_s, "first_s": first_s, "models": model_rows, "rows": rows, "memory": memory}
-
-
-def drive_form(url: str, files: dict, data: dict, concurrency: int, count: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) for `count` multipart requests with form fields at `concurrency`."""
-    session = requests.Session()
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-
-    def one(i: int) -> None:
-        nonlocal errors
-        start = time.perf_counter()
-        r = session.post(url, files=files, data=data, timeout=300)
-        with lock:
-            latencies.append((time.perf_counter() - start) * 1000)
-            errors += r.status_code != 200
-
-    for i in range(concurrency):
-        one(-1 - i)
-    latencies.clear()
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(count)))
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return count / wall, statistics.median(latencies), q[98], errors
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from bench.common import (
 )
 
 
-def drive(url: str, files_for, concurrency: int, count: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) for `count` requests at `concurrency`."""
+def drive(url: str, files_for, concurrency: int, count: int, data: dict | None = None) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, errors) for `count` multipart requests (form fields `data`) at `concurrency`."""
     session = requests.Session()
     latencies: list[float] = []
     errors = 0
@@ -42,7 +42,7 @@ def drive(url: str, files_for, concurrency: int, count: int) -> tuple[float, flo
     def one(i: int) -> None:
         nonlocal errors
         start = time.perf_counter()
-        r = session.post(url, files=files_for(i), timeout=300)
+        r = session.post(url, files=files_for(i), data=data, timeout=300)
         latencies.append((time.perf_counter() - start) * 1000)
         if r.status_code != 200:
             errors += 1
