@@ -247,7 +247,7 @@ class _LingeringTransport:
         protocol, transport = self._protocol, self._transport
         if protocol.discarding or transport.is_closing():
             return
-        if protocol.conn.their_state is not h11.SEND_BODY:
+        if protocol.conn.their_state not in (h11.SEND_BODY, h11.ERROR):  # ERROR: a malformed or oversized head
             transport.close()
             return
         protocol.discarding = True
