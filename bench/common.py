@@ -59,7 +59,15 @@ def free_port() -> int:
 
 
 def function_command(port: int) -> list[str]:
-    """The function started as production starts it: functions-framework (gunicorn) on loopback."""
+    """The function started as production starts it (`python -m function.serve`, README Serving) on loopback."""
+    import sys
+
+    return [sys.executable, "-m", "function.serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def old_function_command(port: int) -> list[str]:
+    """The set-up before function/serve.py (plain functions-framework: gunicorn's threaded worker with
+    its defaults), kept only as the baseline of bench/attack.py."""
     import sys
 
     return [str(Path(sys.executable).parent / "functions-framework"), "--source", "function/main.py", "--target", "fuse",
@@ -67,7 +75,7 @@ def function_command(port: int) -> list[str]:
 
 
 def spawn(cmd: list[str], env: dict[str, str]):
-    """Start a server in its own process group (so stop_process can end gunicorn and its workers)."""
+    """Start a server in its own process group (so stop_process can end it and any workers)."""
     import os
     import subprocess
 
@@ -76,7 +84,8 @@ def spawn(cmd: list[str], env: dict[str, str]):
 
 
 def worker_pids(pid: int) -> list[int]:
-    """gunicorn's workers (the master's children); the process itself when it has none."""
+    """The serving processes: a WORKERS > 1 supervisor's (or gunicorn master's) children; the process
+    itself when it has none (the default: one process serves)."""
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] or [pid]
     except OSError:

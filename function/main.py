@@ -1,10 +1,11 @@
 """The functions-framework target `fuse`: routing, authentication and the request log.
 
-    functions-framework --source function/main.py --target fuse
+    python -m function.serve
 
-Importing this module loads no model: functions-framework imports it in gunicorn's master and then
-forks the worker. A fork hook starts the warm-up in the worker; a process that never forks (the
-Flask debug server) starts it on its first request. The work itself lives beside this module: direct
+Importing this module loads no model. function/serve.py (the one way to serve it) starts the warm-up
+once the app is built, before it listens, and asks `precheck` about each request before reading its
+body; a fork hook starts the warm-up in a forked worker, and a process that does neither (the Flask
+debug server) starts it on its first request. The work itself lives beside this module: direct
 fusions in direct.py, event jobs in jobs.py, the process-wide objects in runtime.py.
 """
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # functions-framew
 import flask  # noqa: E402
 
 from function import demo, direct, events, jobs, metrics, shutdown  # noqa: E402
+from function.front_door import REFUSED, shown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem  # noqa: E402
 from function.reply import Reply, json_response, without_body_type  # noqa: E402
@@ -170,6 +172,19 @@ def _allow(path: str) -> str:
     return ", ".join(sorted(ROUTES[path]))
 
 
+def precheck(environ: dict[str, Any]) -> Problem | None:
+    """The answer a request gets from its route and token alone (function/front_door.py asks before
+    reading the body); None when it may go on."""
+    request = flask.Request(environ)
+    try:
+        _, route = _find_route(request)
+        if not route.public:
+            _check_auth(request)
+    except Problem as problem:
+        return problem
+    return None
+
+
 def _check_auth(request: flask.Request) -> None:
     token = RUNTIME.config.auth_token
     if not token:
@@ -203,6 +218,8 @@ def fuse(request: flask.Request) -> flask.Response:
     started = time.perf_counter()
     path, route, error = "other", None, ""
     try:
+        if REFUSED in request.environ:  # the front door's answer, given without reading the body
+            raise request.environ[REFUSED]
         path, route = _find_route(request)
         if shutdown.DRAINING.is_set() and not route.while_draining:
             raise Problem(503, "shutting-down", "this instance is shutting down; retry", retry_after=1)
@@ -217,12 +234,12 @@ def fuse(request: flask.Request) -> flask.Response:
             error = f"internal-error: {type(exc).__name__}"
         else:
             error = f"{problem.code}: {problem.detail}{_cause(problem)}"
-        reply = Reply(problem.response(instance=request.path), flask.g.get("kind", "unknown"), flask.g.get("event_id", ""))
+        reply = Reply(problem.response(instance=shown(request.path)), flask.g.get("kind", "unknown"), flask.g.get("event_id", ""))
     response = without_body_type(reply.response)
     response.headers["X-Revision"] = RUNTIME.config.revision
-    if route is None or route.logged:
+    if route is None or route.logged or response.status_code >= 400:
         _log({"severity": "INFO" if response.status_code < 500 else "ERROR", "revision": RUNTIME.config.revision,
-              "method": request.method, "path": request.path, "kind": reply.kind,
+              "method": request.method, "path": shown(request.path), "kind": reply.kind,
               "event_id": reply.event_id or request.headers.get("ce-id", ""), "status": response.status_code,
               "ms": round((time.perf_counter() - started) * 1000, 1), **({"error": error} if error else {}),
               "server_timing": response.headers.get("Server-Timing", "")})

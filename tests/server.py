@@ -1,9 +1,8 @@
-"""Start the function as production does: functions-framework (gunicorn) on a free loopback port."""
+"""Start the function as production does (`python -m function.serve`, function/serve.py) on a free loopback port."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,18 +27,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def command(port: int) -> list[str]:
+    """The one way to serve the function (README, Serving), on loopback."""
+    return [sys.executable, "-m", "function.serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
 class FunctionServer:
     def __init__(self, env: dict[str, str], wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        exe = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
         inherited = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
         full_env = {**inherited, "PORT": str(self.port), "PYTHONUNBUFFERED": "1", **env}
         self.log_path = Path(env.get("CACHE_PATH", "/tmp")) / f"server-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [exe, "--source", "function/main.py", "--target", "fuse", "--host", "127.0.0.1", "--port", str(self.port)],
+            command(self.port),
             cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait(ready=wait_ready)
 

@@ -209,9 +209,12 @@ def containerfile_entrypoint() -> list[str]:
 
 def test_entrypoint_starts_an_existing_target():
     entry = containerfile_entrypoint()
-    source = entry[entry.index("--source") + 1]
-    target = entry[entry.index("--target") + 1]
-    assert re.search(rf"^def {target}\(", (REPO / source).read_text(), re.M)
+    assert entry[:2] == ["python", "-m"], entry
+    module = REPO / (entry[2].replace(".", "/") + ".py")
+    text = module.read_text()  # the launcher names the functions-framework source and target it serves
+    source = re.search(r'^SOURCE = REPO / "function" / "(\w+\.py)"$', text, re.M).group(1)
+    target = re.search(r'^TARGET = "(\w+)"$', text, re.M).group(1)
+    assert re.search(rf"^def {target}\(", (REPO / "function" / source).read_text(), re.M)
     port = service_doc()["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert f"PORT={port}" in (REPO / "Containerfile").read_text()
 

@@ -1,0 +1,303 @@
+"""The front door: what every request meets before the function reads a byte of its body.
+
+function/serve.py runs the functions-framework Flask app behind uvicorn (asyncio, h11) through this
+module: `FrontDoor` is the ASGI application and `Protocol` uvicorn's HTTP protocol. Slow clients cost
+a socket and a few kilobytes on the event loop, never a thread; the WSGI app runs in a thread pool only
+once a request is complete, so `/healthz` answers while any number of clients trickle headers or
+bodies. Before the body is read:
+
+- request target longer than MAX_REQUEST_LINE -> 414, more than MAX_HEADERS header fields -> 431
+  (the whole header block is bounded by MAX_HEADER_BYTES in h11: over it, 400);
+- the route and the token (main.precheck): 401 / 404 / 405 without reading the body;
+- a Content-Length over MAX_REQUEST_BYTES -> 413.
+
+Such refusals are answered by the function itself (the same problem document, log line and metric
+as any other answer) with `Connection: close`, and the connection is closed without the body being
+read (`Expect: 100-continue` is granted only to requests that passed). A chunked body is counted as it
+streams and cut at MAX_REQUEST_BYTES with 413. The body goes to a spooled temporary file (in memory up
+to 1 MiB), so the event loop holds no more than that per upload. Headers must be complete within
+HEADER_TIMEOUT_S of a request's first byte (or of the connection), and a body may pause at most
+BODY_TIMEOUT_S between pieces (408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from function.problems import Problem
+from pipeline import EnvReader
+from pipeline.config import DEFAULT_MAX_IMAGE_BYTES
+
+log = logging.getLogger("facefusion.front_door")
+
+REFUSED = "facefusion.refused"  # environ key: the Problem the function answers with, body unread
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SPOOL_BYTES = 1 << 20
+SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
+
+
+def default_max_request_bytes(max_image_bytes: int) -> int:
+    """Three images as base64 in JSON (4/3 each, so 4x one image) plus 1 MiB for the rest; this also
+    covers multipart with three raw images (3x plus the parts' headers)."""
+    return 4 * max_image_bytes + (1 << 20)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = default_max_request_bytes(DEFAULT_MAX_IMAGE_BYTES)  # 81 MiB
+    max_request_line: int = 8190
+    max_headers: int = 100
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_s: int = 5
+    max_connections: int = 1000
+    threads: int = 8
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env=None) -> Limits:
+        read = EnvReader(env)
+        image = read.int("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1)
+        return cls(
+            max_request_bytes=read.int("MAX_REQUEST_BYTES", default_max_request_bytes(image), minimum=1024),
+            max_request_line=read.int("MAX_REQUEST_LINE", 8190, minimum=256),
+            max_headers=read.int("MAX_HEADERS", 100, minimum=10),
+            max_header_bytes=read.int("MAX_HEADER_BYTES", 65536, minimum=4096),
+            header_timeout_s=read.float("HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            body_timeout_s=read.float("BODY_TIMEOUT_S", 30.0, minimum=0.1),
+            keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
+            max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
+            threads=read.int("THREADS", 8, minimum=1),
+            problems=tuple(read.problems),
+        )
+
+
+def shown(text: str) -> str:
+    """A request-supplied string as it may appear in an answer or a log line: bounded."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+def build_environ(scope: dict[str, Any]) -> dict[str, Any]:
+    """The WSGI environ of an ASGI HTTP scope, without a body yet (PEP 3333 strings are latin-1)."""
+    path = scope["path"].encode("utf-8").decode("latin-1")
+    server = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"], "SCRIPT_NAME": "", "PATH_INFO": path,
+        "QUERY_STRING": scope["query_string"].decode("latin-1"), "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "SERVER_NAME": server[0], "SERVER_PORT": str(server[1]), "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+        "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = scope["client"][0], str(scope["client"][1])
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + name
+        value = raw_value.decode("latin-1")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+class _Refusal(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+
+
+class FrontDoor:
+    """The ASGI application: early checks, bounded body intake, then the WSGI app in a thread."""
+
+    def __init__(self, wsgi_app: Callable, limits: Limits, precheck: Callable[[dict[str, Any]], Problem | None]) -> None:
+        self.app = wsgi_app
+        self.limits = limits
+        self.precheck = precheck
+        self.pool = concurrent.futures.ThreadPoolExecutor(limits.threads, thread_name_prefix="request")
+        # probes never queue behind work: liveness and readiness answer while every request thread is busy
+        self.probe_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="probe")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        environ = build_environ(scope)
+        body = None
+        try:
+            declared = self._check_headers(scope, environ)
+            body = await self._read_body(receive, declared, environ)
+        except _Refusal as refusal:
+            environ[REFUSED] = refusal.problem
+        close = REFUSED in environ
+        if body is None:  # refused: the function answers without a body, and the connection closes
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ["CONTENT_LENGTH"] = "0"
+            body = io.BytesIO()
+        environ["wsgi.input"] = body
+        pool = self.probe_pool if environ["PATH_INFO"].rstrip("/") in PROBE_PATHS else self.pool
+        try:
+            status, headers, chunks = await asyncio.get_running_loop().run_in_executor(pool, self._call_app, environ)
+        finally:
+            body.close()
+        if close:
+            headers = [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
+
+    def _check_headers(self, scope: dict[str, Any], environ: dict[str, Any]) -> int | None:
+        """Everything decided from the request line and headers; the declared body length (None: chunked)."""
+        limits = self.limits
+        target = len(scope["raw_path"]) + len(scope["query_string"]) + 1
+        if target > limits.max_request_line:
+            raise _Refusal(Problem(414, "uri-too-long", f"the request target exceeds {limits.max_request_line} bytes"))
+        if len(scope["headers"]) > limits.max_headers:
+            raise _Refusal(Problem(431, "too-many-headers", f"more than {limits.max_headers} header fields"))
+        problem = self.precheck(environ)
+        if problem is not None:
+            raise _Refusal(problem)
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked:
+            return None
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:  # h11 has already refused malformed lengths; belt and braces
+            raise _Refusal(Problem(400, "bad-request", "malformed Content-Length")) from None
+        if declared > limits.max_request_bytes:
+            raise _Refusal(_too_large(limits.max_request_bytes))
+        return declared
+
+    async def _read_body(self, receive: Callable, declared: int | None, environ: dict[str, Any]):
+        """The body into a spooled file, counted as it streams; refused past the limit or a stall."""
+        body = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 - closed by the caller
+        size = 0
+        try:
+            if declared == 0:
+                return body
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), self.limits.body_timeout_s)
+                except asyncio.TimeoutError:
+                    raise _Refusal(Problem(408, "request-timeout",
+                                           f"no part of the body arrived for {self.limits.body_timeout_s:g} s")) from None
+                if message["type"] == "http.disconnect":
+                    raise _Refusal(Problem(400, "client-disconnected", "the client went away during the body"))
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limits.max_request_bytes:
+                    raise _Refusal(_too_large(self.limits.max_request_bytes))
+                body.write(chunk)
+                if not message.get("more_body", False):
+                    break
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ["CONTENT_LENGTH"] = str(size)
+        return body
+
+    def _call_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
+            started["status"], started["headers"] = status, headers
+            return lambda data: chunks.append(data)
+
+        chunks: list[bytes] = []
+        result: Iterable[bytes] = self.app(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in started["headers"]]
+        return int(started["status"].split(" ", 1)[0]), headers, chunks
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "request-too-large", f"the request body exceeds MAX_REQUEST_BYTES ({limit} bytes)")
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn's protocol sees it: `close()` while the client is still
+    sending a body (a refused request) shuts the socket down for writing, drops what still arrives for
+    up to LINGER_S and only then closes. A close with unread data would reset the connection, and the
+    client would see the reset instead of the answer."""
+
+    LINGER_S = 2.0
+
+    def __init__(self, transport, protocol: Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        protocol, transport = self._protocol, self._transport
+        if protocol.discarding or transport.is_closing():
+            return
+        if protocol.conn.their_state not in (h11.SEND_BODY, h11.ERROR):  # ERROR: a malformed or oversized head
+            transport.close()
+            return
+        protocol.discarding = True
+        with contextlib.suppress(OSError, RuntimeError):
+            if transport.can_write_eof():
+                transport.write_eof()
+        transport.resume_reading()
+        protocol.loop.call_later(self.LINGER_S, transport.close)
+
+
+class Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the limits it lacks: a connection must complete its request
+    headers within HEADER_TIMEOUT_S of connecting or of a request's first byte, at most
+    MAX_CONNECTIONS are open at once, and refused uploads end with a lingering close (above)."""
+
+    limits = Limits()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.discarding = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self.transport = _LingeringTransport(transport, self)  # type: ignore[assignment]
+        if len(self.connections) > self.limits.max_connections:
+            transport.abort()
+            return
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.abort()  # headers still incomplete: nothing to answer, nothing to keep
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)

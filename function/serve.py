@@ -1,0 +1,165 @@
+"""The one way to serve the function: `python -m function.serve [--host H] [--port N]`.
+
+functions-framework builds the Flask app (target `fuse` in function/main.py, as before); uvicorn
+serves it through function/front_door.py, which checks every request before its body is read and
+runs the app in a thread pool only once a request is complete. The README's run command, the
+Containerfile's ENTRYPOINT, tests/server.py and bench/common.py all start this module.
+
+One process serves by default (Knative scales by pods). It starts the warm-up before it listens, so
+`/readyz` answers 503 until the models are loaded; no fork happens after the app is imported, so
+inference sessions (CUDA) are created in the serving process only. WORKERS=N (N > 1) runs N such
+processes instead, each started fresh (`python -m function.serve --listen-fd`, no fork of a process
+that imported anything) on one listening socket that this process binds and keeps; a worker that dies
+is started again, and SIGTERM is passed on to all of them.
+
+SIGTERM: the drain of function/shutdown.py (503 for new work, in-flight fusions finish), then the
+server stops, waits up to GRACE_S for the answers still being written, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "function" / "main.py"
+TARGET = "fuse"
+GRACE_S = 5  # after the drain: how long answers still being sent may take before the process exits
+log = logging.getLogger("facefusion.serve")
+
+
+def _settings() -> tuple[int, int]:
+    from pipeline import EnvReader
+
+    read = EnvReader()
+    return read.int("PORT", 8080, minimum=0), read.int("WORKERS", 1, minimum=1)
+
+
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_app():
+    """The ASGI app that is served: the front door around functions-framework's Flask app."""
+    import functions_framework
+
+    from function.front_door import FrontDoor, Limits, Protocol
+
+    limits = Limits.from_env()
+    for problem in limits.problems:
+        log.warning("setting ignored, default used: %s", problem)
+    flask_app = functions_framework.create_app(target=TARGET, source=str(SOURCE))
+    module = sys.modules["main"]  # the module functions-framework loaded from SOURCE
+    Protocol.limits = limits
+    return FrontDoor(flask_app, limits, module.precheck), module, limits
+
+
+def serve(sock: socket.socket) -> None:
+    """Serve on a bound socket until SIGTERM has drained the process; never returns."""
+    import uvicorn
+
+    from function import shutdown
+    from function.front_door import Protocol
+
+    app, module, limits = build_app()
+    module.RUNTIME.warmup.ensure_started()  # before the first request: /readyz turns 200 when loaded
+    config = uvicorn.Config(app, http=Protocol, lifespan="off", interface="asgi3", access_log=False,
+                            log_level=os.environ.get("UVICORN_LOG_LEVEL", "warning"), server_header=False,
+                            timeout_keep_alive=limits.keepalive_s, h11_max_incomplete_event_size=limits.max_header_bytes,
+                            timeout_graceful_shutdown=GRACE_S)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def terminate(signum, frame):
+                shutdown.begin(lambda: setattr(self, "should_exit", True))
+
+            def interrupt(signum, frame):  # Ctrl+C: a second one stops at once
+                if not shutdown.begin(lambda: setattr(self, "should_exit", True)):
+                    self.force_exit = True
+                    self.should_exit = True
+
+            signal.signal(signal.SIGTERM, terminate)
+            signal.signal(signal.SIGINT, interrupt)
+            yield
+
+    status = 0
+    try:
+        Server(config).run(sockets=[sock])
+    except SystemExit as exc:  # uvicorn exits on a startup failure
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("the server failed")
+        status = 1
+    shutdown._leave_quietly(status)
+
+
+def supervise(sock: socket.socket, workers: int) -> int:
+    """WORKERS > 1: run that many fresh serving processes on `sock`; restart any that dies; pass
+    SIGTERM and SIGINT on; exit 0 once all have left after a signal."""
+    cmd = [sys.executable, "-m", "function.serve", "--listen-fd", str(sock.fileno())]
+    stopping = threading.Event()
+    procs: dict[int, subprocess.Popen] = {}
+
+    def start(slot: int) -> None:
+        procs[slot] = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env={**os.environ, "WORKER_INDEX": str(slot)})
+
+    def forward(signum, frame) -> None:
+        stopping.set()
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(workers):
+        start(slot)
+    statuses: dict[int, int] = {}
+    while len(statuses) < workers:
+        time.sleep(0.2)
+        for slot, proc in list(procs.items()):
+            if slot in statuses or proc.poll() is None:
+                continue
+            if stopping.is_set():
+                statuses[slot] = proc.returncode
+            else:
+                log.error("worker %d exited with %s; starting it again", slot, proc.returncode)
+                time.sleep(1)
+                start(slot)
+    sock.close()
+    return max((abs(s) for s in statuses.values()), default=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    port, workers = _settings()
+    parser = argparse.ArgumentParser(prog="python -m function.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=port, help="port (default $PORT, else 8080)")
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of a WORKERS > 1 set
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.listen_fd is not None:
+        serve(socket.socket(fileno=args.listen_fd))
+    sock = bind(args.host, args.port)
+    if workers > 1:
+        sys.exit(supervise(sock, workers))
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The front door (function/front_door.py, function/serve.py) over real HTTP on loopback, raw sockets
+where the point is what the server does before a body has arrived: refusals without reading the body,
+bounded request lines and headers, slow clients that cannot starve /healthz, the drain with WORKERS=2,
+and a reduced run of bench/attack.py (statuses only, no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.attack import _read_status, send_body
+
+from .conftest import shared_file
+from .server import FunctionServer
+
+TOKEN = "front-door-token"
+AUTH = f"Authorization: Bearer {TOKEN}\r\n"
+LIMIT = 1 << 20  # MAX_REQUEST_BYTES for the module's server
+
+
+@pytest.fixture(scope="module")
+def server(model_root, tmp_path_factory):
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path_factory.mktemp("front-door")),
+                          "AUTH_TOKEN": TOKEN, "MAX_REQUEST_BYTES": str(LIMIT), "HEADER_TIMEOUT_S": "1",
+                          "BODY_TIMEOUT_S": "2"})
+    yield srv
+    srv.stop()
+
+
+def connect(server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def closed_by_server(sock: socket.socket, within: float = 10) -> bool:
+    """True when the server closes (EOF or reset) within `within` seconds; whatever arrives is dropped."""
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/cloudevents+json",
+                                   "application/cloudevents-batch+json", "multipart/form-data; boundary=x"])
+def test_no_token_is_refused_before_the_body(server, ctype):
+    with connect(server) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {1 << 30}\r\n\r\n".encode())
+        sock.sendall(b"0" * 65536)  # a little of the 1 GiB: the answer must not wait for the rest
+        status, headers, body = _read_status(sock, 10)
+        assert status == 401 and headers["connection"] == "close"
+        assert json.loads(body)["type"].endswith("unauthorized")
+        assert closed_by_server(sock)
+    assert server.alive()
+
+
+def test_expect_100_continue_is_not_granted_without_a_token(server):
+    with connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        sock.settimeout(10)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 401 "), first[:40]
+        assert closed_by_server(sock)
+
+
+def test_expect_100_continue_is_granted_with_a_token(server):
+    with connect(server) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n{AUTH}"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"{}")
+        status, _, body = _read_status(sock, 10)
+        assert status == 400 and "source" in json.loads(body)["detail"]
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/cloudevents+json",
+                                   "application/cloudevents-batch+json", "multipart/form-data; boundary=x"])
+def test_content_length_over_the_limit_is_413_before_the_body(server, ctype):
+    with connect(server) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n{AUTH}Content-Length: {LIMIT + 1}\r\n\r\n"
+                     .encode())
+        status, headers, body = _read_status(sock, 10)  # not one byte of the body was sent
+        assert status == 413 and headers["connection"] == "close"
+        assert json.loads(body)["type"].endswith("request-too-large")
+        assert closed_by_server(sock)
+
+
+def test_chunked_body_is_counted_and_cut_at_the_limit(server):
+    result = send_body(server.port, 4 * LIMIT, auth=False, chunked=True)
+    assert result["status"] == 401  # no token: refused before the first chunk
+    with connect(server) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{AUTH}"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        piece = b"1" * 65536
+        sent = 0
+        try:
+            while sent <= LIMIT + len(piece):
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                sent += len(piece)
+        except OSError:
+            pass
+        status, headers, _ = _read_status(sock, 10)
+        assert status == 413 and headers["connection"] == "close"
+    r = requests.post(server.url + "/", data=iter([b"{", b"}"]), timeout=10,  # a small chunked body still works
+                      headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and "source" in r.json()["detail"]
+
+
+def test_request_line_and_headers_are_bounded_and_never_echoed(server):
+    with connect(server) as sock:  # 1 MB request target: refused by the header-block limit, nothing echoed
+        sock.sendall(b"GET /" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = _read_status(sock, 10)
+    assert status == 400 and b"aaaa" not in body
+    r = requests.get(server.url + "/" + "b" * 9000, timeout=10)
+    assert r.status_code == 414 and len(r.content) < 1000 and r.headers["Connection"] == "close"
+    r = requests.get(server.url + "/" + "c" * 8000, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert r.status_code == 404 and len(r.json()["instance"]) < 300
+    r = requests.get(server.url + "/healthz", headers={f"X-H{i}": "v" for i in range(150)}, timeout=10)
+    assert r.status_code == 431
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
+    assert lines and max(len(line["path"]) for line in lines) < 300
+    assert server.alive()
+
+
+def test_metrics_401_is_logged(server):
+    assert requests.get(server.url + "/metrics", timeout=5).status_code == 401
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
+    assert any(line["path"] == "/metrics" and line["status"] == 401 for line in lines)
+    ok = requests.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert ok.status_code == 200  # a scrape that succeeds is still not logged
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
+    assert not any(line["path"] == "/metrics" and line["status"] == 200 for line in lines)
+
+
+def test_stalled_headers_and_bodies_are_timed_out(server):
+    with connect(server) as sock:  # HEADER_TIMEOUT_S=1
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert closed_by_server(sock, within=10)
+    with connect(server) as sock:  # BODY_TIMEOUT_S=2
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{AUTH}Content-Length: 100\r\n\r\n{{"
+                     .encode())
+        status, headers, _ = _read_status(sock, 15)
+        assert status == 408 and headers["connection"] == "close"
+
+
+def test_slow_clients_do_not_starve_healthz_or_fusions(server):
+    """30 connections trickling headers or bodies (gunicorn's threaded worker hung on 10)."""
+    socks = []
+    try:
+        for i in range(30):
+            sock = connect(server)
+            if i % 2:
+                sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{AUTH}"
+                             "Content-Length: 1000\r\n\r\n{".encode())
+            else:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n")
+            socks.append(sock)
+        for _ in range(5):
+            assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+        files = {"source": shared_file("images", "obama.jpg").read_bytes(), "target": shared_file("images", "biden.jpg").read_bytes()}
+        r = requests.post(server.url + "/", files=files, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_refused_bodies_do_not_grow_memory(server):
+    pid = server.proc.pid
+    before = rss_mb(pid)
+    threads = [threading.Thread(target=send_body, args=(server.port, 200 << 20, bool(i % 2))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert rss_mb(pid) - before < 50
+    assert server.alive()
+
+
+def test_two_workers_serve_and_drain(model_root, tmp_path):
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"})
+    try:
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        for _ in range(6):
+            assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0
+    assert "Traceback" not in srv.log_path.read_text(errors="replace")
+
+
+def test_attack_bench_reduced():
+    """bench/attack.py with small numbers: statuses and survival, no timings."""
+    shared_file("models", "scrfd_2.5g_bnkps.onnx")
+    from bench.attack import run
+
+    result = run(["new"], [6], seconds=2, body_mb=128, parallel_mb=100, long_path_mb=1, quiet=True)
+    memory = {row[1]: row for row in result["memory"]}
+    assert memory["128 MB, no token"][3] == "401" and memory["128 MB, token"][3] == "413"
+    assert memory["4 x 100 MB, token"][3] == "413,413,413,413"
+    assert memory["128 MB chunked, token"][3] == "413"
+    assert all(row[4].replace(",", "").replace("close", "") == "" for row in result["memory"])
+    assert all(row[-1] == "yes" for row in result["memory"])
+    assert memory["128 MB, no token"][2] < 50 and memory["4 x 100 MB, token"][2] < 50
+    statuses = {row[1]: row for row in result["status"]}
+    assert statuses["10: GET with a 1 MB path"][2] == 400
+    assert statuses["10: GET with a 9000 B path"][2] == 414
+    assert statuses["1: Expect: 100-continue, no token"][2:4] == [401, "no 100"]
+    assert statuses["11: GET /metrics without token"][3] == "logged"
+    assert statuses["server still serving"][2] == 200
+    slow = [row for row in result["slow"] if row[1] == 6]
+    assert slow and slow[0][3] == 0  # no /healthz probe failed
