@@ -3,8 +3,8 @@
 serve [--port 8080] [--host H]
         Serve the function on this machine. When $MODEL_PATH/$MODEL_VERSION (default: the
         checkout's models/ folder, version `current`) holds no model set, write a stand-in set
-        there first and say loudly that its swaps are not real. Then run
-        `functions-framework --source function/main.py --target fuse --port N` from the checkout
+        there first and say loudly that its swaps are not real. Then run the server as production
+        does, `python -m function.serve --port N`, from the checkout
         (this process becomes the server, so Ctrl-C or SIGTERM stops it). From another folder:
         `path/to/checkout/.venv/bin/python path/to/checkout/devtools serve`.
 
@@ -21,8 +21,8 @@ SCRFD ONNX model, a version that is not a plain folder name). A failed run leave
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -205,14 +205,11 @@ def _serve(args: argparse.Namespace) -> int:
     env = EnvReader()
     model_path, version = _model_location(env)
     ensure_model_set(model_path, version)
-    exe = Path(sys.executable).parent / "functions-framework"
-    if not exe.is_file():
-        found = shutil.which("functions-framework")
-        if found is None:
-            raise Failure("functions-framework is not installed next to this Python; install the project "
-                          "first: .venv/bin/pip install -e '.[cpu]'", EXIT_USAGE)
-        exe = Path(found)
-    argv = [str(exe), "--source", str(REPO / "function" / "main.py"), "--target", "fuse", "--port", str(args.port)]
+    if importlib.util.find_spec("functions_framework") is None or importlib.util.find_spec("uvicorn") is None:
+        raise Failure("the project is not installed in this Python; install it first: "
+                      ".venv/bin/pip install -e '.[cpu]'", EXIT_USAGE)
+    exe = sys.executable
+    argv = [exe, "-m", "function.serve", "--port", str(args.port)]
     if args.host:
         argv += ["--host", args.host]
     os.environ["MODEL_PATH"] = str(model_path)
@@ -221,7 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
     _say(f"serving on http://{args.host or 'localhost'}:{args.port} (readiness: /readyz): {' '.join(argv)}")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(str(exe), argv)
+    os.execv(exe, argv)
     return 0  # not reached
 
 
@@ -231,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the function here, with stand-in models if there are none")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--host", help="address to listen on (functions-framework's default: all)")
+    serve.add_argument("--host", help="address to listen on (default: all, 0.0.0.0)")
     serve.set_defaults(run=_serve)
     make = sub.add_parser("make-test-models", help="write a stand-in model set (NOT real swaps)")
     make.add_argument("directory", help="model root (MODEL_PATH); the set goes to DIR/VERSION")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipeline import EnvReader
+from pipeline.config import DEFAULT_MAX_IMAGE_BYTES
 
 FUSION_BUDGET_S = 120.0  # the longest one fusion is expected to take, for the default LEASE_TTL_S
 
@@ -23,6 +24,12 @@ def bucket_prefix(uri: str) -> str:
     if parts.scheme in ("file", "local"):
         return f"file://{os.path.dirname(parts.path.rstrip('/') or '/')}/"
     return f"{parts.scheme}://{parts.netloc}/" if parts.netloc else f"{parts.scheme}://"
+
+
+def default_max_request_bytes(max_image_bytes: int) -> int:
+    """Three images as base64 in JSON (4/3 each, so 4x one image) plus 1 MiB for the rest; this also
+    covers multipart with three raw images (3x plus the parts' headers)."""
+    return 4 * max_image_bytes + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,19 @@ class FunctionConfig:
     drain_max_seconds: float = 25.0
     service: str = "facefusion"
     revision: str = "local"
+    # the server (function/serve.py) and its front door (function/front_door.py)
+    port: int = 8080
+    workers: int = 1
+    log_level: str = "warning"
+    max_request_bytes: int = default_max_request_bytes(DEFAULT_MAX_IMAGE_BYTES)  # 81 MiB
+    max_request_line: int = 8190
+    max_headers: int = 100
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_s: int = 5
+    max_connections: int = 1000
+    threads: int = 8
     problems: tuple[str, ...] = ()
 
     @classmethod
@@ -78,5 +98,18 @@ class FunctionConfig:
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),
             service=read.str("K_SERVICE", "facefusion") or "facefusion",
             revision=read.str("K_REVISION", "local") or "local",
+            port=read.int("PORT", 8080, minimum=0),
+            workers=read.int("WORKERS", 1, minimum=1),
+            log_level=read.choice("UVICORN_LOG_LEVEL", "warning", ("critical", "error", "warning", "info", "debug", "trace")),
+            max_request_bytes=read.int("MAX_REQUEST_BYTES", default_max_request_bytes(
+                read.int("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1)), minimum=1024),
+            max_request_line=read.int("MAX_REQUEST_LINE", 8190, minimum=256),
+            max_headers=read.int("MAX_HEADERS", 100, minimum=10),
+            max_header_bytes=read.int("MAX_HEADER_BYTES", 65536, minimum=4096),
+            header_timeout_s=read.float("HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            body_timeout_s=read.float("BODY_TIMEOUT_S", 30.0, minimum=0.1),
+            keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
+            max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
+            threads=read.int("THREADS", 8, minimum=1),
             problems=tuple(read.problems),
         )

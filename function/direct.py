@@ -10,6 +10,7 @@ from typing import Any
 import flask
 
 from . import storage
+from .front_door import DISCONNECTED
 from .fusion import format_for_uri, fusion_headers, parse_options, run_fusion
 from .inputs import ImageRef, about, fetch_all, image_ref, output_uri
 from .options import IMAGE_FIELDS
@@ -76,7 +77,8 @@ def json_body(rt: Runtime, body: dict[str, Any], request: flask.Request) -> Repl
 def client_gone(request: flask.Request) -> bool:
     """Whether the client has closed its connection, as far as the socket can tell without waiting.
 
-    gunicorn (`gunicorn.socket`) and werkzeug's server (`werkzeug.socket`) hand the request's socket
+    Under function/serve.py the front door flags the ASGI disconnect in the environ. gunicorn
+    (`gunicorn.socket`) and werkzeug's server (`werkzeug.socket`) instead hand the request's socket
     to the application. Once the body has been read, nothing more arrives on it before we answer,
     unless the client closed it: then a non-blocking peek reads end-of-file (FIN) or fails (RST).
     Knative's queue-proxy closes its connection to us when its client goes away, so this sees that
@@ -84,6 +86,9 @@ def client_gone(request: flask.Request) -> bool:
     gone; a pipelined next request, a TLS socket or an unknown server looks present; and
     `wsgi.input` says nothing at all (it reads end-of-body once Content-Length bytes are read).
     """
+    flagged = request.environ.get(DISCONNECTED)  # served by function/serve.py: the front door watches
+    if flagged is not None:
+        return flagged.is_set()
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket) or not hasattr(select, "poll"):
         return False

@@ -29,60 +29,23 @@ import io
 import logging
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from function.config import FunctionConfig
 from function.problems import Problem
-from pipeline import EnvReader
-from pipeline.config import DEFAULT_MAX_IMAGE_BYTES
 
 log = logging.getLogger("facefusion.front_door")
 
 REFUSED = "facefusion.refused"  # environ key: the Problem the function answers with, body unread
+DISCONNECTED = "facefusion.disconnected"  # environ key: a threading.Event set when the client goes away
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
-
-
-def default_max_request_bytes(max_image_bytes: int) -> int:
-    """Three images as base64 in JSON (4/3 each, so 4x one image) plus 1 MiB for the rest; this also
-    covers multipart with three raw images (3x plus the parts' headers)."""
-    return 4 * max_image_bytes + (1 << 20)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_request_bytes: int = default_max_request_bytes(DEFAULT_MAX_IMAGE_BYTES)  # 81 MiB
-    max_request_line: int = 8190
-    max_headers: int = 100
-    max_header_bytes: int = 65536
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keepalive_s: int = 5
-    max_connections: int = 1000
-    threads: int = 8
-    problems: tuple[str, ...] = ()
-
-    @classmethod
-    def from_env(cls, env=None) -> Limits:
-        read = EnvReader(env)
-        image = read.int("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1)
-        return cls(
-            max_request_bytes=read.int("MAX_REQUEST_BYTES", default_max_request_bytes(image), minimum=1024),
-            max_request_line=read.int("MAX_REQUEST_LINE", 8190, minimum=256),
-            max_headers=read.int("MAX_HEADERS", 100, minimum=10),
-            max_header_bytes=read.int("MAX_HEADER_BYTES", 65536, minimum=4096),
-            header_timeout_s=read.float("HEADER_TIMEOUT_S", 10.0, minimum=0.1),
-            body_timeout_s=read.float("BODY_TIMEOUT_S", 30.0, minimum=0.1),
-            keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
-            max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
-            threads=read.int("THREADS", 8, minimum=1),
-            problems=tuple(read.problems),
-        )
 
 
 def shown(text: str) -> str:
@@ -120,7 +83,7 @@ class _Refusal(Exception):
 class FrontDoor:
     """The ASGI application: early checks, bounded body intake, then the WSGI app in a thread."""
 
-    def __init__(self, wsgi_app: Callable, limits: Limits, precheck: Callable[[dict[str, Any]], Problem | None]) -> None:
+    def __init__(self, wsgi_app: Callable, limits: FunctionConfig, precheck: Callable[[dict[str, Any]], Problem | None]) -> None:
         self.app = wsgi_app
         self.limits = limits
         self.precheck = precheck
@@ -144,15 +107,30 @@ class FrontDoor:
             environ["CONTENT_LENGTH"] = "0"
             body = io.BytesIO()
         environ["wsgi.input"] = body
+        gone = environ[DISCONNECTED] = threading.Event()
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive, gone)) if not close else None
+        await asyncio.sleep(0)  # let the watcher see a close that arrived with the request
         pool = self.probe_pool if environ["PATH_INFO"].rstrip("/") in PROBE_PATHS else self.pool
         try:
             status, headers, chunks = await asyncio.get_running_loop().run_in_executor(pool, self._call_app, environ)
         finally:
             body.close()
+            if watcher is not None:
+                watcher.cancel()
         if close:
             headers = [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
+
+    @staticmethod
+    async def _watch_disconnect(receive: Callable, gone: threading.Event) -> None:
+        """After the body, the next ASGI message can only be the client's disconnect: flag it for the
+        function (direct.client_gone), which drops a fusion nobody waits for."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
 
     def _check_headers(self, scope: dict[str, Any], environ: dict[str, Any]) -> int | None:
         """Everything decided from the request line and headers; the declared body length (None: chunked)."""
@@ -263,7 +241,7 @@ class Protocol(H11Protocol):
     headers within HEADER_TIMEOUT_S of connecting or of a request's first byte, at most
     MAX_CONNECTIONS are open at once, and refused uploads end with a lingering close (above)."""
 
-    limits = Limits()
+    limits = FunctionConfig()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.discarding = False

@@ -37,13 +37,6 @@ GRACE_S = 5  # after the drain: how long answers still being sent may take befor
 log = logging.getLogger("facefusion.serve")
 
 
-def _settings() -> tuple[int, int]:
-    from pipeline import EnvReader
-
-    read = EnvReader()
-    return read.int("PORT", 8080, minimum=0), read.int("WORKERS", 1, minimum=1)
-
-
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -58,11 +51,12 @@ def build_app():
     """The ASGI app that is served: the front door around functions-framework's Flask app."""
     import functions_framework
 
-    from function.front_door import FrontDoor, Limits, Protocol
+    from function.config import FunctionConfig
+    from function.front_door import FrontDoor, Protocol
 
-    limits = Limits.from_env()
-    for problem in limits.problems:
-        log.warning("setting ignored, default used: %s", problem)
+    # the function's one settings module; a bad value is used as its default here and keeps /readyz
+    # failed with the reason (the Runtime reads the same problems)
+    limits = FunctionConfig.from_env()
     flask_app = functions_framework.create_app(target=TARGET, source=str(SOURCE))
     module = sys.modules["main"]  # the module functions-framework loaded from SOURCE
     Protocol.limits = limits
@@ -79,7 +73,7 @@ def serve(sock: socket.socket) -> None:
     app, module, limits = build_app()
     module.RUNTIME.warmup.ensure_started()  # before the first request: /readyz turns 200 when loaded
     config = uvicorn.Config(app, http=Protocol, lifespan="off", interface="asgi3", access_log=False,
-                            log_level=os.environ.get("UVICORN_LOG_LEVEL", "warning"), server_header=False,
+                            log_level=limits.log_level, server_header=False,
                             timeout_keep_alive=limits.keepalive_s, h11_max_incomplete_event_size=limits.max_header_bytes,
                             timeout_graceful_shutdown=GRACE_S)
 
@@ -146,7 +140,10 @@ def supervise(sock: socket.socket, workers: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    port, workers = _settings()
+    from function.config import FunctionConfig
+
+    config = FunctionConfig.from_env()
+    port, workers = config.port, config.workers
     parser = argparse.ArgumentParser(prog="python -m function.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=port, help="port (default $PORT, else 8080)")
