@@ -83,9 +83,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="ff-bench-quality-"))
-    identity = load_fuser(Settings(model_path=standin_models(base / "identity", swapper="identity"),
+    identity = load_fuser(Settings(model_path=standin_models(base / "identity", swapper="identity", maskers=True),
                                    cache_path=base / "cache"))
-    tint = load_fuser(Settings(model_path=standin_models(base / "tint"), cache_path=base / "cache"))
+    tint = load_fuser(Settings(model_path=standin_models(base / "tint", maskers=True), cache_path=base / "cache"))
     frame = frame_with_face(identity)
     identity.exercise()
     tint.exercise()

@@ -321,12 +321,13 @@ def write_test_models(
     enhancer: bool = True,
     pad_mb: dict[str, float] | None = None,
     link_current: bool = True,
-    maskers: bool = True,
+    maskers: bool = False,
     swapper: str = "tint",
 ) -> Path:
     """Write a complete stand-in model set to `directory/<version>` and point `current` at it.
 
-    `maskers`: with the optional occluder and face_parser roles. `swapper`: `tint` (the usual stand-in),
+    `maskers`: with the optional occluder and face_parser roles (`make-test-models` and `serve` write
+    them; off by default here so that sets built in code keep their four files). `swapper`: `tint` (the usual stand-in),
     `identity` (output = its target input) or `identity-batch` (the same with a free batch axis).
 
     The set is built in a hidden folder beside its final place and renamed into place whole, so a

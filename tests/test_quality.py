@@ -28,6 +28,19 @@ from .conftest import REPO, shared_file
 from .server import FunctionServer
 
 
+@pytest.fixture(scope="module")
+def mask_root(tmp_path_factory, scrfd_path) -> Path:
+    """A stand-in set with the real SCRFD and the optional occluder and face_parser."""
+    root = tmp_path_factory.mktemp("mask-models")
+    write_test_models(root, detector=scrfd_path, enhancer=False, maskers=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fuser(mask_root, tmp_path_factory):
+    return load_fuser(Settings(model_path=mask_root, cache_path=tmp_path_factory.mktemp("mask-cache")))
+
+
 # -- pixel boost -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
 def test_tiles_are_interleaved_sub_samples_and_round_trip_bit_exact(k):
@@ -228,12 +241,12 @@ def test_parse_options_builds_the_quality_options():
 
 # -- over HTTP ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def servers(model_root, tmp_path_factory, scrfd_path):
+def servers(mask_root, tmp_path_factory, scrfd_path):
     bare = tmp_path_factory.mktemp("bare-models")
     write_test_models(bare, detector=scrfd_path, enhancer=False, maskers=False)
     started = {}
     try:
-        for name, root in (("full", model_root), ("bare", bare)):
+        for name, root in (("full", mask_root), ("bare", bare)):
             started[name] = FunctionServer({"MODEL_PATH": str(root),
                                             "CACHE_PATH": str(tmp_path_factory.mktemp(f"cache-{name}"))})
         yield started
@@ -288,16 +301,39 @@ def _cli(args: list[str], model_root: Path, tmp_path: Path) -> subprocess.Comple
                           env=env, timeout=120)
 
 
-def test_cli_quality_flags(model_root, tmp_path):
+def test_cli_quality_flags(mask_root, tmp_path):
     obama, biden = str(shared_file("images", "obama.jpg")), str(shared_file("images", "biden.jpg"))
     out = tmp_path / "o.png"
     ok = _cli(["fuse", obama, biden, "-o", str(out), "--pixel-boost", "256", "--mask", "box,occlusion,region",
-               "--mask-regions", "nose,mouth", "--mask-padding", "0,5,0,5", "--mask-blur", "0.2"], model_root, tmp_path)
+               "--mask-regions", "nose,mouth", "--mask-padding", "0,5,0,5", "--mask-blur", "0.2"], mask_root, tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert cv2.imread(str(out)).shape[:2] == DecodedImage(bgr=cv2.imread(biden)).bgr.shape[:2]
     for flags, needle in ((["--mask-regions", "nose"], "mask_regions"), (["--mask", "box,hat"], "mask must"),
                           (["--mask-padding", "1,2"], "mask_padding"), (["--mask-blur", "3"], "mask_blur"),
                           (["--pixel-boost", "300"], "--pixel-boost")):
-        bad = _cli(["fuse", obama, biden, "-o", str(tmp_path / "bad.jpg"), *flags], model_root, tmp_path)
+        bad = _cli(["fuse", obama, biden, "-o", str(tmp_path / "bad.jpg"), *flags], mask_root, tmp_path)
         assert bad.returncode == 2 and needle in bad.stderr, (flags, bad.stderr)
         assert not (tmp_path / "bad.jpg").exists()
+
+
+# -- stand-ins ------------------------------------------------------------------------------------
+def test_make_test_models_writes_the_maskers_with_the_real_signatures(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "devtools", "make-test-models", str(tmp_path / "m"),
+                           "--standin-detector"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "m" / "current" / "manifest.json").read_text())["models"]
+    assert manifest["occluder"]["kind"] == "xseg-standin" and manifest["face_parser"]["kind"] == "bisenet-standin"
+    signatures = {"occluder": ([("input", [1, 256, 256, 3])], [("output", [1, 256, 256, 1])]),
+                  "face_parser": ([("input", [1, 3, 512, 512])], [("output", [1, 19, 512, 512])])}
+    for role, (inputs, outputs) in signatures.items():
+        session = ort.InferenceSession(str(tmp_path / "m" / "current" / manifest[role]["file"]),
+                                       providers=["CPUExecutionProvider"])
+        assert [(i.name, i.shape) for i in session.get_inputs()] == inputs
+        assert [(o.name, o.shape) for o in session.get_outputs()] == outputs
+    occluder = ort.InferenceSession(str(tmp_path / "m" / "current" / "occluder.onnx"), providers=["CPUExecutionProvider"])
+    mask = occluder.run(None, {"input": np.random.default_rng(0).random((1, 256, 256, 3), np.float32)})[0]
+    y0, y1, x0, x1 = OCCLUDED_RECT
+    assert mask.min() == 0 and mask.max() == 1 and mask[0, y0:y1, x0:x1].max() == 0 and mask.sum() == 256 * 256 - (
+        (y1 - y0) * (x1 - x0))
