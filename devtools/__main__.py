@@ -125,7 +125,8 @@ def make_models(directory: Path, version: str, detector: Path | None, link_curre
         created.append(probe)
         probe = probe.parent
     try:
-        return write_test_models(directory, detector=detector, version=version, link_current=link_current)
+        return write_test_models(directory, detector=detector, version=version, link_current=link_current,
+                                 maskers=True)
     except OSError as exc:
         raise Failure(f"cannot write the model set to {target}: {exc.strerror or exc}", EXIT_WRITE) from exc
     finally:

@@ -2,8 +2,8 @@
 
 This module lives in `devtools/`, outside the shipped packages: the container image never holds it.
 
-The real weights (ArcFace w600k_r50, inswapper_128, a GFPGAN enhancer) cannot be shipped in the repo
-or downloaded in CI. These small ONNX graphs let tests, benchmarks and a local run exercise the real
+The real weights (ArcFace w600k_r50, inswapper_128, a GFPGAN enhancer, an XSeg occluder, a BiSeNet
+face parser) cannot be shipped in the repo or downloaded in CI. These small ONNX graphs let tests, benchmarks and a local run exercise the real
 loading and inference code paths. They do not swap faces: the "swapper" inverts the face crop and
 tints it by the source identity, which makes a swap easy to see and to test.
 
@@ -122,6 +122,112 @@ def inswapper_model(seed: int = 2, pad_mb: float = 0.0) -> onnx.ModelProto:
     return _model(graph)
 
 
+def identity_swapper_model(batch: bool = False) -> onnx.ModelProto:
+    """inswapper_128's signature whose output is exactly its target input (the source is used, times 0).
+
+    For measuring what alignment, pixel boost and paste back alone cost in fidelity. `batch`: a free
+    batch axis `N` on target, source and output (the published inswapper_128 has a fixed batch of 1).
+    """
+    rng = np.random.default_rng(3)
+    emap = np.linalg.qr(rng.standard_normal((512, 512)))[0].astype(np.float32)
+    n: int | str = "N" if batch else 1
+    nodes = [
+        helper.make_node("ReduceSum", ["source"], ["source_sum"], name="source_sum", keepdims=1),
+        helper.make_node("Mul", ["source_sum", "zero"], ["nothing"], name="times_zero"),
+        helper.make_node("Reshape", ["nothing", "shape"], ["nothing4"], name="to_nchw"),
+        helper.make_node("Add", ["target", "nothing4"], ["output"], name="identity"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "inswapper_identity_standin",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [n, 3, 128, 128]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [n, 512]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [n, 3, 128, 128])],
+        initializer=[
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array([-1, 1, 1, 1], dtype=np.int64), "shape"),
+            numpy_helper.from_array(emap, "emap"),
+        ],
+    )
+    return _model(graph)
+
+
+# Where the stand-in occluder says something covers the face: rows and columns [start, stop) of its
+# 256x256 output (the mouth and chin of an aligned crop, as a hand in front of it would be).
+OCCLUDED_RECT = (150, 230, 60, 200)
+
+
+def occluder_model(rect: tuple[int, int, int, int] = OCCLUDED_RECT) -> onnx.ModelProto:
+    """An XSeg-style occluder: 1x256x256x3 (NHWC, BGR in 0..1) named `input` -> 1x256x256x1 in 0..1.
+
+    It reports the face visible (1) everywhere except the rectangle `rect` (rows y0:y1, columns x0:x1),
+    which it reports occluded (0), whatever the input (the input is used, times 0).
+    """
+    y0, y1, x0, x1 = rect
+    mask = np.ones((1, 256, 256, 1), dtype=np.float32)
+    mask[0, y0:y1, x0:x1, 0] = 0.0
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], name="mean", axes=[0, 1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"], name="times_zero"),
+        helper.make_node("Add", ["mask", "nothing"], ["output"], name="mask"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "xseg_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 256, 256, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 256, 256, 1])],
+        initializer=[numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    return _model(graph)
+
+
+def parser_layout() -> np.ndarray:
+    """The stand-in parser's 64x64 class map of an aligned face (one cell: 8x8 pixels of its 512 input).
+
+    Placed on the swapper's landmark template at 512 (eyes near (185, 207) and (326, 206), nose tip
+    (256, 287), mouth corners (198, 369) and (315, 369)): background, skin, eyebrows, eyes, nose, lips and
+    mouth with BiSeNet's CelebAMask-HQ class numbers.
+    """
+    layout = np.zeros((64, 64), dtype=np.int64)
+    yy, xx = np.mgrid[0:64, 0:64]
+    layout[((xx - 32) / 22.0) ** 2 + ((yy - 34) / 28.0) ** 2 <= 1] = 1  # skin
+    layout[19:22, 18:28] = 2  # left eyebrow (image left)
+    layout[19:22, 36:46] = 3  # right eyebrow
+    layout[((xx - 23) / 4.0) ** 2 + ((yy - 26) / 2.0) ** 2 <= 1] = 4  # left eye
+    layout[((xx - 41) / 4.0) ** 2 + ((yy - 26) / 2.0) ** 2 <= 1] = 5  # right eye
+    layout[29:38, 29:36] = 10  # nose
+    layout[43:45, 25:40] = 12  # upper lip
+    layout[45:46, 25:40] = 11  # mouth
+    layout[46:48, 25:40] = 13  # lower lip
+    return layout
+
+
+def parser_model() -> onnx.ModelProto:
+    """A BiSeNet-style face parser: 1x3x512x512 (RGB, ImageNet-normalised) named `input` -> 1x19x512x512
+    class scores: 10 for the class `parser_layout` gives a pixel, 0 for the others, whatever the input."""
+    scores = np.zeros((1, 19, 64, 64), dtype=np.float32)
+    layout = parser_layout()
+    for cls in range(19):
+        scores[0, cls][layout == cls] = 10.0
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], name="mean", axes=[0, 1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"], name="times_zero"),
+        helper.make_node("Add", ["scores", "nothing"], ["coarse"], name="scores"),
+        helper.make_node("Resize", ["coarse", "", "scales"], ["output"], name="upsample", mode="nearest"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bisenet_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 19, 512, 512])],
+        initializer=[numpy_helper.from_array(scores, "scores"), numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                     numpy_helper.from_array(np.array([1, 1, 8, 8], dtype=np.float32), "scales")],
+    )
+    return _model(graph)
+
+
 def enhancer_model() -> onnx.ModelProto:
     """1x3x512x512 in [-1, 1] -> same: a mild sharpening filter, clipped."""
     kernel = np.array([[0, -0.25, 0], [-0.25, 2.0, -0.25], [0, -0.25, 0]], dtype=np.float32)
@@ -215,8 +321,14 @@ def write_test_models(
     enhancer: bool = True,
     pad_mb: dict[str, float] | None = None,
     link_current: bool = True,
+    maskers: bool = False,
+    swapper: str = "tint",
 ) -> Path:
     """Write a complete stand-in model set to `directory/<version>` and point `current` at it.
+
+    `maskers`: with the optional occluder and face_parser roles (`make-test-models` and `serve` write
+    them; off by default here so that sets built in code keep their four files). `swapper`: `tint` (the usual stand-in),
+    `identity` (output = its target input) or `identity-batch` (the same with a free batch axis).
 
     The set is built in a hidden folder beside its final place and renamed into place whole, so a
     failure (a detector that is not ONNX, a full disk) leaves no partial set; an existing
@@ -231,7 +343,7 @@ def write_test_models(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=directory))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the set from a server running as another user
-        _write_set(staging, detector, version, enhancer, pad_mb)
+        _write_set(staging, detector, version, enhancer, pad_mb, maskers, swapper)
         if target.is_dir() and not target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".old", dir=directory))
             target.rename(old / version)
@@ -248,7 +360,8 @@ def write_test_models(
     return target
 
 
-def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool, pad_mb: dict[str, float]) -> None:
+def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool, pad_mb: dict[str, float],
+               maskers: bool = True, swapper: str = "tint") -> None:
     if detector is not None and pad_mb.get("detector"):
         onnx.save(padded_detector(Path(detector), pad_mb["detector"]), str(target / "det.onnx"))
         det_kind = "scrfd"
@@ -259,7 +372,12 @@ def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool
         onnx.save(detector_model(), str(target / "det.onnx"))
         det_kind = "scrfd-standin"
     onnx.save(arcface_model(pad_mb=pad_mb.get("recognizer", 0.0)), str(target / "rec.onnx"))
-    onnx.save(inswapper_model(pad_mb=pad_mb.get("swapper", 0.0)), str(target / "swap.onnx"))
+    if swapper == "tint":
+        onnx.save(inswapper_model(pad_mb=pad_mb.get("swapper", 0.0)), str(target / "swap.onnx"))
+    elif swapper in ("identity", "identity-batch"):
+        onnx.save(identity_swapper_model(batch=swapper == "identity-batch"), str(target / "swap.onnx"))
+    else:
+        raise ValueError(f"swapper must be tint, identity or identity-batch, got {swapper!r}")
     entries = {
         "detector": {"file": "det.onnx", "kind": det_kind, "input_size": [640, 640]},
         "recognizer": {"file": "rec.onnx", "kind": "arcface-standin", "input_size": [112, 112]},
@@ -268,6 +386,11 @@ def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool
     if enhancer:
         onnx.save(enhancer_model(), str(target / "enhance.onnx"))
         entries["enhancer"] = {"file": "enhance.onnx", "kind": "gfpgan-standin", "input_size": [512, 512]}
+    if maskers:
+        onnx.save(occluder_model(), str(target / "occluder.onnx"))
+        onnx.save(parser_model(), str(target / "parser.onnx"))
+        entries["occluder"] = {"file": "occluder.onnx", "kind": "xseg-standin", "input_size": [256, 256]}
+        entries["face_parser"] = {"file": "parser.onnx", "kind": "bisenet-standin", "input_size": [512, 512]}
     for spec in entries.values():
         path = target / spec["file"]
         spec.update(sha256=sha256_file(path), size=path.stat().st_size)

@@ -20,6 +20,7 @@ from pipeline import (
     StageTimer,
     normalise_format,
 )
+from pipeline.masks import mask_options
 from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
 from .metrics import INFLIGHT, STAGE_SECONDS
@@ -85,9 +86,11 @@ def parse_options(raw: Mapping[str, Any], reference: bytes | None = None, accept
         min_face_size=values.get("min_face_size", 0),
         reference_threshold=values.get("reference_threshold", DEFAULT_REFERENCE_THRESHOLD),
     )
+    masks = mask_options(values.get("mask"), values.get("mask_blur"), values.get("mask_padding"),
+                         values.get("mask_regions"))
     return FuseOptions(selection=selection, enhance=values.get("enhance", False), reference=reference,
                        output_format=values.get("format") or accept_format(accept, default_format),
-                       quality=values.get("quality", 92))
+                       quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks)
 
 
 def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import FACE_MODES, InvalidOptions
+from pipeline.boost import PIXEL_BOOSTS
 from pipeline.config import FALSE_WORDS, TRUE_WORDS
+from pipeline.masks import DEFAULT_MASK_BLUR, MASK_TYPES, REGIONS
 from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
 IMAGE_FIELDS = ("source", "target", "reference")  # images travel beside the options, never as one
@@ -30,20 +32,87 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "a bool
 
 
 @dataclass(frozen=True)
+class ListOf:
+    """The items of a list option: words from `enum`, or integers within bounds; how many."""
+
+    enum: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    min_items: int = 1
+    max_items: int | None = None
+
+    def item_schema(self) -> dict[str, Any]:
+        if self.enum:
+            return {"type": "string", "enum": list(self.enum)}
+        return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+
+    def pattern(self) -> str:
+        """The comma-separated text form as a regular expression (JSON Schema `pattern`)."""
+        item = "(" + "|".join(self.enum) + ")" if self.enum else _INTEGER_ITEM  # words of [a-z-]: no escapes
+        more = "*" if self.max_items is None else f"{{{self.max_items - 1}}}"
+        if self.max_items is not None and self.max_items != self.min_items:
+            more = f"{{{self.min_items - 1},{self.max_items - 1}}}"
+        return rf"^\s*{item}\s*(,\s*{item}\s*){more}$"
+
+    def schema(self) -> dict[str, Any]:
+        array: dict[str, Any] = {"type": "array", "items": self.item_schema(), "minItems": self.min_items}
+        if self.max_items is not None:
+            array["maxItems"] = self.max_items
+        return {"anyOf": [array, {"type": "string", "pattern": self.pattern()}]}
+
+    def from_json(self, value: Any) -> tuple[Any, ...] | None:
+        if isinstance(value, str):
+            return self.from_text(value)
+        if not isinstance(value, list) or len(value) < self.min_items or (
+                self.max_items is not None and len(value) > self.max_items):
+            return None
+        items = []
+        for item in value:
+            if self.enum:
+                if not isinstance(item, str) or item not in self.enum:
+                    return None
+            else:
+                if isinstance(item, bool) or not isinstance(item, (int, float)) or (
+                        isinstance(item, float) and not (math.isfinite(item) and item.is_integer())):
+                    return None
+                item = int(item)
+                if not (self.minimum is None or item >= self.minimum) or not (self.maximum is None or item <= self.maximum):
+                    return None
+            items.append(item)
+        return tuple(items)
+
+    def from_text(self, value: Any) -> tuple[Any, ...] | None:
+        if not isinstance(value, str) or not re.search(self.pattern(), value):
+            return None
+        words = [word.strip() for word in value.split(",")]
+        return tuple(words) if self.enum else tuple(int(word) for word in words)
+
+    def words(self) -> str:
+        what = f"one or more of {', '.join(self.enum)}" if self.enum else (
+            f"{self.min_items} whole numbers between {self.minimum} and {self.maximum}")
+        return f"a list of {what} (an array, or one string with commas between the items)"
+
+
+_INTEGER_ITEM = "(100|[1-9]?[0-9])"  # whole percentages 0-100: the only integer lists there are
+
+
+@dataclass(frozen=True)
 class Option:
     """One option: its JSON Schema type and bounds, which are all the checking there is."""
 
     name: str
-    type: str  # a JSON Schema type: string, integer, number, boolean
+    type: str  # a JSON Schema type: string, integer, number, boolean, or array (with `items`)
     description: str
     default: Any = None
-    enum: tuple[str, ...] = ()
+    enum: tuple[Any, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    items: ListOf | None = None
 
     def schema(self) -> dict[str, Any]:
         """This option as a JSON Schema (OpenAPI 3.1) property."""
-        out: dict[str, Any] = {"type": self.type, "description": self.description}
+        out: dict[str, Any] = ({"type": self.type} if self.items is None else self.items.schema())
+        out["description"] = self.description
         if self.enum:
             out["enum"] = list(self.enum)
         if self.minimum is not None:
@@ -51,17 +120,22 @@ class Option:
         if self.maximum is not None:
             out["maximum"] = self.maximum
         if self.default is not None:
-            out["default"] = self.default
+            out["default"] = list(self.default) if isinstance(self.default, tuple) else self.default
         return out
 
     def check(self, value: Any, form: bool) -> Any:
         """The value as its type; ValueError naming the option otherwise."""
+        if self.items is not None:
+            typed = self.items.from_text(value) if form else self.items.from_json(value)
+            if typed is None:
+                raise ValueError(f"{self.name} must be {self.items.words()}, got {_show(value)}")
+            return tuple(dict.fromkeys(typed)) if self.items.enum else typed
         typed = self._from_text(value) if form else self._from_json(value)
         if typed is None:
             words = "one of true/false/1/0/yes/no/on/off" if form and self.type == "boolean" else _TYPE_WORDS[self.type]
             raise ValueError(f"{self.name} must be {words}, got {_show(value)}")
         if self.enum and typed not in self.enum:
-            raise ValueError(f"{self.name} must be one of {', '.join(self.enum)}, got {_show(value)}")
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.enum))}, got {_show(value)}")
         if (self.minimum is not None and typed < self.minimum) or (self.maximum is not None and typed > self.maximum):
             bounds = (f"between {_num(self.minimum)} and {_num(self.maximum)}" if self.minimum is not None
                       and self.maximum is not None else f"at least {_num(self.minimum)}" if self.minimum is not None
@@ -118,6 +192,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("format", "string", "output format; without it the Accept header (for an image answer) or the output "
                                "URI's extension decides, else JPEG", enum=("jpeg", "jpg", "png", "webp")),
     Option("quality", "integer", "JPEG and WebP quality", default=92, minimum=1, maximum=100),
+    Option("pixel_boost", "integer", "the size in pixels the face is swapped at: the swapper runs on "
+                                     "(pixel_boost / its size)^2 interleaved tiles; a multiple of the swapper's "
+                                     "size (128 for inswapper_128, its default)", enum=PIXEL_BOOSTS),
+    Option("mask", "array", "which masks shape the swapped face, combined as their minimum: box (the feathered "
+                            "crop), occlusion (keeps what covers the face; needs an occluder), region (only the "
+                            "mask_regions; needs a face_parser)", default=("box",), items=ListOf(enum=MASK_TYPES)),
+    Option("mask_blur", "number", "with mask box: the box's feather, 0 (hard edge) to 1; 0.3 is insightface's",
+           default=DEFAULT_MASK_BLUR, minimum=0, maximum=1),
+    Option("mask_padding", "array", "with mask box: percent of the crop cut off its top, right, bottom and left",
+           default=(0, 0, 0, 0), items=ListOf(minimum=0, maximum=100, min_items=4, max_items=4)),
+    Option("mask_regions", "array", "with mask region: the face regions that are swapped", default=tuple(REGIONS),
+           items=ListOf(enum=tuple(REGIONS))),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 

@@ -10,8 +10,9 @@ Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
   0  success
   1  the inference runtime failed (out of memory, say): worth a retry
   2  bad usage: unknown or missing arguments, invalid option values (--quality 0, an --index no face
-     has, --faces reference without --reference, an unknown output format), an invalid environment
-     variable
+     has, --faces reference without --reference, an unknown output format, --mask-regions without
+     region in --mask, --mask occlusion or region with no such model in the set, a --pixel-boost the
+     swapper's size does not divide), an invalid environment variable
   3  an image or face problem: not an image, undecodable, too large, no face in the source or target
   4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
   5  file I/O: an input that cannot be read, an output that cannot be written (checked before the
@@ -26,11 +27,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .boost import PIXEL_BOOSTS
 from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
 from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
 from .files import atomic_write
 from .fuser import FuseOptions, Fuser
 from .loader import load_fuser
+from .masks import REGIONS, mask_options
 from .selection import MODES, Selection
 
 EXIT_OK = 0
@@ -102,7 +105,9 @@ def _fuse(args: argparse.Namespace) -> int:
         selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                               **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
         fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() or "jpeg")
-        options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality)
+        masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
+        options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality,
+                              pixel_boost=args.pixel_boost, masks=masks)
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc
     if args.faces == "reference" and not args.reference:
@@ -118,6 +123,21 @@ def _fuse(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write the output {args.output}: {exc.strerror or exc}", EXIT_IO) from exc
     print(json.dumps(result.report.as_dict(), indent=2))
     return EXIT_OK
+
+
+def _words(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated list flag (`box,occlusion`), as in a multipart form; None when not given."""
+    return None if text is None else tuple(word.strip() for word in text.split(","))
+
+
+def _padding(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(word) for word in text.split(","))
+    except ValueError as exc:
+        raise InvalidOptions(f"mask_padding must be four whole percentages 0-100 (top, right, bottom, left), "
+                             f"got {text!r}") from exc
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -147,6 +167,14 @@ def parser() -> argparse.ArgumentParser:
     fuse.add_argument("--enhance", action="store_true")
     fuse.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"])
     fuse.add_argument("--quality", type=int, default=92, help="1-100")
+    fuse.add_argument("--pixel-boost", type=int, choices=PIXEL_BOOSTS,
+                      help="swap at this size in interleaved tiles (default: the swapper's own size)")
+    fuse.add_argument("--mask", help="comma-separated masks, combined as their minimum: box, occlusion, region "
+                                     "(default box)")
+    fuse.add_argument("--mask-blur", type=float, help="the box's feather, 0-1 (default 0.3, insightface's)")
+    fuse.add_argument("--mask-padding", help="percent cut off the box: TOP,RIGHT,BOTTOM,LEFT (default 0,0,0,0)")
+    fuse.add_argument("--mask-regions", help=f"with --mask region: comma-separated regions of {', '.join(REGIONS)} "
+                                             "(default all)")
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from .boost import PIXEL_BOOSTS, boost_factor
 from .config import ImageLimits
 from .errors import (
     FaceError,
@@ -31,7 +32,8 @@ from .errors import (
 )
 from .faces import Face
 from .images import DecodedImage, decode_image, encode_image, normalise_format
-from .models import ArcFaceEmbedder, FaceEnhancer, InSwapper, ScrfdDetector
+from .masks import DEFAULT_MASKS, MaskOptions
+from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, InSwapper, ScrfdDetector
 from .paste import paste_back
 from .selection import Selection, choose, eligible, order_faces
 from .timing import StageTimer
@@ -47,7 +49,11 @@ class FuseOptions:
     """What a caller may ask of one fusion, output encoding included.
 
     `reference` is the image whose face selects target faces (faces=reference), as bytes or decoded.
-    Format and quality are checked here, so a bad option fails before any model runs.
+    `pixel_boost` is the size the face is swapped at (None: the swapper's own size; pipeline/boost.py),
+    `masks` which pixels of the swapped face reach the frame (pipeline/masks.py). Format, quality, the
+    boost's value and the masks are checked here, so a bad option fails before any model runs; what
+    depends on the model set (a boost the swapper's size does not divide, a mask without its model) is
+    checked by the Fuser before it runs one.
     """
 
     selection: Selection = field(default_factory=Selection)
@@ -55,11 +61,15 @@ class FuseOptions:
     reference: bytes | DecodedImage | None = None
     output_format: str = "jpeg"
     quality: int = 92
+    pixel_boost: int | None = None
+    masks: MaskOptions = DEFAULT_MASKS
 
     def __post_init__(self) -> None:
         self.output_format = normalise_format(self.output_format)
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise InvalidOptions(f"quality must be between 1 and 100, got {self.quality}")
+        if self.pixel_boost is not None and (isinstance(self.pixel_boost, bool) or self.pixel_boost not in PIXEL_BOOSTS):
+            raise InvalidOptions(f"pixel_boost must be one of {', '.join(map(str, PIXEL_BOOSTS))}, got {self.pixel_boost!r}")
 
 
 @dataclass
@@ -126,6 +136,8 @@ class Fuser:
         self.embedder = cast(ArcFaceEmbedder, models.role("recognizer"))
         self.swapper = cast(InSwapper, models.role("swapper"))
         self.enhancer = cast(FaceEnhancer | None, models.role("enhancer"))
+        self.occluder = cast(FaceOccluder | None, models.role("occluder"))
+        self.parser = cast(FaceParser | None, models.role("face_parser"))
         self._sources: OrderedDict[str, tuple[Face, np.ndarray]] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -212,6 +224,7 @@ class Fuser:
     ) -> FusionResult:
         if options.enhance and self.enhancer is None:
             raise InvalidOptions("enhance was requested but this model set has no enhancer")
+        boost = self.check_quality_options(options)
         selection = options.selection
         src_face, latent = self.source_face(source, timer, source_key)
         with timer.stage("detect"):
@@ -229,10 +242,7 @@ class Fuser:
         chosen = choose(faces, selection, candidates, reference)
         frame = target.bgr.copy()
         for i in chosen:
-            with timer.stage("swap"):
-                swapped, matrix = self.swapper.swap(target.bgr, faces[i], latent)
-            with timer.stage("paste"):
-                paste_back(frame, swapped, matrix)
+            self._swap_face(target.bgr, frame, faces[i], latent, boost, options.masks, timer)
         if options.enhance and self.enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
@@ -256,6 +266,32 @@ class Fuser:
             height=target.height,
         )
         return FusionResult(image=DecodedImage(bgr=frame, alpha=target.alpha, source_format=target.source_format), report=report)
+
+    def check_quality_options(self, options: FuseOptions) -> int:
+        """The boost factor; InvalidOptions for a boost or mask this model set cannot serve."""
+        boost = boost_factor(options.pixel_boost, self.swapper.input_size)
+        types = options.masks.types
+        if "occlusion" in types and self.occluder is None:
+            raise InvalidOptions("mask=occlusion was requested but this model set has no occluder")
+        if "region" in types and self.parser is None:
+            raise InvalidOptions("mask=region was requested but this model set has no face_parser")
+        return boost
+
+    def _swap_face(self, image: np.ndarray, frame: np.ndarray, face: Face, latent: np.ndarray, boost: int,
+                   masks: MaskOptions, timer: StageTimer) -> None:
+        """Swap one face of `image` at `boost` times the swapper's size and paste it into `frame`."""
+        with timer.stage("swap"):
+            aligned, matrix = self.swapper.align(image, face, boost)
+            swapped = self.swapper.swap_crop(aligned, latent, boost)
+        crop_masks = []
+        if "occlusion" in masks.types and self.occluder is not None:
+            with timer.stage("mask"):  # of the target's face, before the swap: what covers it stays
+                crop_masks.append(self.occluder.occlusion(aligned))
+        if "region" in masks.types and self.parser is not None:
+            with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
+                crop_masks.append(self.parser.regions(swapped, masks.regions))
+        with timer.stage("paste"):
+            paste_back(frame, swapped, matrix, masks, crop_masks)
 
     def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer) -> np.ndarray:
         if reference is None:
@@ -300,4 +336,11 @@ class Fuser:
         if self.enhancer is not None:
             with timer.stage("enhance"):
                 self.enhancer.enhance(frame, face)
+        if self.occluder is not None or self.parser is not None:
+            aligned, _ = swapper.align(frame, face)
+            with timer.stage("mask"):
+                if self.occluder is not None:
+                    self.occluder.occlusion(aligned)
+                if self.parser is not None:
+                    self.parser.regions(aligned, DEFAULT_MASKS.regions)
         return timer.rounded()

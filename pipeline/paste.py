@@ -6,22 +6,32 @@ result differs from the input only near the face, so we do the same operations (
 kernel sizes and blend) inside the face's bounding box plus a margin wide enough for the erosion and
 blur to see only zeros at its edge. The output is the same as insightface's within rounding of the
 warp, and every pixel outside the region is untouched.
+
+The box's padding and feather are options (pipeline/masks.py; the defaults are insightface's), and
+further crop-space masks (occlusion, region) are warped with the crop and combined with the box as the
+element-wise minimum, still only inside the region.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
+from .masks import DEFAULT_MASKS, MaskOptions, box_square, feather_kernels
 
-def _region(inverse: np.ndarray, crop_size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+
+def _region(inverse: np.ndarray, crop_size: int, frame_shape: tuple[int, ...],
+            blur: float = DEFAULT_MASKS.blur) -> tuple[int, int, int, int] | None:
     corners = np.array([[0, 0, 1], [crop_size, 0, 1], [0, crop_size, 1], [crop_size, crop_size, 1]], dtype=np.float64)
     pts = corners @ inverse.T
     x_min, y_min = np.floor(pts.min(axis=0)).astype(int)
     x_max, y_max = np.ceil(pts.max(axis=0)).astype(int)
     extent = int(max(x_max - x_min, y_max - y_min))
-    # erosion reaches k//2 with k = max(extent//10, 10); the blur reaches max(extent//20, 5) + its centre.
-    pad = max(extent // 10, 10) // 2 + max(extent // 20, 5) + 4
+    # erosion reaches k//2 (k = max(extent//10, 10) by default); the blur its half-width + its centre.
+    erode, spread = feather_kernels(extent, blur)
+    pad = erode // 2 + spread + 4
     height, width = frame_shape[:2]
     x0, y0 = max(x_min - pad, 0), max(y_min - pad, 0)
     x1, y1 = min(x_max + pad, width), min(y_max + pad, height)
@@ -45,28 +55,41 @@ def _warp(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return cv2.remap(image, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Blend `crop` (aligned with `matrix`, frame -> crop) into `frame` in place; returns the region."""
+def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, masks: MaskOptions = DEFAULT_MASKS,
+               crop_masks: Sequence[np.ndarray] = ()) -> tuple[int, int, int, int] | None:
+    """Blend `crop` (aligned with `matrix`, frame -> crop) into `frame` in place; returns the region.
+
+    `masks` shapes the box (when `box` is among its types); `crop_masks` are further crop-sized masks in
+    0..1 (occlusion, region) combined with it as the minimum.
+    """
     crop_size = crop.shape[0]
     crop_to_frame = cv2.invertAffineTransform(matrix)
-    region = _region(crop_to_frame, crop_size, frame.shape)
+    region = _region(crop_to_frame, crop_size, frame.shape, masks.blur)
     if region is None:
         return None
     x0, y0, x1, y1 = region
     maps = _sampling_maps(crop_to_frame, region)
     warped = _warp(crop, maps)
-    mask = _warp(np.full((crop_size, crop_size), 255, dtype=np.float32), maps)
-    mask[mask > 20] = 255
-    rows = np.nonzero((mask == 255).any(axis=1))[0]
-    cols = np.nonzero((mask == 255).any(axis=0))[0]
-    if rows.size == 0:
-        return None
-    mask_size = int(np.sqrt((rows[-1] - rows[0]) * (cols[-1] - cols[0])))
-    k = max(mask_size // 10, 10)
-    mask = cv2.erode(mask, np.ones((k, k), np.uint8), iterations=1)
-    k = max(mask_size // 20, 5)
-    mask = cv2.GaussianBlur(mask, (2 * k + 1, 2 * k + 1), 0)
-    mask /= 255
+    if masks.box:
+        square = (box_square(crop_size, masks.padding) if any(masks.padding)
+                  else np.full((crop_size, crop_size), 255, dtype=np.float32))
+        mask = _warp(square, maps)
+        mask[mask > 20] = 255
+        rows = np.nonzero((mask == 255).any(axis=1))[0]
+        cols = np.nonzero((mask == 255).any(axis=0))[0]
+        if rows.size == 0:
+            return None
+        mask_size = int(np.sqrt((rows[-1] - rows[0]) * (cols[-1] - cols[0])))
+        erode, spread = feather_kernels(mask_size, masks.blur)
+        if erode > 1:
+            mask = cv2.erode(mask, np.ones((erode, erode), np.uint8), iterations=1)
+        if spread > 0:
+            mask = cv2.GaussianBlur(mask, (2 * spread + 1, 2 * spread + 1), 0)
+        mask /= 255
+    else:
+        mask = np.ones((y1 - y0, x1 - x0), dtype=np.float32)
+    for extra in crop_masks:
+        np.minimum(mask, _warp(extra.astype(np.float32, copy=False), maps), out=mask)
     mask = mask[:, :, None]
     roi = frame[y0:y1, x0:x1]
     roi[:] = (mask * warped + (1 - mask) * roi.astype(np.float32)).astype(np.uint8)

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 from .arcface import ArcFaceEmbedder
 from .base import ModelKind
+from .bisenet import FaceParser
 from .gfpgan import FaceEnhancer
 from .inswapper import InSwapper
 from .scrfd import ScrfdDetector
+from .xseg import FaceOccluder
 
-KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer)}
+KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer,
+                                                               FaceOccluder, FaceParser)}
 STANDIN_SUFFIX = "-standin"
 
 
@@ -38,6 +41,8 @@ ROLES: dict[str, Role] = {
     "recognizer": Role("recognizer", True, "arcface"),
     "swapper": Role("swapper", True, "inswapper"),
     "enhancer": Role("enhancer", False, "gfpgan"),
+    "occluder": Role("occluder", False, "xseg"),
+    "face_parser": Role("face_parser", False, "bisenet"),
 }
 REQUIRED_ROLES = tuple(name for name, role in ROLES.items() if role.required)
 
@@ -47,5 +52,5 @@ def kind_class(kind: str) -> type[ModelKind] | None:
     return KINDS.get(kind.removesuffix(STANDIN_SUFFIX))
 
 
-__all__ = ["KINDS", "REQUIRED_ROLES", "ROLES", "ArcFaceEmbedder", "FaceEnhancer", "InSwapper", "ModelKind", "Role",
-           "ScrfdDetector", "kind_class"]
+__all__ = ["KINDS", "REQUIRED_ROLES", "ROLES", "ArcFaceEmbedder", "FaceEnhancer", "FaceOccluder", "FaceParser",
+           "InSwapper", "ModelKind", "Role", "ScrfdDetector", "kind_class"]

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..align import crop, estimate_norm
+from ..boost import explode, implode
 from ..faces import Face
 from ..files import atomic_write
 from .base import ModelKind
@@ -67,7 +68,11 @@ def load_emap(model_path: Path, model_sha256: str, cache_dir: Path) -> tuple[np.
 
 
 class InSwapper(ModelKind):
-    """Runs inswapper_128 on one face at a time (the published model has a fixed batch of 1)."""
+    """Runs inswapper_128 on one face at a time (the published model has a fixed batch of 1).
+
+    With a pixel boost of k (pipeline/boost.py) the face is aligned at k times the native size and its
+    k*k interleaved tiles are swapped: in one run when the graph has a free batch axis, else one by one.
+    """
 
     kind = "inswapper"
     category = "swapper"
@@ -91,16 +96,41 @@ class InSwapper(ModelKind):
         self.target_name = inputs[0].name
         self.source_name = inputs[1].name
         self.output_name = session.get_outputs()[0].name
+        batch = inputs[0].shape[0] if inputs[0].shape else 1
+        self.batched = not isinstance(batch, int) or batch != 1  # a named or free batch axis
 
     def latent(self, embedding: np.ndarray) -> np.ndarray:
         latent = embedding.reshape(1, -1) @ self.emap
         return (latent / np.linalg.norm(latent)).astype(np.float32)
 
-    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (swapped BGR crop, frame->crop matrix)."""
+    def swap_aligned(self, aligned: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """Swap n aligned BGR crops (n x size x size x 3, uint8) with one latent; same shape back."""
+        size = self.input_size
+        blob = cv2.dnn.blobFromImages(list(aligned), 1.0 / 255.0, (size, size), (0.0, 0.0, 0.0), swapRB=True)
+        if self.batched or len(blob) == 1:
+            latents = np.repeat(latent, len(blob), axis=0)
+            pred = self.session.run([self.output_name], {self.target_name: blob, self.source_name: latents})[0]
+        else:
+            pred = np.concatenate([self.session.run([self.output_name], {self.target_name: tile[None],
+                                                                         self.source_name: latent})[0]
+                                   for tile in blob])
+        rgb = np.clip(255 * pred.transpose(0, 2, 3, 1), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb[..., ::-1])
+
+    def align(self, image: np.ndarray, face: Face, boost: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The target face aligned at `boost` times the native size: (BGR crop, frame->crop matrix)."""
+        size = self.input_size * boost
         matrix = estimate_norm(face.kps, self.input_size)
-        aligned = crop(image, matrix, self.input_size)
-        blob = cv2.dnn.blobFromImage(aligned, 1.0 / 255.0, (self.input_size,) * 2, (0.0, 0.0, 0.0), swapRB=True)
-        pred = self.session.run([self.output_name], {self.target_name: blob, self.source_name: latent})[0]
-        rgb = np.clip(255 * pred[0].transpose(1, 2, 0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(rgb[:, :, ::-1]), matrix
+        matrix[:, :] *= boost  # the native template scaled: the same face framing at every boost
+        return crop(image, matrix, size), matrix
+
+    def swap_crop(self, aligned: np.ndarray, latent: np.ndarray, boost: int = 1) -> np.ndarray:
+        """Swap an aligned crop of `boost` times the native size, tile by interleaved tile."""
+        if boost == 1:
+            return self.swap_aligned(aligned[None], latent)[0]
+        return explode(self.swap_aligned(implode(aligned, boost), latent), boost)
+
+    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray, boost: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (swapped BGR crop, frame->crop matrix)."""
+        aligned, matrix = self.align(image, face, boost)
+        return self.swap_crop(aligned, latent, boost), matrix

@@ -1,0 +1,123 @@
+"""Fusion quality: resolution fidelity per pixel boost, occlusion exactness, and cost per face.
+
+- Fidelity: an identity swapper (stand-in whose output is exactly its target input) on a 1920x1080
+  frame holding one face about 400 px wide (obama.jpg scaled); the PSNR of the face's box in the fused
+  frame against the original, for each pixel boost. What is lost is what alignment, the boost's tiles
+  and paste back lose: the warps into the crop and back.
+- Occlusion: the tinting stand-in swapper with the stand-in occluder, which reports a fixed rectangle
+  of its 256x256 input occluded; the frame pixels that map well inside that rectangle (farther from
+  its edge than the mask's smoothing reaches) are counted, and those that differ from the original.
+- Cost: milliseconds per face (swap + masks + paste back; detection and embedding excluded) for each
+  pixel boost and mask, median of --repeat runs. The occluder and parser are stand-ins (a constant
+  answer), so their cost here is our pre- and post-processing, not a real model's inference.
+
+Run: python -m bench.quality [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.common import SHARED, standin_models, table
+from devtools.standins import OCCLUDED_RECT
+from pipeline import DecodedImage, FuseOptions, Fuser, Settings, StageTimer, load_fuser
+from pipeline.masks import SMOOTH_SIGMA, mask_options
+
+BOOSTS = (128, 256, 512, 1024)
+MASKS = (("box",), ("box", "occlusion"), ("box", "region"), ("box", "occlusion", "region"))
+FACE_WIDTH = 400
+
+
+def frame_with_face(fuser: Fuser) -> DecodedImage:
+    """1920x1080, one face about FACE_WIDTH px wide: obama.jpg scaled and centred on grey."""
+    photo = cv2.imread(str(SHARED / "images" / "obama.jpg"))
+    face = max(fuser.detect(DecodedImage(bgr=photo)), key=lambda f: f.area)
+    scale = FACE_WIDTH / float(face.bbox[2] - face.bbox[0])
+    photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    frame = np.full((1080, 1920, 3), 120, np.uint8)
+    h, w = min(photo.shape[0], 1080), min(photo.shape[1], 1920)
+    cy, cx = (face.bbox[1] + face.bbox[3]) / 2 * scale, (face.bbox[0] + face.bbox[2]) / 2 * scale
+    y0, x0 = int(np.clip(cy - h / 2, 0, photo.shape[0] - h)), int(np.clip(cx - w / 2, 0, photo.shape[1] - w))
+    top, left = (1080 - h) // 2, (1920 - w) // 2
+    frame[top:top + h, left:left + w] = photo[y0:y0 + h, x0:x0 + w]
+    return DecodedImage(bgr=frame)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def per_face_ms(fuser: Fuser, frame: DecodedImage, options: FuseOptions, repeat: int) -> tuple[float, np.ndarray, dict]:
+    samples, result, report = [], None, {}
+    for _ in range(repeat):
+        timer = StageTimer()
+        result = fuser.fuse(frame, frame, options, timer, source_key="bench")
+        samples.append(sum(timer.ms.get(stage, 0.0) for stage in ("swap", "mask", "paste")))
+        report = result.report.faces[0]
+    assert result is not None
+    return statistics.median(samples), result.image.bgr, report
+
+
+def occluded_pixels(fuser: Fuser, frame: DecodedImage, boost: int) -> np.ndarray:
+    """Frame pixels of the face that map inside the occluder's rectangle by more than the smoothing reach."""
+    face = max(fuser.detect(frame), key=lambda f: f.area)
+    size = boost
+    _, matrix = fuser.swapper.align(frame.bgr, face, boost // fuser.swapper.input_size)
+    ys, xs = np.mgrid[0:frame.height, 0:frame.width].astype(np.float64)
+    u = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]) * 256 / size
+    v = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]) * 256 / size
+    margin = (2 * SMOOTH_SIGMA + 2) * 256 / size  # two sigmas of the smoothing and a pixel of each warp
+    y0, y1, x0, x1 = OCCLUDED_RECT
+    return (v > y0 + margin) & (v < y1 - margin) & (u > x0 + margin) & (u < x1 - margin)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="ff-bench-quality-"))
+    identity = load_fuser(Settings(model_path=standin_models(base / "identity", swapper="identity", maskers=True),
+                                   cache_path=base / "cache"))
+    tint = load_fuser(Settings(model_path=standin_models(base / "tint", maskers=True), cache_path=base / "cache"))
+    frame = frame_with_face(identity)
+    identity.exercise()
+    tint.exercise()
+
+    rows = []
+    for boost in BOOSTS:
+        ms, out, face = per_face_ms(identity, frame, FuseOptions(pixel_boost=boost), args.repeat)
+        x0, y0, x1, y1 = (int(round(v)) for v in face["box"])
+        rows.append([boost, f"{x1 - x0}x{y1 - y0}", round(psnr(out[y0:y1, x0:x1], frame.bgr[y0:y1, x0:x1]), 2),
+                     int(np.abs(out.astype(int) - frame.bgr.astype(int)).max()), round(ms, 2)])
+    print("Resolution fidelity: identity swapper, 1920x1080 frame, one face; PSNR of the face's box vs the original")
+    print(table(["pixel_boost", "face box", "PSNR dB", "max diff", "ms/face (box)"], rows))
+
+    rows = []
+    for boost in BOOSTS:
+        inside = occluded_pixels(tint, frame, boost)
+        _, out, _ = per_face_ms(tint, frame, FuseOptions(pixel_boost=boost, masks=mask_options(("box", "occlusion"))), 1)
+        changed = (out != frame.bgr).any(axis=2)
+        rows.append([boost, int(inside.sum()), int((changed & inside).sum()), int(changed.sum())])
+    print("\nOcclusion: tinting swapper, stand-in occluder (a fixed rectangle), mask box,occlusion")
+    print(table(["pixel_boost", "occluded pixels", "of them changed", "pixels changed in all"], rows))
+
+    rows = []
+    for masks in MASKS:
+        row: list = [",".join(masks)]
+        for boost in BOOSTS:
+            ms, _, _ = per_face_ms(tint, frame, FuseOptions(pixel_boost=boost, masks=mask_options(masks)), args.repeat)
+            row.append(round(ms, 2))
+        rows.append(row)
+    print("\nCost: ms per face (swap + masks + paste back), stand-in models, median of", args.repeat)
+    print(table(["mask", *(f"boost {b}" for b in BOOSTS)], rows))
+
+
+if __name__ == "__main__":
+    main()
