@@ -25,7 +25,8 @@ from .errors import (
     UnsupportedImageType,
 )
 from .files import atomic_symlink, atomic_write
-from .fuser import EncodedFusion, FuseOptions, Fuser, FusionReport, FusionResult
+from .fuser import Fuser
+from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
 from .images import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, normalise_format
 from .loader import ModelBundle, load_fuser, load_models, prepare
 from .manifest import (

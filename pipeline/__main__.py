@@ -31,7 +31,8 @@ from .boost import PIXEL_BOOSTS
 from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
 from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
 from .files import atomic_write
-from .fuser import FuseOptions, Fuser
+from .fuser import Fuser
+from .fusion_types import FuseOptions
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
 from .selection import MODES, Selection

@@ -13,12 +13,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from .boost import PIXEL_BOOSTS, boost_factor
+from .boost import boost_factor
 from .config import ImageLimits
 from .errors import (
     FaceError,
@@ -31,76 +30,18 @@ from .errors import (
     RuntimeFailure,
 )
 from .faces import Face
-from .images import DecodedImage, decode_image, encode_image, normalise_format
+from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
+from .images import DecodedImage, decode_image, encode_image
 from .masks import DEFAULT_MASKS, MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, InSwapper, ScrfdDetector
 from .paste import paste_back
-from .selection import Selection, choose, eligible, order_faces
+from .selection import choose, eligible, order_faces
 from .timing import StageTimer
 
 if TYPE_CHECKING:  # the loader builds Fusers; this module only uses its bundle
     from .loader import ModelBundle
 
 _SOURCE_CACHE_SIZE = 64
-
-
-@dataclass
-class FuseOptions:
-    """What a caller may ask of one fusion, output encoding included.
-
-    `reference` is the image whose face selects target faces (faces=reference), as bytes or decoded.
-    `pixel_boost` is the size the face is swapped at (None: the swapper's own size; pipeline/boost.py),
-    `masks` which pixels of the swapped face reach the frame (pipeline/masks.py). Format, quality, the
-    boost's value and the masks are checked here, so a bad option fails before any model runs; what
-    depends on the model set (a boost the swapper's size does not divide, a mask without its model) is
-    checked by the Fuser before it runs one.
-    """
-
-    selection: Selection = field(default_factory=Selection)
-    enhance: bool = False
-    reference: bytes | DecodedImage | None = None
-    output_format: str = "jpeg"
-    quality: int = 92
-    pixel_boost: int | None = None
-    masks: MaskOptions = DEFAULT_MASKS
-
-    def __post_init__(self) -> None:
-        self.output_format = normalise_format(self.output_format)
-        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise InvalidOptions(f"quality must be between 1 and 100, got {self.quality}")
-        if self.pixel_boost is not None and (isinstance(self.pixel_boost, bool) or self.pixel_boost not in PIXEL_BOOSTS):
-            raise InvalidOptions(f"pixel_boost must be one of {', '.join(map(str, PIXEL_BOOSTS))}, got {self.pixel_boost!r}")
-
-
-@dataclass
-class FusionReport:
-    """What happened, for the caller: faces found and swapped, boxes, scores, stage timings."""
-
-    faces_found: int
-    faces_swapped: int
-    faces: list[dict[str, Any]]
-    source_face: dict[str, Any]
-    model_version: str
-    enhanced: bool
-    timings_ms: dict[str, float]
-    width: int
-    height: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class FusionResult:
-    image: DecodedImage
-    report: FusionReport
-
-
-@dataclass
-class EncodedFusion:
-    data: bytes
-    media_type: str
-    report: FusionReport
 
 
 @contextmanager
