@@ -356,3 +356,215 @@ def test_stage_timer_hook_sees_every_stage():
     with timer.stage("swap"):
         pass
     assert seen == [("decode", True), ("swap", True)] and set(timer.ms) == {"decode", "swap"}
+
+
+# -- the observability manifests ------------------------------------------------------------------------
+OBSERVABILITY = REPO / "knative" / "observability"
+DURATION = r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"
+# The Prometheus Operator's PrometheusRule and PodMonitor, as far as these manifests use them, written
+# from its API reference (monitoring.coreos.com/v1): unknown fields are refused as the API server does.
+_OBJ = {"type": "object"}
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+RULE_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "additionalProperties": False, "properties": {"groups": {"type": "array", "items": {
+            "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+            "properties": {"name": {"type": "string", "minLength": 1}, "interval": {"type": "string", "pattern": DURATION},
+                           "limit": {"type": "integer"}, "partial_response_strategy": {"type": "string"},
+                           "query_offset": {"type": "string", "pattern": DURATION},
+                           "labels": _LABELS,
+                           "rules": {"type": "array", "items": {
+                               "type": "object", "required": ["expr"], "additionalProperties": False,
+                               "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                               "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
+                                              "expr": {"type": ["string", "integer"]},
+                                              "for": {"type": "string", "pattern": DURATION},
+                                              "keep_firing_for": {"type": "string", "pattern": DURATION},
+                                              "labels": _LABELS, "annotations": _LABELS}}}}}}}},
+    },
+}
+POD_MONITOR_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "required": ["selector"], "additionalProperties": False, "properties": {
+            "selector": {"type": "object", "additionalProperties": False,
+                         "properties": {"matchLabels": _LABELS, "matchExpressions": {"type": "array"}}},
+            "namespaceSelector": _OBJ, "jobLabel": {"type": "string"},
+            "podMetricsEndpoints": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+                "port": {"type": "string"}, "portNumber": {"type": "integer"}, "path": {"type": "string"},
+                "scheme": {"enum": ["http", "https"]}, "interval": {"type": "string", "pattern": DURATION},
+                "scrapeTimeout": {"type": "string", "pattern": DURATION}, "honorLabels": {"type": "boolean"},
+                "authorization": {"type": "object", "additionalProperties": False, "properties": {
+                    "type": {"type": "string"}, "credentials": {"type": "object", "required": ["key"],
+                                                                "additionalProperties": False,
+                                                                "properties": {"name": {"type": "string"}, "key": {"type": "string"},
+                                                                               "optional": {"type": "boolean"}}}}},
+                "relabelings": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+                    "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+                    "targetLabel": {"type": "string"}, "regex": {"type": "string"}, "replacement": {"type": "string"},
+                    "separator": {"type": "string"}, "modulus": {"type": "integer"},
+                    "action": {"enum": ["replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                                        "lowercase", "uppercase", "keepequal", "dropequal"]}}}}}}}}},
+    },
+}
+# Grafana's dashboard JSON model (schemaVersion 39), the parts this dashboard uses
+_TARGET = {"type": "object", "required": ["refId", "expr"], "properties": {"refId": {"type": "string"}, "expr": {"type": "string", "minLength": 1},
+                                                                         "legendFormat": {"type": "string"}, "datasource": _OBJ}}
+DASHBOARD_SCHEMA = {
+    "type": "object", "required": ["uid", "title", "schemaVersion", "panels", "time", "templating"],
+    "properties": {
+        "uid": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,40}$"}, "title": {"type": "string", "minLength": 1},
+        "schemaVersion": {"type": "integer", "minimum": 36}, "version": {"type": "integer"}, "editable": {"type": "boolean"},
+        "graphTooltip": {"enum": [0, 1, 2]}, "refresh": {"type": "string"}, "timezone": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "time": {"type": "object", "required": ["from", "to"]},
+        "templating": {"type": "object", "required": ["list"], "properties": {"list": {"type": "array", "items": {
+            "type": "object", "required": ["name", "type"],
+            "properties": {"name": {"type": "string"}, "type": {"enum": ["query", "datasource", "custom", "constant", "interval"]}}}}}},
+        "panels": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "type", "title", "gridPos"],
+            "properties": {
+                "id": {"type": "integer"}, "type": {"enum": ["row", "timeseries", "stat", "gauge", "table", "bargauge"]},
+                "title": {"type": "string", "minLength": 1},
+                "gridPos": {"type": "object", "required": ["h", "w", "x", "y"], "additionalProperties": False,
+                            "properties": {k: {"type": "integer", "minimum": 0} for k in "hwxy"}},
+                "targets": {"type": "array", "items": _TARGET}, "datasource": _OBJ,
+                "fieldConfig": {"type": "object", "required": ["defaults"]},
+            }}},
+    },
+}
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "6h", "$revision": ".*"}
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the function's registry can produce, from the metric families it declares."""
+    from function.metrics import REGISTRY
+
+    names = {"facefusion_gpu_memory_used_bytes", "facefusion_gpu_memory_total_bytes", "facefusion_gpu_utilization_ratio"}
+    for collector in list(REGISTRY._collector_to_names):
+        for family in collector.describe() if hasattr(collector, "describe") else ():
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+            names |= {family.name + s for s in suffixes}
+    return names
+
+
+def _selectors(expr: str) -> set[str]:
+    import promql_parser
+
+    names: set[str] = set()
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def _rule_doc() -> dict:
+    import yaml
+
+    return yaml.safe_load((OBSERVABILITY / "prometheus-rule.yaml").read_text())
+
+
+def _dashboard() -> dict:
+    return json.loads((OBSERVABILITY / "facefusion-dashboard.json").read_text())
+
+
+def test_the_prometheus_rule_is_valid_and_its_promql_parses():
+    import jsonschema
+    import promql_parser
+
+    pytest.importorskip("yaml")
+    doc = _rule_doc()
+    jsonschema.Draft7Validator(RULE_SCHEMA).validate(doc)
+    rules = [r for g in doc["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"] for r in rules}
+    assert len(alerts) == len(rules)
+    assert {"FacefusionErrorRate", "FacefusionLatencyP99", "FacefusionNotReadyAfterRollout",
+            "FacefusionEventsDeadLettered"} <= alerts
+    for rule in rules:
+        promql_parser.parse(rule["expr"])
+    with pytest.raises(ValueError):  # the parse check can fail
+        promql_parser.parse("sum by (le (rate(x[5m]))")
+
+
+def test_the_pod_monitor_is_valid_and_scrapes_what_the_service_serves():
+    import jsonschema
+    import yaml
+
+    doc = yaml.safe_load((OBSERVABILITY / "pod-monitor.yaml").read_text())
+    jsonschema.Draft7Validator(POD_MONITOR_SCHEMA).validate(doc)
+    endpoint = doc["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["path"] == "/metrics" and endpoint["authorization"]["credentials"]["key"] == "AUTH_TOKEN"
+    broken = json.loads(json.dumps(doc))
+    broken["spec"]["podMetricsEndpoints"][0]["honourLabels"] = True
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(POD_MONITOR_SCHEMA).validate(broken)
+
+
+def test_the_dashboard_is_valid_and_provisioned_by_a_config_map():
+    import jsonschema
+    import promql_parser
+    import yaml
+
+    dash = _dashboard()
+    jsonschema.Draft7Validator(DASHBOARD_SCHEMA).validate(dash)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dash["panels"]:
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            assert "$" not in expr, expr
+            promql_parser.parse(expr)
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("latency by stage", "throughput", "error", "cold start", "pods per revision"):
+        assert topic in titles
+    kustomization = yaml.safe_load((OBSERVABILITY / "kustomization.yaml").read_text())
+    generator = next(g for g in kustomization["configMapGenerator"] if g["name"] == "facefusion-dashboard")
+    assert generator["files"] == ["facefusion-dashboard.json"]
+    assert generator["options"]["labels"]["grafana_dashboard"] == "1"
+    assert set(kustomization["resources"]) == {"../", "pod-monitor.yaml", "prometheus-rule.yaml"}
+
+
+def test_every_metric_queried_is_one_the_function_exports():
+    exported = _exported_metric_names()
+    queried: set[str] = set()
+    for rule in (r for g in _rule_doc()["spec"]["groups"] for r in g["rules"]):
+        queried |= _selectors(rule["expr"])
+    for panel in _dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            queried |= _selectors(expr)
+    for variable in _dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            queried |= set(re.findall(r"label_values\((\w+)", variable["definition"]))
+    assert queried and not (queried - exported), sorted(queried - exported)
+    assert "facefusion_request_duration_seconds_bucket" in queried
+
+
+def test_knative_traces_go_to_the_functions_collector():
+    import yaml
+
+    docs = list(yaml.safe_load_all((OBSERVABILITY / "knative-config-observability.yaml").read_text()))
+    assert {d["metadata"]["namespace"] for d in docs} == {"knative-serving", "knative-eventing"}
+    kustomization = yaml.safe_load((OBSERVABILITY / "kustomization.yaml").read_text())
+    patch = yaml.safe_load(kustomization["patches"][0]["patch"])
+    env = {op["value"]["name"]: op["value"]["value"] for op in patch}
+    collector = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    for doc in docs:
+        assert doc["data"]["tracing-protocol"] == "http/protobuf"
+        assert doc["data"]["tracing-endpoint"] == collector + "/v1/traces"
+    readme = (REPO / "README.md").read_text()
+    for name in env:  # every OTEL_* variable the deployment sets is in README's configuration table
+        assert f"`{name}`" in readme, name
