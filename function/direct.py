@@ -9,7 +9,7 @@ from typing import Any
 
 import flask
 
-from . import storage
+from . import observe, storage
 from .front_door import DISCONNECTED
 from .fusion import format_for_uri, fusion_headers, parse_options, run_fusion
 from .inputs import ImageRef, about, fetch_all, image_ref, output_uri
@@ -129,7 +129,8 @@ def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: d
                             default_format=format_for_uri(out_uri) if out_uri else "jpeg", form=form)
     _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():
-        blobs = fetch_all(rt, refs)
+        with observe.stage("storage_read"):
+            blobs = fetch_all(rt, refs)
         _stop_if_gone(request, "the fusion ran")
         options.reference = blobs.get("reference")
         result, timer = run_fusion(fuser, blobs["source"], blobs["target"], options)
@@ -137,7 +138,8 @@ def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: d
         _stop_if_gone(request, "the answer")
         if out_uri is None:
             return flask.Response(result.data, status=200, mimetype=result.media_type, headers=headers)
-        storage.write_atomic(out_uri, result.data, rt.config.storage_timeout_s)
+        with observe.stage("storage_write"):
+            storage.write_atomic(out_uri, result.data, rt.config.storage_timeout_s)
     body = {"output": out_uri, "media_type": result.media_type, "revision": rt.config.revision,
             **result.report.as_dict()}
     return json_response(body, headers=headers)

@@ -23,6 +23,7 @@ from pipeline import (
 from pipeline.masks import mask_options
 from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
+from . import observe
 from .metrics import INFLIGHT, STAGE_SECONDS
 from .options import validate
 from .problems import Problem
@@ -45,6 +46,7 @@ class InflightLimiter:
     @contextmanager
     def slot(self) -> Iterator[None]:
         if not self._sem.acquire(blocking=False):
+            observe.inflight_rejected()
             raise Problem(429, "too-many-inflight", f"{self.limit} fusions are already running; retry shortly", retry_after=1)
         INFLIGHT.inc()
         with self._count_lock:
@@ -95,10 +97,11 @@ def parse_options(raw: Mapping[str, Any], reference: bytes | None = None, accept
 
 def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:
     """Fuse and record the stage timings in the metrics."""
-    timer = StageTimer()
+    timer = StageTimer(observe.stage_hook())  # stage spans when tracing is on
     result = fuser.fuse_bytes(source, target, options, timer)
     for stage, ms in timer.ms.items():
         STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+    observe.fused(result.report)
     return result, timer
 
 

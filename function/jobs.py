@@ -20,7 +20,7 @@ import flask
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from . import events, leases, storage
+from . import events, leases, observe, storage
 from .fusion import format_for_uri, parse_options, run_fusion
 from .inputs import MARKER_SUFFIX, ImageRef, fetch_all, image_ref, output_uri, reserved_name, uri_ref
 from .problems import Problem, as_problem
@@ -62,10 +62,12 @@ def _fuse_claimed(rt: Runtime, fuser: Any, refs: dict[str, ImageRef], out_uri: s
                   job: events.EventJob) -> dict[str, Any]:
     timeout = rt.config.storage_timeout_s
     with rt.limiter.slot():
-        blobs = fetch_all(rt, refs)
+        with observe.stage("storage_read"):
+            blobs = fetch_all(rt, refs)
         options.reference = blobs.get("reference")
         result, _ = run_fusion(fuser, blobs["source"], blobs["target"], options)
-        storage.write_atomic(out_uri, result.data, timeout)
+        with observe.stage("storage_write"):
+            storage.write_atomic(out_uri, result.data, timeout)
         report = result.report
         marker = {"input": identity, "event_id": job.event_id, "revision": rt.config.revision,
                   "model_version": report.model_version, "faces_swapped": report.faces_swapped, "written_at": time.time()}
@@ -112,6 +114,7 @@ def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
     return _fuse_to_uri(rt, refs, out_uri, options, identity, job)
 
 
+@observe.event_job  # outcomes by event type, the job's span
 def run_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
     """The outcome of one job; raises the problem of a job that failed."""
     base = {"id": job.event_id, "type": job.event_type}
@@ -135,6 +138,7 @@ def reply(rt: Runtime, job: events.EventJob, outcome: dict[str, Any]) -> flask.R
         "subject": outcome["output"],
         "datacontenttype": "application/json",
         "causationid": job.event_id,
+        **observe.event_extensions(),  # traceparent/tracestate: the reply continues the trace
     }, {**{k: v for k, v in outcome.items() if k not in ("id", "type", "status")}, "revision": rt.config.revision,
         "input_event": {"id": job.event_id, "type": job.event_type, "source": job.source}})
     headers, body = to_binary(event)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # functions-framew
 
 import flask  # noqa: E402
 
-from function import demo, direct, events, jobs, metrics, shutdown  # noqa: E402
+from function import demo, direct, events, jobs, metrics, observe, shutdown  # noqa: E402
 from function.front_door import REFUSED, shown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem  # noqa: E402
@@ -38,6 +38,7 @@ log = logging.getLogger("facefusion.function")
 RUNTIME = Runtime.from_env()
 
 os.register_at_fork(after_in_child=RUNTIME.warmup.ensure_started)
+observe.install(RUNTIME)  # tracing and cold-start metrics, in the worker after the fork
 shutdown.install(lambda: RUNTIME.limiter.active, RUNTIME.config.drain_seconds, RUNTIME.config.drain_max_seconds)
 
 
@@ -199,7 +200,7 @@ _log_lock = threading.Lock()
 
 def _log(entry: dict[str, Any]) -> None:
     """One JSON line per request on stdout; the lock keeps lines from concurrent threads whole."""
-    line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+    line = json.dumps({**entry, **observe.log_fields()}, separators=(",", ":"), default=str) + "\n"
     with _log_lock:
         sys.stdout.write(line)
         sys.stdout.flush()
@@ -213,6 +214,7 @@ def _cause(problem: Problem) -> str:
     return f" (caused by {type(root).__name__})" if root is not None else ""
 
 
+@observe.entry  # the request's server span (docs/observability.md)
 def fuse(request: flask.Request) -> flask.Response:
     """The single functions-framework entry point (HTTP signature)."""
     started = time.perf_counter()
@@ -227,6 +229,7 @@ def fuse(request: flask.Request) -> flask.Response:
             _check_auth(request)
         reply = route.handler(request)
     except Exception as exc:  # the one boundary: problems and pipeline failures become problem documents
+        observe.record_error(exc)
         problem = as_problem(exc)
         if problem is None:  # never let one request take the worker down; the cause goes to the log
             log.exception("unhandled error")
@@ -243,5 +246,5 @@ def fuse(request: flask.Request) -> flask.Response:
               "event_id": reply.event_id or request.headers.get("ce-id", ""), "status": response.status_code,
               "ms": round((time.perf_counter() - started) * 1000, 1), **({"error": error} if error else {}),
               "server_timing": response.headers.get("Server-Timing", "")})
-    metrics.REQUESTS.labels(path, reply.kind, str(response.status_code)).inc()
+    observe.observe_request(path, reply.kind, response.status_code, time.perf_counter() - started)
     return response

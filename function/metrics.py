@@ -1,8 +1,22 @@
-"""Prometheus metrics in a private registry (no process collectors' surprises across forks)."""
+"""Prometheus metrics in a private registry (no process collectors' surprises across forks).
+
+Names and units follow Prometheus conventions (`_seconds`, `_bytes`, `_total`, `_ratio`). Every
+metric here is documented in docs/observability.md; knative/observability/ queries only these (and
+says where it uses one of Knative's own).
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("facefusion.metrics")
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("facefusion_requests_total", "Requests by route, kind and status", ["route", "kind", "status"], registry=REGISTRY)
@@ -14,6 +28,92 @@ MODEL_LOAD = Gauge("facefusion_model_load_seconds", "Time to verify and load the
 MODEL_PROVIDER = Gauge("facefusion_model_provider_info", "1 for the execution provider each model runs on",
                        ["role", "provider"], registry=REGISTRY)
 READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY)
+
+# -- operators' questions (docs/observability.md) ----------------------------------------------------
+REQUEST_SECONDS = Histogram(
+    "facefusion_request_duration_seconds", "Time from the request reaching the function to its answer, by route, "
+    "kind and status", ["route", "kind", "status"], registry=REGISTRY,
+    buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120))
+INFLIGHT_REJECTED = Counter("facefusion_inflight_rejections_total",
+                            "Fusions refused with 429 because MAX_INFLIGHT were already running", registry=REGISTRY)
+QUEUE_WAIT = Histogram(
+    "facefusion_queue_wait_seconds", "Time an event waited before this function took it: from the Broker's "
+    "arrival time (knativearrivaltime), else the event's own time, to the start of the request", ["event_type"],
+    registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+EVENTS = Counter("facefusion_events_total", "Events by type and outcome: done, duplicate, ignored, retry (a "
+                 "retryable failure: Eventing redelivers) or failed (not retryable: Eventing dead-letters it at once)",
+                 ["event_type", "outcome"], registry=REGISTRY)
+INFO = Gauge("facefusion_info", "1 per serving process, labelled with its service and revision (count it for pods "
+             "per revision)", ["service", "revision"], registry=REGISTRY)
+COLD_START_SECONDS = Histogram(
+    "facefusion_cold_start_duration_seconds", "Process start to ready, observed once per process", ["revision"],
+    registry=REGISTRY, buckets=(1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600))
+MODEL_LOAD_SECONDS = Histogram(
+    "facefusion_model_load_duration_seconds", "Model set verification and session creation, once per process",
+    ["revision"], registry=REGISTRY, buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300))
+SPANS_DROPPED = Counter("facefusion_trace_spans_dropped_total", "Trace spans lost: queue_full (the exporter fell "
+                        "behind) or export_failed (the collector refused or could not be reached)", ["reason"],
+                        registry=REGISTRY)
+
+# event types seen on the wire are caller-controlled: keep the label's values bounded
+_KNOWN_TYPE = re.compile(r"^(dev\.facefusion\.|google\.cloud\.storage\.object\.v1\.|com\.amazonaws\.s3\.|"
+                         r"Microsoft\.Storage\.|Microsoft\.EventGrid\.|s3:)[A-Za-z0-9:._-]{1,48}$")
+
+
+def event_type_label(event_type: str) -> str:
+    """The event type as a label value: the type itself when it is one of the families this function
+    handles, else `other` (a caller must not be able to create series at will)."""
+    return event_type if _KNOWN_TYPE.match(event_type or "") else "other"
+
+
+class GpuCollector(Collector):
+    """GPU memory and utilisation of the devices this worker sees, read through NVML (`nvidia-ml-py`,
+    in the `gpu` extra) at scrape time. Nothing at all without NVML or a GPU.
+
+    Device-level figures: in a container NVML reports host process ids, so this worker's own share
+    cannot be told apart; one worker per pod and one GPU per pod (the Service's limits) make the device
+    figures the worker's."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def _init(self):
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    import pynvml
+
+                    pynvml.nvmlInit()
+                    self._nvml = pynvml
+                except Exception as exc:  # no library, no driver, no device: no GPU metrics
+                    log.debug("no GPU metrics: %s", exc)
+            return self._nvml
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        nvml = self._init()
+        if nvml is None:
+            return
+        used = GaugeMetricFamily("facefusion_gpu_memory_used_bytes", "GPU memory in use on the device", labels=["gpu"])
+        total = GaugeMetricFamily("facefusion_gpu_memory_total_bytes", "GPU memory of the device", labels=["gpu"])
+        util = GaugeMetricFamily("facefusion_gpu_utilization_ratio", "Fraction of the last sample period in which "
+                                 "a kernel ran on the device", labels=["gpu"])
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                used.add_metric([str(index)], float(memory.used))
+                total.add_metric([str(index)], float(memory.total))
+                util.add_metric([str(index)], nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+        except Exception as exc:  # a scrape never fails for the GPU's sake
+            log.debug("GPU metrics unavailable: %s", exc)
+            return
+        yield from (used, total, util)
+
+
+REGISTRY.register(GpuCollector())
 
 
 def render() -> bytes:

@@ -72,6 +72,9 @@ def serve(sock: socket.socket) -> None:
 
     app, module, limits = build_app()
     module.RUNTIME.warmup.ensure_started()  # before the first request: /readyz turns 200 when loaded
+    from function import observe
+
+    observe.start_watch()  # the cold-start span and metrics follow this warm-up
     config = uvicorn.Config(app, http=Protocol, lifespan="off", interface="asgi3", access_log=False,
                             log_level=limits.log_level, server_header=False,
                             timeout_keep_alive=limits.keepalive_s, h11_max_incomplete_event_size=limits.max_header_bytes,

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+# (stage name, wall-clock start ns, wall-clock end ns): how the function turns stages into trace spans
+# without the pipeline knowing about tracing
+StageHook = Callable[[str, int, int], None]
 
 
 class StageTimer:
-    """Accumulates milliseconds per named stage; a stage entered twice (one per face) adds up."""
+    """Accumulates milliseconds per named stage; a stage entered twice (one per face) adds up.
 
-    def __init__(self) -> None:
+    `on_stage`, when given, is told of every stage as it ends (its wall-clock start and end)."""
+
+    def __init__(self, on_stage: StageHook | None = None) -> None:
         self.ms: dict[str, float] = {}
+        self.on_stage = on_stage
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        wall = time.time_ns() if self.on_stage is not None else 0
         try:
             yield
         finally:
             self.add(name, (time.perf_counter() - start) * 1000.0)
+            if self.on_stage is not None:
+                self.on_stage(name, wall, time.time_ns())
 
     def add(self, name: str, ms: float) -> None:
         self.ms[name] = self.ms.get(name, 0.0) + ms
