@@ -58,8 +58,13 @@ def _leave_quietly(status: int = 0) -> None:
     The teardown runs the C++ static destructors of the native libraries (ONNX Runtime); in a process
     that never created an inference session (its models failed to load) one of them aborts with
     `terminate called after throwing an instance of 'std::system_error'`, which reads as a crash.
-    Everything worth keeping is flushed first; only the exit status matters after that.
+    Everything worth keeping is flushed first (the trace spans still queued among it); only the exit
+    status matters after that.
     """
+    from function import tracing  # flush what the exporter still holds: exit handlers will not run
+
+    with contextlib.suppress(Exception):
+        tracing.shutdown(timeout_s=2.0)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
