@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from flask import Response
+from werkzeug.exceptions import HTTPException
 
 from pipeline import (
     EmptyImage,
@@ -85,7 +86,17 @@ def as_problem(exc: Exception) -> Problem | None:
         problem = from_pipeline(exc)
         problem.__cause__ = exc  # the request log names the root cause by type
         return problem
+    if isinstance(exc, HTTPException) and exc.code is not None and 400 <= exc.code < 500:
+        # werkzeug's own refusals while parsing a body: more than MAX_FORM_PARTS multipart parts, a
+        # non-file field over MAX_FORM_MEMORY_SIZE, a malformed form; the caller's mistakes, never retried
+        problem = Problem(exc.code, _WERKZEUG_CODES.get(exc.code, "bad-request"),
+                          f"{exc.name}: {exc.description}" if exc.description else exc.name)
+        problem.__cause__ = exc
+        return problem
     return None
+
+
+_WERKZEUG_CODES = {400: "malformed-body", 413: "request-too-large", 415: "unsupported-media-type"}
 
 
 def from_pipeline(exc: PipelineError) -> Problem:

@@ -393,3 +393,15 @@ def test_unwritable_format_is_400_naming_the_formats(server, store, fmt):
                                                     "target": f"file://{store}/faces/obama.jpg", "format": fmt}, timeout=30)):
         detail = problem(r, 400)["detail"]
         assert all(name in detail for name in ("jpeg", "png", "webp")) and fmt in detail
+
+
+# -- 7 (the multipart part): werkzeug's own limits are the caller's mistake, not a retryable 503 -----------
+def test_too_many_multipart_parts_or_an_oversized_field_is_413_not_503(server):
+    images = [("source", ("s.jpg", b"x")), ("target", ("t.jpg", b"y"))]
+    many = images + [(f"field{i}", (None, "1")) for i in range(1100)]  # werkzeug parses at most 1000 parts
+    r = requests.post(server.url + "/", files=many, timeout=30)
+    body = problem(r, 413)
+    assert "Retry-After" not in r.headers and body["type"].endswith("request-too-large")
+    r = requests.post(server.url + "/", files=[*images, ("faces", (None, "a" * 700_000))], timeout=30)
+    problem(r, 413)  # a text field over the form memory limit
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
