@@ -405,3 +405,12 @@ def test_too_many_multipart_parts_or_an_oversized_field_is_413_not_503(server):
     r = requests.post(server.url + "/", files=[*images, ("faces", (None, "a" * 700_000))], timeout=30)
     problem(r, 413)  # a text field over the form memory limit
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_malformed_chunk_size_is_400(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"zz\r\n{}\r\n0\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
