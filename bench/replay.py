@@ -109,9 +109,13 @@ def run(events: int = 40, duplicates: int = 2, seconds: float = 120, kill_every:
                 server.start()
             else:
                 pids = server.worker_pids()
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)  # gunicorn's master starts a new worker
+                if pids:  # WORKERS > 1: the supervisor starts a new worker
+                    os.kill(pids[0], signal.SIGKILL)
                     stats["kills_worker"] += 1
+                else:  # one serving process (the default): it is the worker
+                    server.kill_all()
+                    stats["kills_server"] += 1
+                    server.start()
 
     def reader() -> None:
         out = root / "out"

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the function here, with stand-in models if there are none")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=EnvReader().int("PORT", 8080, minimum=0), help="default: $PORT, else 8080")
     serve.add_argument("--host", help="address to listen on (default: all, 0.0.0.0)")
     serve.set_defaults(run=_serve)
     make = sub.add_parser("make-test-models", help="write a stand-in model set (NOT real swaps)")

@@ -22,9 +22,7 @@ JSON_FIELDS = (*IMAGE_FIELDS, "output", "options")  # the rest of a JSON body's 
 
 
 def multipart(rt: Runtime, request: flask.Request) -> Reply:
-    limit = rt.max_image_bytes()
-    if request.content_length is not None and request.content_length > 3 * limit + (1 << 20):
-        raise Problem(413, "request-too-large", "the request body exceeds the limit for three images")
+    limit = rt.max_image_bytes()  # the body as a whole was held to MAX_REQUEST_BYTES by the front door
     files, form = request.files, request.form
     for name in (*files, *form):
         if len(files.getlist(name)) + len(form.getlist(name)) > 1:
@@ -120,13 +118,13 @@ def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: d
 
     A client that has gone away is noticed before the slot is taken, before the fusion runs and
     before the answer is written (see `client_gone`); its request ends with 499 in the log."""
-    fuser = rt.fuser()
     if output is not None and not isinstance(output, str):
         raise Problem(400, "invalid-uri", "'output' must be a URI")
     out_uri = output_uri(rt, output, refs.values()) if output else None
     # Accept is about the answer: it picks the format only when the image is the answer
     options = parse_options(raw, accept=None if out_uri else request.accept_mimetypes,
                             default_format=format_for_uri(out_uri) if out_uri else "jpeg", form=form)
+    fuser = rt.fuser()  # after the caller's mistakes: a bad request is a 400 even while not ready
     _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():
         with observe.stage("storage_read"):

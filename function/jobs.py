@@ -46,8 +46,8 @@ def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict
 
     The output's lease keeps a concurrent delivery of the same event from fusing too: it gets a
     retryable 429 and, redelivered later, finds the marker."""
-    fuser = rt.fuser()
     options = parse_options(raw, default_format=format_for_uri(out_uri))
+    fuser = rt.fuser()  # after the request's own mistakes: a bad event is a 400, not retried while not ready
     timeout = rt.config.storage_timeout_s
     owner = leases.claim(out_uri, rt.config.lease_ttl_s, timeout)
     try:
@@ -87,7 +87,9 @@ def _storage_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         raise Problem(503, "misconfigured", "OUTPUT_URI is not set, so storage events have nowhere to go", retry_after=30)
     source_uri = obj.source_face or rt.config.source_face_uri
     if not source_uri:
-        raise Problem(400, "no-source-face-uri", "the object names no source face and SOURCE_FACE_URI is not set")
+        # the operator's setting, like OUTPUT_URI: retried, so the event survives until it is fixed
+        raise Problem(503, "misconfigured", "the object names no source face and SOURCE_FACE_URI is not set",
+                      retry_after=30)
     source = uri_ref(rt, source_uri)
     out_uri = output_uri(rt, events.render_template(rt.config.output_uri, obj), (source, target), operator=True)
     identity = f"{target.uri}#{obj.version}"

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import metrics, tracing
+from .front_door import PROBE_PATHS
 from .problems import as_problem
 
 # Knative Eventing redelivers these statuses (and every 5xx); any other failure is final
@@ -66,7 +67,10 @@ def _watch_warmup(runtime: Any, process_start: float) -> None:
         if readiness.state == "failed" and not ended:
             tracing.end_cold_start(process_start, readiness.timings_s, reason=readiness.reason or "failed")
             ended = True
-        readiness.ready_event.wait(0.25)
+        if readiness.done.is_set():  # failed for good (a bad setting): nothing more to observe
+            return
+        # a failed load keeps ready_event set while it is retried: poll, never spin on the event
+        readiness.done.wait(0.25)
     timings = readiness.timings_s
     metrics.COLD_START_SECONDS.labels(revision).observe(timings.get("cold_start", 0.0))
     metrics.MODEL_LOAD_SECONDS.labels(revision).observe(timings.get("model_load", 0.0))
@@ -82,7 +86,7 @@ def entry(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(handler)
     def traced(request: Any) -> Any:
         start_watch()  # a process that never forked (a debug server) starts it here
-        if (request.path.rstrip("/") or "/") in tracing.PROBE_PATHS:
+        if (request.path.rstrip("/") or "/") in PROBE_PATHS:  # no spans for probes and scrapes
             return handler(request)
         incoming = tracing.Incoming.from_request(request)
         _queue_wait(incoming.events())

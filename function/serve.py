@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -114,10 +113,16 @@ def supervise(sock: socket.socket, workers: int) -> int:
     procs: dict[int, subprocess.Popen] = {}
 
     def start(slot: int) -> None:
-        procs[slot] = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env={**os.environ, "WORKER_INDEX": str(slot)})
+        # same process group: a SIGKILL of the group (or a container's end) takes the workers along
+        procs[slot] = subprocess.Popen(cmd, pass_fds=(sock.fileno(),))
+        if stopping.is_set():  # a signal arrived while it was being started: it must leave too
+            with contextlib.suppress(ProcessLookupError):
+                procs[slot].send_signal(signal.SIGTERM)
 
     def forward(signum, frame) -> None:
         stopping.set()
+        if signum == signal.SIGINT:  # a terminal's Ctrl+C already reached the whole process group
+            return
         for proc in procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
@@ -127,6 +132,7 @@ def supervise(sock: socket.socket, workers: int) -> int:
     for slot in range(workers):
         start(slot)
     statuses: dict[int, int] = {}
+    restarts: dict[int, list[float]] = {slot: [] for slot in range(workers)}
     while len(statuses) < workers:
         time.sleep(0.2)
         for slot, proc in list(procs.items()):
@@ -134,10 +140,16 @@ def supervise(sock: socket.socket, workers: int) -> int:
                 continue
             if stopping.is_set():
                 statuses[slot] = proc.returncode
-            else:
-                log.error("worker %d exited with %s; starting it again", slot, proc.returncode)
-                time.sleep(1)
+                continue
+            # back off a worker that keeps dying: 1 s, doubling with each death in the last minute, at most 30 s
+            now = time.monotonic()
+            recent = restarts[slot] = [t for t in restarts[slot] if now - t < 60] + [now]
+            delay = min(2 ** (len(recent) - 1), 30)
+            log.error("worker %d exited with %s; starting it again in %d s", slot, proc.returncode, delay)
+            if not stopping.wait(delay):
                 start(slot)
+            else:
+                statuses[slot] = proc.returncode
     sock.close()
     return max((abs(s) for s in statuses.values()), default=0)
 

@@ -7,8 +7,8 @@ background thread exports, a bounded queue (OTEL_BSP_MAX_QUEUE_SIZE) drops what 
 every lost span is counted in `facefusion_trace_spans_dropped_total`. The request thread only
 enqueues, so a slow or unreachable collector never slows a request.
 
-The tracer provider is built in the serving process itself (gunicorn's worker, after the fork): a
-provider's export thread does not survive a fork, and the master never serves.
+The tracer provider is built in the serving process itself, on first use (after any fork: a
+provider's export thread does not survive one).
 
 Context comes from the W3C `traceparent`/`tracestate` headers and from the CloudEvents
 distributed-tracing extension (`ce-traceparent` in binary mode, the `traceparent` attribute in
@@ -36,7 +36,6 @@ from . import metrics
 log = logging.getLogger("facefusion.tracing")
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no spans for probes and scrapes
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 MAX_PEEK_BYTES = 1 << 20  # event bodies larger than this are not read for their trace context
@@ -214,7 +213,7 @@ def enabled() -> bool:
 
 
 def process() -> _Process | None:
-    """This process's tracer state; built on first use in each process (after gunicorn's fork)."""
+    """This process's tracer state; built on first use in each process (after any fork)."""
     global _STATE
     if not _ENABLED:
         return None

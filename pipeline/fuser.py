@@ -2,7 +2,7 @@
 
 One Fuser per process holds one session per model, shared by all request threads (ONNX Runtime's
 `run` is thread-safe). Loading is the loader's job (`pipeline.loader`); the warm-up drives it in the
-serving process after gunicorn forks (CUDA is not fork-safe). Callers hand in bytes and options and
+serving process (never before a fork: CUDA is not fork-safe). Callers hand in bytes and options and
 get encoded bytes and a report back, so no caller decodes or encodes images itself.
 """
 

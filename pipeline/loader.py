@@ -1,8 +1,8 @@
 """Building a process's models from a model set: verify, prepare artefacts, create sessions.
 
 The loader walks the manifest's roles and asks each role's kind (`pipeline.models.KINDS`) to prepare
-its artefacts and to wrap its session, so it never names a kind itself. Sessions are created after
-gunicorn forks (CUDA is not fork-safe), in parallel: the runtime releases the GIL while it loads, and
+its artefacts and to wrap its session, so it never names a kind itself. Sessions are created in the serving
+process (never before a fork: CUDA is not fork-safe), in parallel: the runtime releases the GIL while it loads, and
 on GPUs each creation initialises kernels.
 """
 

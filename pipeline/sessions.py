@@ -1,7 +1,7 @@
 """ONNX Runtime sessions: provider choice and creation.
 
-Sessions are created lazily in the serving process, never at import time: functions-framework imports
-the module in gunicorn's master and forks workers, and CUDA does not survive a fork.
+Sessions are created in the serving process, never at import time: CUDA does not survive a fork, and a
+server that forks workers after importing the app (gunicorn) must create them in each worker.
 """
 
 from __future__ import annotations

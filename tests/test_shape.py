@@ -195,3 +195,36 @@ def test_sigterm_ends_a_worker_without_models_cleanly(tmp_path):
     assert "waiting for the model set" in logs
     assert "terminate called" not in logs and "Traceback" not in logs, logs
     assert server.proc.returncode == 0
+
+
+def test_the_cold_start_watch_neither_spins_nor_outlives_a_final_failure(model_root, tmp_path, monkeypatch):
+    """A failed load keeps ready_event set while it is retried; the observer must poll, not spin."""
+    import threading
+    from types import SimpleNamespace
+
+    from function import observe
+
+    monkeypatch.setenv("MODEL_WAIT_S", "30")
+    root = tmp_path / "models"
+    shutil.copytree(model_root / "test", root / "test")
+    os.symlink("test", root / "current")
+    (root / "test" / "swap.onnx").write_bytes(b"broken")  # fails verification, retried with back-off
+    retrying = Warmup(settings=Settings(model_path=root, cache_path=tmp_path / "c"), exercise=False)
+    retrying.ensure_started()
+    assert retrying.readiness.ready_event.wait(20) and retrying.readiness.state == "failed"
+    runtime = SimpleNamespace(warmup=retrying, config=SimpleNamespace(revision="t"))
+    watch = threading.Thread(target=observe._watch_warmup, args=(runtime, time.time()), daemon=True)
+    cpu = time.process_time()
+    watch.start()
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.3  # the watch polls; it does not burn a core
+    assert watch.is_alive()  # the retry may still succeed
+
+    final = Warmup(problems=("MAX_INFLIGHT must be an integer",))
+    final.ensure_started()
+    assert final.readiness.done.wait(10) and final.readiness.state == "failed"
+    runtime = SimpleNamespace(warmup=final, config=SimpleNamespace(revision="t"))
+    watch = threading.Thread(target=observe._watch_warmup, args=(runtime, time.time()), daemon=True)
+    watch.start()
+    watch.join(5)
+    assert not watch.is_alive()

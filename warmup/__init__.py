@@ -1,8 +1,9 @@
 """When the serving process is ready: load the model set, exercise every model, then flip readiness.
 
-This is the only place that decides readiness. The function calls `ensure_started()` from a fork hook
-(gunicorn forks workers after importing the app, and CUDA must not be touched before the fork) and
-as a fallback on the first request of a process that never forked.
+This is the only place that decides readiness. `python -m function.serve` calls `ensure_started()`
+once the app is built and before it listens; a fork hook calls it in a forked worker (gunicorn forks
+after importing the app, and CUDA must not be touched before the fork); a process that does neither
+starts it on its first request.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Readiness:
     reason: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)  # role -> the execution provider it runs on
-    ready_event: threading.Event = field(default_factory=threading.Event)
+    ready_event: threading.Event = field(default_factory=threading.Event)  # a verdict: ready, or failed (maybe retrying)
+    done: threading.Event = field(default_factory=threading.Event)  # the warm-up has stopped trying
 
     @property
     def ready(self) -> bool:
@@ -106,6 +108,7 @@ class Warmup:
             log.exception("not ready")
         finally:
             readiness.ready_event.set()
+            readiness.done.set()
 
     def _load(self, settings: Settings, retry_s: float) -> tuple[Fuser, float]:
         """The loaded Fuser and when its successful load started.
