@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from ..align import crop, estimate_norm
 from ..faces import Face
@@ -18,18 +17,12 @@ class ArcFaceEmbedder(ModelKind):
     category = "recognizer"
     default_input_size = (112, 112)
 
-    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (112, 112), mean: float = 127.5,
-                 std: float = 127.5):
-        self.session = session
-        self.input_size = input_size[0]
-        self.mean = mean
-        self.std = std
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
+    mean = 127.5
+    std = 127.5
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         aligned = crop(image, estimate_norm(face.kps, self.input_size), self.input_size)
         blob = cv2.dnn.blobFromImage(aligned, 1.0 / self.std, (self.input_size,) * 2, (self.mean,) * 3, swapRB=True)
-        vector = self.session.run([self.output_name], {self.input_name: blob})[0].reshape(-1).astype(np.float32)
+        vector = self.run(blob).reshape(-1).astype(np.float32)
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector

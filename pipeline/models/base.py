@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import cv2
+import numpy as np
 import onnxruntime as ort
 
 if TYPE_CHECKING:  # the manifest module imports this package's table; hints only, no import cycle
@@ -33,3 +35,20 @@ class ModelKind:
     def create(cls, session: ort.InferenceSession, entry: ModelEntry, cache_dir: Path) -> ModelKind:
         """Wrap a created session; artefacts from `prepare` are read here (and built if missing)."""
         return cls(session, input_size=entry.input_size or cls.default_input_size)  # type: ignore[call-arg]
+
+    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] | None = None) -> None:
+        """The usual single-input, single-output model on a square input (kinds with more inputs or
+        outputs, or a rectangular input, keep their own)."""
+        self.session = session
+        self.input_size = (input_size or self.default_input_size)[0]
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    def run(self, blob: np.ndarray) -> np.ndarray:
+        """The model's one output for one input blob."""
+        return self.session.run([self.output_name], {self.input_name: blob})[0]
+
+    def fit(self, crop: np.ndarray) -> np.ndarray:
+        """A square crop of any size at the model's input size."""
+        size = self.input_size
+        return crop if crop.shape[0] == size else cv2.resize(crop, (size, size))

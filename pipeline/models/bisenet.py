@@ -8,9 +8,7 @@ a pixel is the arg-max (pipeline/masks.py names the regions a caller may choose)
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-import onnxruntime as ort
 
 from ..masks import region_mask
 from .base import ModelKind
@@ -26,20 +24,11 @@ class FaceParser(ModelKind):
     category = "face_parser"
     default_input_size = (512, 512)
 
-    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (512, 512)):
-        self.session = session
-        self.input_size = input_size[0]
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
-
     def classes(self, crop: np.ndarray) -> np.ndarray:
         """The class index of every pixel (input_size x input_size) of a BGR crop of any size."""
-        size = self.input_size
-        resized = crop if crop.shape[0] == size else cv2.resize(crop, (size, size))
-        rgb = resized[:, :, ::-1].astype(np.float32) / 255.0
+        rgb = self.fit(crop)[:, :, ::-1].astype(np.float32) / 255.0
         blob = ((rgb - MEAN) / STD).transpose(2, 0, 1)[None]
-        scores = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(blob)})[0]
-        return scores[0].argmax(axis=0)
+        return self.run(np.ascontiguousarray(blob))[0].argmax(axis=0)
 
     def regions(self, crop: np.ndarray, regions: tuple[str, ...]) -> np.ndarray:
         """Crop-sized mask in 0..1 of the chosen regions."""

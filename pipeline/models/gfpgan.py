@@ -18,11 +18,8 @@ class FaceEnhancer(ModelKind):
     category = "enhancer"
     default_input_size = (512, 512)
 
-    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (512, 512)):
-        self.session = session
-        self.input_size = input_size[0]
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
+    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] | None = None):
+        super().__init__(session, input_size)
         self.template = FFHQ_512_TEMPLATE * (self.input_size / 512.0)
 
     def enhance(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +27,6 @@ class FaceEnhancer(ModelKind):
         matrix = umeyama_similarity(face.kps, self.template)
         aligned = cv2.warpAffine(image, matrix, (self.input_size,) * 2, borderMode=cv2.BORDER_REFLECT101)
         blob = cv2.dnn.blobFromImage(aligned, 1.0 / 127.5, (self.input_size,) * 2, (127.5,) * 3, swapRB=True)
-        out = self.session.run([self.output_name], {self.input_name: blob})[0][0]
+        out = self.run(blob)[0]
         rgb = np.clip((out.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(rgb[:, :, ::-1]), matrix

@@ -8,9 +8,7 @@ as NHWC float32, BGR channels in 0..1, and answer a 1x256x256x1 mask in 0..1 (1:
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-import onnxruntime as ort
 
 from ..masks import occlusion_mask
 from .base import ModelKind
@@ -23,19 +21,10 @@ class FaceOccluder(ModelKind):
     category = "occluder"
     default_input_size = (256, 256)
 
-    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] = (256, 256)):
-        self.session = session
-        self.input_size = input_size[0]
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
-
     def raw(self, crop: np.ndarray) -> np.ndarray:
         """The model's mask (input_size x input_size, 0..1) of a BGR crop of any size."""
-        size = self.input_size
-        resized = crop if crop.shape[0] == size else cv2.resize(crop, (size, size))
-        blob = (resized.astype(np.float32) / 255.0)[None]
-        out = self.session.run([self.output_name], {self.input_name: blob})[0]
-        return np.clip(out.reshape(size, size), 0, 1)
+        blob = (self.fit(crop).astype(np.float32) / 255.0)[None]
+        return np.clip(self.run(blob).reshape(self.input_size, self.input_size), 0, 1)
 
     def occlusion(self, crop: np.ndarray) -> np.ndarray:
         """Crop-sized mask in 0..1: 1 where the face is visible, 0 where it is occluded."""
