@@ -277,7 +277,11 @@ def test_openapi_options_are_the_validators_schema(server):
 
 
 CANDIDATES = [None, True, False, 0, 1, -1, 1.0, 1.5, 92, 101, 0.4, -1.5, "", "1", "largest", "reference", "png",
-              "gif", "bmp", "JPEG", [], {}]
+              "gif", "bmp", "JPEG", [], {},
+              # list and quality options (pixel_boost, mask, mask_padding, mask_regions)
+              ["box"], ["box", "occlusion"], ["bogus"], "box,region", "box, occlusion ", "box,,region", [1],
+              [0, 0, 0, 0], [10, 0, 5, 100], [1, 2, 3], [0, 0, 0, 101], "10,0,0,5", "10,0,0", [1.0, 2, 3, 4],
+              [True, 0, 0, 0], ["nose", "skin"], "nose,left-eye", ["ears"], 128, 256, 512, 1024, 300, 512.0, 0.3]
 
 
 @pytest.mark.parametrize("name", list(options.BY_NAME))

@@ -87,6 +87,16 @@ def gcs_event(name: str, generation: str) -> tuple[dict, bytes]:
     return headers, json.dumps(data).encode()
 
 
+
+def assert_written(out: Path, r: requests.Response, size: tuple[int, int]) -> Path:
+    """The fused output an event wrote: a whole JPEG at the target's size."""
+    assert out.is_file(), f"{out} was not written (answer {r.status_code} {r.text[:300]})"
+    with Image.open(out) as im:
+        im.load()
+        assert im.format == "JPEG" and im.size == size, (im.format, im.size)
+    return out
+
+
 def check_storage_event(url: str, data: Path, images: Path) -> None:
     """A GCS finalize CloudEvent (binary mode) and a MinIO Records notification, each for an object
     put in /data/in: the fused image appears in /data/out; a redelivery is answered 202 and not redone."""
@@ -99,11 +109,7 @@ def check_storage_event(url: str, data: Path, images: Path) -> None:
     headers, body = gcs_event("gcs-target.jpg", "1700000000000001")
     r = requests.post(url + "/", headers=headers, data=body, timeout=TIMEOUT)
     assert 200 <= r.status_code < 300, f"GCS event answered {r.status_code}: {r.text[:500]}"
-    out = data / "out" / "gcs-target.jpg"
-    assert out.is_file(), f"{out} was not written (answer {r.status_code} {r.text[:300]})"
-    with Image.open(out) as im:
-        im.load()
-        assert im.format == "JPEG" and im.size == size, (im.format, im.size)
+    out = assert_written(data / "out" / "gcs-target.jpg", r, size)
     log(f"GCS CloudEvent {r.status_code} (ce-type {r.headers.get('ce-type', '-')}), wrote {out.name} "
         f"{size[0]}x{size[1]}, {time.monotonic() - start:.2f} s")
 
@@ -122,11 +128,7 @@ def check_storage_event(url: str, data: Path, images: Path) -> None:
                           "sequencer": "17A0000000000001"}}}]}
     r = requests.post(url + "/", json=minio, timeout=TIMEOUT)
     assert 200 <= r.status_code < 300, f"MinIO notification answered {r.status_code}: {r.text[:500]}"
-    out = data / "out" / "minio-target.jpg"
-    assert out.is_file(), f"{out} was not written (answer {r.status_code} {r.text[:300]})"
-    with Image.open(out) as im:
-        im.load()
-        assert im.format == "JPEG" and im.size == size, (im.format, im.size)
+    out = assert_written(data / "out" / "minio-target.jpg", r, size)
     log(f"MinIO notification {r.status_code}, wrote {out.name}, {time.monotonic() - start:.2f} s")
     leftovers = [p.name for p in (data / "out").rglob("*") if p.is_file() and "partial" in p.name]
     assert not leftovers, f"temporary files left in /data/out: {leftovers}"
