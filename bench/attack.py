@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import select
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,8 +35,10 @@ from bench.common import (
     SHARED,
     free_port,
     function_command,
+    memory,
     old_function_command,
     standin_models,
+    stop_process,
     table,
     worker_pids,
 )
@@ -74,12 +75,9 @@ class Server:
 
     def rss_mb(self) -> float:
         try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+            return memory(self.pid)["rss"]
         except OSError:
-            pass
-        return 0.0
+            return 0.0
 
     def log_lines(self) -> list[dict]:
         out = []
@@ -95,13 +93,7 @@ class Server:
         return self.proc.poll() is None and request(self.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 5)[0] == 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

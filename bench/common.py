@@ -128,10 +128,16 @@ def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout:
     raise TimeoutError(f"{health_url} not ready after {timeout} s")
 
 
-def stop_process(proc) -> None:
+def stop_process(proc, timeout: float = 30) -> None:
+    """SIGTERM to the server's process group (it drains), SIGKILL if it has not left within `timeout`."""
     import os
     import signal
+    import subprocess
 
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -30,8 +30,9 @@ if __package__ in (None, ""):  # run as `python path/to/checkout/devtools ...` f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools import REPO, SHARED_DETECTOR  # noqa: E402
-from pipeline import EnvReader, plain_name  # noqa: E402
+from pipeline import EnvReader, ModelSetInvalid, plain_name, read_manifest  # noqa: E402
 from pipeline.config import DEFAULT_MODEL_PATH  # noqa: E402
+from pipeline.models import STANDIN_SUFFIX  # noqa: E402
 
 EXIT_WRITE = 1
 EXIT_USAGE = 2
@@ -169,13 +170,11 @@ def _model_location(env: EnvReader) -> tuple[Path, str]:
 
 def _standin_kinds(model_dir: Path) -> set[str]:
     """The stand-in kinds a set's manifest names (empty for a real set or an unreadable manifest)."""
-    import json
-
     try:
-        models = json.loads((model_dir / "manifest.json").read_text()).get("models", {})
-        return {str(spec.get("kind")) for spec in models.values() if str(spec.get("kind", "")).endswith("-standin")}
-    except (OSError, ValueError, AttributeError):
+        models = read_manifest(model_dir).models.values()
+    except ModelSetInvalid:
         return set()
+    return {entry.kind for entry in models if entry.kind.endswith(STANDIN_SUFFIX)}
 
 
 def ensure_model_set(model_path: Path, version: str) -> None:

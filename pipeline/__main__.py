@@ -65,9 +65,7 @@ def _read(path: str, what: str) -> bytes:
 
 def _check_writable(path: str) -> None:
     """Fail before any model runs if OUT cannot be written: its folder must exist and take a new file."""
-    out = Path(path)
-    if out.is_dir():
-        raise CliError(f"cannot write the output {path}: it is a folder", EXIT_IO)
+    out = Path(path)  # a folder at `path` was refused by the caller already
     folder = out.parent
     if not folder.is_dir():
         why = "does not exist" if not folder.exists() else "is not a folder"

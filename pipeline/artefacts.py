@@ -13,6 +13,7 @@ node uses it) and lives in its own side file (see `swap.load_emap`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 DATA_SUFFIX = ".data"
 
 
+@functools.lru_cache(maxsize=8)
 def _hardware(gpu: str) -> str:
     """CPU model (graph rewrites can be ISA-specific) and, when visible, the GPU model."""
     cpu = platform.processor() or platform.machine()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +84,13 @@ class EnvReader:
 
     def raise_problems(self) -> None:
         """Raise one ConfigError naming every bad variable, if there was any."""
-        if self.problems:
-            raise ConfigError("invalid configuration: " + "; ".join(self.problems))
+        raise_problems(self.problems)
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+    """One ConfigError naming every bad variable, whichever package's settings they came from."""
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
 
 
 def default_cache_path(model_path: Path) -> Path:

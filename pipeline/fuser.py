@@ -272,13 +272,13 @@ class Fuser:
             detector.detect(frame)
         with timer.stage("embed"):
             latent = swapper.latent(embedder.embed(frame, face))
+        aligned, _ = swapper.align(frame, face)  # one alignment for the swapper and the maskers
         with timer.stage("swap"):
-            swapper.swap(frame, face, latent)
+            swapper.swap_crop(aligned, latent)
         if self.enhancer is not None:
             with timer.stage("enhance"):
                 self.enhancer.enhance(frame, face)
         if self.occluder is not None or self.parser is not None:
-            aligned, _ = swapper.align(frame, face)
             with timer.stage("mask"):
                 if self.occluder is not None:
                     self.occluder.occlusion(aligned)

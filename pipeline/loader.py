@@ -23,7 +23,7 @@ from .fuser import Fuser
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
 from .models import ModelKind, kind_class
-from .sessions import check_providers, create_session, provider_options, resolve_providers
+from .sessions import check_providers, create_session, is_auto, provider_options, resolve_providers
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def load_models(settings: Settings) -> ModelBundle:
                                      settings.gpu.name)
                    for role, entry in model_set.models.items()}
         sessions = {role: future.result() for role, future in futures.items()}
-    auto = settings.execution_providers.strip().lower() in ("", "auto")
+    auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}

@@ -78,7 +78,7 @@ class VerdictCache:
         log.warning("could not store model verification verdicts in %s", [str(p) for p in self.paths])
 
 
-def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None, force: bool = False) -> ModelSet:
+def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None) -> ModelSet:
     """Check every file of the set; hash only files whose size or mtime changed since the last check."""
     verdicts = VerdictCache(model_set.directory, cache_dir)
     changed = False
@@ -91,7 +91,7 @@ def verify_model_set(model_set: ModelSet, cache_dir: Path | None = None, force: 
             raise ModelSetInvalid(
                 f"model file {entry.path.name} ({entry.role}) is {stat.st_size} bytes; the manifest says {entry.size}"
             )
-        if not force and verdicts.is_verified(entry.path, entry.sha256, stat):
+        if verdicts.is_verified(entry.path, entry.sha256, stat):
             continue
         actual = sha256_file(entry.path)
         if actual != entry.sha256:

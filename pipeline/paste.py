@@ -71,9 +71,7 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, masks: M
     maps = _sampling_maps(crop_to_frame, region)
     warped = _warp(crop, maps)
     if masks.box:
-        square = (box_square(crop_size, masks.padding) if any(masks.padding)
-                  else np.full((crop_size, crop_size), 255, dtype=np.float32))
-        mask = _warp(square, maps)
+        mask = _warp(box_square(crop_size, masks.padding), maps)
         mask[mask > 20] = 255
         rows = np.nonzero((mask == 255).any(axis=1))[0]
         cols = np.nonzero((mask == 255).any(axis=0))[0]

@@ -25,6 +25,15 @@ PROVIDER_NAMES = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
+def _wanted(spec: str) -> list[str]:
+    return [p.strip().lower() for p in spec.split(",") if p.strip()] or ["auto"]
+
+
+def is_auto(spec: str) -> bool:
+    """EXECUTION_PROVIDERS leaves the choice to this runtime (`auto`, or nothing named)."""
+    return _wanted(spec) == ["auto"]
+
+
 def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
     """Turn EXECUTION_PROVIDERS (`auto` or e.g. `cuda,cpu`) into the runtime's provider names.
 
@@ -33,7 +42,7 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     than a silent fall back to the CPU, which would turn a GPU service into a very slow one.
     """
     available = list(ort.get_available_providers() if available is None else available)
-    wanted = [p.strip().lower() for p in spec.split(",") if p.strip()] or ["auto"]
+    wanted = _wanted(spec)
     if wanted == ["auto"]:
         chosen = [PROVIDER_NAMES[p] for p in AUTO_ORDER if PROVIDER_NAMES[p] in available]
     else:

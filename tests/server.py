@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from bench.common import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # the service's own settings never leak from the test process into a server under test
@@ -70,11 +71,5 @@ class FunctionServer:
         return self.proc.poll() is None and requests.get(self.url + "/healthz", timeout=5).status_code == 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self._log.close()

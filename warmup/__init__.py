@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline import ConfigError, Fuser, ModelSetMissing, PipelineError, Settings, load_fuser
+from pipeline.config import raise_problems
 
 from .config import WarmupConfig
 
@@ -82,9 +83,7 @@ class Warmup:
         try:
             readiness.state = "loading"
             config = WarmupConfig.from_env()
-            problems = [*self.problems, *config.problems]
-            if problems:
-                raise ConfigError("invalid configuration: " + "; ".join(problems))
+            raise_problems([*self.problems, *config.problems])
             settings = self.settings or Settings.from_env()
             fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)

@@ -80,6 +80,8 @@ class InSwapper(ModelKind):
 
     @classmethod
     def prepare(cls, entry: ModelEntry, cache_dir: Path) -> list[str]:
+        if emap_side_file(cache_dir, entry.sha256).is_file():  # `create` loads it; no need to read it twice
+            return []
         _, built = load_emap(entry.path, entry.sha256, cache_dir)
         return [f"emap side file for {entry.path.name}"] if built else []
 
