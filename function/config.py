@@ -70,14 +70,9 @@ class FunctionConfig:
         read = EnvReader(env)
         source = read.str("SOURCE_FACE_URI")
         output = read.str("OUTPUT_URI")
-        raw_allowed = read.str("ALLOWED_URI_PREFIXES")
-        if raw_allowed:
-            allowed = tuple(p.strip() for p in raw_allowed.split(",") if p.strip())
-        else:
+        allowed = read.list("ALLOWED_URI_PREFIXES")
+        if allowed is None:
             allowed = ("memory://", *(bucket_prefix(u) for u in (source, output) if u))
-        raw_output_allowed = read.str("ALLOWED_OUTPUT_PREFIXES")
-        output_allowed = (tuple(p.strip() for p in raw_output_allowed.split(",") if p.strip())
-                          if raw_output_allowed else None)
         storage_timeout = read.float("STORAGE_TIMEOUT_S", 30.0, minimum=0.001)
         return cls(
             auth_token=read.str("AUTH_TOKEN"),
@@ -88,7 +83,7 @@ class FunctionConfig:
             max_inflight=read.int("MAX_INFLIGHT", 2, minimum=1),
             reply_events=read.bool("REPLY_EVENTS", True),
             storage_timeout_s=storage_timeout,
-            allowed_output_prefixes=output_allowed,
+            allowed_output_prefixes=read.list("ALLOWED_OUTPUT_PREFIXES"),
             # a lease outlives a stuck read, the fusion and a stuck write; a pod killed mid-fusion holds
             # its objects no longer than this
             lease_ttl_s=read.float("LEASE_TTL_S", 2 * storage_timeout + FUSION_BUDGET_S, minimum=1),
@@ -96,8 +91,8 @@ class FunctionConfig:
             request_wait_s=read.float("READY_WAIT_S", 0.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),
-            service=read.str("K_SERVICE", "facefusion") or "facefusion",
-            revision=read.str("K_REVISION", "local") or "local",
+            service=read.str("K_SERVICE", "facefusion"),
+            revision=read.str("K_REVISION", "local"),
             port=read.int("PORT", 8080, minimum=0),
             workers=read.int("WORKERS", 1, minimum=1),
             log_level=read.choice("UVICORN_LOG_LEVEL", "warning", ("critical", "error", "warning", "info", "debug", "trace")),

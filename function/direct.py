@@ -9,10 +9,9 @@ from typing import Any
 
 import flask
 
-from . import observe, storage
 from .front_door import DISCONNECTED
-from .fusion import format_for_uri, fusion_headers, parse_options, run_fusion
-from .inputs import ImageRef, about, fetch_all, image_ref, output_uri
+from .fusion import format_for_uri, fusion_headers, parse_options
+from .inputs import ImageRef, about, fuse_inputs, image_ref, output_uri, write_output
 from .options import IMAGE_FIELDS
 from .problems import Problem
 from .reply import Reply, json_response
@@ -127,17 +126,12 @@ def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: d
     fuser = rt.fuser()  # after the caller's mistakes: a bad request is a 400 even while not ready
     _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():
-        with observe.stage("storage_read"):
-            blobs = fetch_all(rt, refs)
-        _stop_if_gone(request, "the fusion ran")
-        options.reference = blobs.get("reference")
-        result, timer = run_fusion(fuser, blobs["source"], blobs["target"], options)
-        headers = fusion_headers(result, timer, rt.config.revision)
+        result, timer = fuse_inputs(rt, fuser, refs, options, lambda: _stop_if_gone(request, "the fusion ran"))
+        headers = fusion_headers(result, timer)
         _stop_if_gone(request, "the answer")
         if out_uri is None:
             return flask.Response(result.data, status=200, mimetype=result.media_type, headers=headers)
-        with observe.stage("storage_write"):
-            storage.write_atomic(out_uri, result.data, rt.config.storage_timeout_s)
+        write_output(rt, out_uri, result.data)
     body = {"output": out_uri, "media_type": result.media_type, "revision": rt.config.revision,
             **result.report.as_dict()}
     return json_response(body, headers=headers)

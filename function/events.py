@@ -207,13 +207,16 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
         raise Problem(400, "malformed-event", f"not a valid CloudEvent: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def parse_batch(body: bytes, limit: int) -> list[EventJob]:
+def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:
     """Each entry of a batch on its own: a malformed entry is a job with its problem, the others run.
-    More than `limit` (MAX_BATCH) entries are refused whole."""
-    try:
-        items = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array") from exc
+    More than `limit` (MAX_BATCH) entries are refused whole. `body` is the raw batch, or the array a
+    caller already parsed (an Event Grid array posted as application/json)."""
+    items = body
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            items = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array") from exc
     if not isinstance(items, list):
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array")
     check_batch_size(len(items), "the batch", limit)

@@ -43,7 +43,6 @@ log = logging.getLogger("facefusion.front_door")
 
 REFUSED = "facefusion.refused"  # environ key: the Problem the function answers with, body unread
 DISCONNECTED = "facefusion.disconnected"  # environ key: a threading.Event set when the client goes away
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
 
@@ -83,10 +82,12 @@ class _Refusal(Exception):
 class FrontDoor:
     """The ASGI application: early checks, bounded body intake, then the WSGI app in a thread."""
 
-    def __init__(self, wsgi_app: Callable, limits: FunctionConfig, precheck: Callable[[dict[str, Any]], Problem | None]) -> None:
+    def __init__(self, wsgi_app: Callable, limits: FunctionConfig, precheck: Callable[[dict[str, Any]], Problem | None],
+                 probe_paths: frozenset[str]) -> None:
         self.app = wsgi_app
         self.limits = limits
         self.precheck = precheck
+        self.probe_paths = probe_paths  # the function's unlogged routes (/healthz, /readyz, /metrics)
         self.pool = concurrent.futures.ThreadPoolExecutor(limits.threads, thread_name_prefix="request")
         # probes never queue behind work: liveness and readiness answer while every request thread is busy
         self.probe_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="probe")
@@ -110,7 +111,7 @@ class FrontDoor:
         gone = environ[DISCONNECTED] = threading.Event()
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, gone)) if not close else None
         await asyncio.sleep(0)  # let the watcher see a close that arrived with the request
-        pool = self.probe_pool if environ["PATH_INFO"].rstrip("/") in PROBE_PATHS else self.pool
+        pool = self.probe_pool if (environ["PATH_INFO"].rstrip("/") or "/") in self.probe_paths else self.pool
         try:
             status, headers, chunks = await asyncio.get_running_loop().run_in_executor(pool, self._call_app, environ)
         finally:

@@ -60,6 +60,9 @@ class InflightLimiter:
             self._sem.release()
 
 
+_MEDIA_FORMATS = {media: name for name, media in OUTPUT_FORMATS.items()}  # image/png -> png
+
+
 def accept_format(accept: MIMEAccept | None, default: str) -> str:
     """The output format an Accept header prefers, by werkzeug's parsing (q-values, wildcards).
 
@@ -68,17 +71,17 @@ def accept_format(accept: MIMEAccept | None, default: str) -> str:
     """
     if accept is None:
         return default
-    media = {OUTPUT_FORMATS[name]: name for name in OUTPUT_FORMATS}
+    media = _MEDIA_FORMATS
     listed = [value.lower() for value, _ in accept]
     order = sorted(media, key=lambda m: (listed.index(m) if m in listed else len(listed), media[m] != default))
     best = accept.best_match(order)
     return media[best] if best else default
 
 
-def parse_options(raw: Mapping[str, Any], reference: bytes | None = None, accept: MIMEAccept | None = None,
-                  default_format: str = "jpeg", form: bool = False) -> FuseOptions:
+def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, default_format: str = "jpeg",
+                  form: bool = False) -> FuseOptions:
     """Options from multipart fields (`form`) or JSON, checked against the one option table
-    (function/options.py); a `reference` image among them is the caller's. The format is the `format`
+    (function/options.py); a `reference` image among them is an input, set once it is read. The format is the `format`
     option, else what `accept` prefers (pass it only when the image is the answer), else `default_format`.
     Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400."""
     values = validate({k: v for k, v in raw.items() if k != "reference"}, form=form)
@@ -90,7 +93,7 @@ def parse_options(raw: Mapping[str, Any], reference: bytes | None = None, accept
     )
     masks = mask_options(values.get("mask"), values.get("mask_blur"), values.get("mask_padding"),
                          values.get("mask_regions"))
-    return FuseOptions(selection=selection, enhance=values.get("enhance", False), reference=reference,
+    return FuseOptions(selection=selection, enhance=values.get("enhance", False),
                        output_format=values.get("format") or accept_format(accept, default_format),
                        quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks)
 
@@ -109,13 +112,13 @@ def server_timing(timer: StageTimer) -> str:
     return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timer.ms.items())
 
 
-def fusion_headers(result: EncodedFusion, timer: StageTimer, revision: str) -> dict[str, str]:
+def fusion_headers(result: EncodedFusion, timer: StageTimer) -> dict[str, str]:
+    """A fusion's own headers (X-Revision is put on every answer by main.fuse)."""
     return {
         "Server-Timing": server_timing(timer),
         "X-Faces-Swapped": str(result.report.faces_swapped),
         "X-Faces-Found": str(result.report.faces_found),
         "X-Model-Version": result.report.model_version,
-        "X-Revision": revision,
     }
 
 

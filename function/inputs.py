@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pipeline import PipelineError
+from pipeline import EncodedFusion, FuseOptions, Fuser, PipelineError, StageTimer
 
-from . import leases, storage, uris
+from . import leases, observe, storage, uris
+from .fusion import run_fusion
 from .problems import Problem
 from .runtime import Runtime
 
@@ -101,21 +102,14 @@ def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] 
                       "(or have no extension, for JPEG)")
     uris.check_length(norm, reserve=len(MARKER_SUFFIX))
     others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in inputs]
-    if rt.config.source_face_uri:
-        others.append(_normalised(rt.config.source_face_uri))
+    if rt.source_face:
+        others.append(rt.source_face)
     if norm in others:
         raise Problem(403, "output-is-input", "the output URI names one of the request's inputs or SOURCE_FACE_URI; "
                       "an output never overwrites an input")
     if uris.is_local(norm) and os.path.isdir(path):
         raise Problem(422, "not-a-file", "the output URI names an existing folder, not a file")
     return norm
-
-
-def _normalised(uri: str) -> str | None:
-    try:
-        return uris.normalise(uri)
-    except Problem:
-        return None
 
 
 @contextmanager
@@ -138,3 +132,22 @@ def fetch_all(rt: Runtime, refs: dict[str, ImageRef]) -> dict[str, bytes]:
         with about(name):
             blobs[name] = ref.fetch(rt)
     return blobs
+
+
+def fuse_inputs(rt: Runtime, fuser: Fuser, refs: dict[str, ImageRef], options: FuseOptions,
+                before_fusion: Callable[[], None] | None = None) -> tuple[EncodedFusion, StageTimer]:
+    """Read the inputs and fuse them (inside the caller's fusion slot): the direct and the event path
+    alike. `before_fusion` runs between the reads and the fusion (the direct path drops a request whose
+    client has gone)."""
+    with observe.stage("storage_read"):
+        blobs = fetch_all(rt, refs)
+    if before_fusion is not None:
+        before_fusion()
+    options.reference = blobs.get("reference")
+    return run_fusion(fuser, blobs["source"], blobs["target"], options)
+
+
+def write_output(rt: Runtime, uri: str, data: bytes) -> None:
+    """Publish a fused image at a checked output URI."""
+    with observe.stage("storage_write"):
+        storage.write_atomic(uri, data, rt.config.storage_timeout_s)

@@ -21,9 +21,18 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from . import events, leases, observe, storage
-from .fusion import format_for_uri, parse_options, run_fusion
-from .inputs import MARKER_SUFFIX, ImageRef, fetch_all, image_ref, output_uri, reserved_name, uri_ref
-from .problems import Problem, as_problem
+from .fusion import format_for_uri, parse_options
+from .inputs import (
+    MARKER_SUFFIX,
+    ImageRef,
+    fuse_inputs,
+    image_ref,
+    output_uri,
+    reserved_name,
+    uri_ref,
+    write_output,
+)
+from .problems import Problem, as_problem, internal_error
 from .reply import json_response
 from .runtime import Runtime
 
@@ -62,12 +71,8 @@ def _fuse_claimed(rt: Runtime, fuser: Any, refs: dict[str, ImageRef], out_uri: s
                   job: events.EventJob) -> dict[str, Any]:
     timeout = rt.config.storage_timeout_s
     with rt.limiter.slot():
-        with observe.stage("storage_read"):
-            blobs = fetch_all(rt, refs)
-        options.reference = blobs.get("reference")
-        result, _ = run_fusion(fuser, blobs["source"], blobs["target"], options)
-        with observe.stage("storage_write"):
-            storage.write_atomic(out_uri, result.data, timeout)
+        result, _ = fuse_inputs(rt, fuser, refs, options)
+        write_output(rt, out_uri, result.data)
         report = result.report
         marker = {"input": identity, "event_id": job.event_id, "revision": rt.config.revision,
                   "model_version": report.model_version, "faces_swapped": report.faces_swapped, "written_at": time.time()}
@@ -160,7 +165,7 @@ def run_many(rt: Runtime, jobs: list[events.EventJob]) -> flask.Response:
             problem = as_problem(exc)
             if problem is None:  # a bug fails its own entry (retryably), never the entries after it
                 log.exception("unhandled error in batch entry %s", job.event_id)
-                problem = Problem(503, "internal-error", "an unexpected error occurred", retry_after=5)
+                problem = internal_error()
             outcomes.append({"id": job.event_id, "type": job.event_type, "status": "failed", "error": problem.as_dict()})
             if problem.retryable and (worst is None or problem.status > worst.status):
                 worst = problem

@@ -30,7 +30,7 @@ import flask  # noqa: E402
 from function import demo, direct, events, jobs, metrics, observe, shutdown  # noqa: E402
 from function.front_door import REFUSED, shown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
-from function.problems import Problem, as_problem  # noqa: E402
+from function.problems import Problem, as_problem, internal_error  # noqa: E402
 from function.reply import Reply, json_response, without_body_type  # noqa: E402
 from function.runtime import Runtime  # noqa: E402
 
@@ -38,7 +38,6 @@ log = logging.getLogger("facefusion.function")
 RUNTIME = Runtime.from_env()
 
 os.register_at_fork(after_in_child=RUNTIME.warmup.ensure_started)
-observe.install(RUNTIME)  # tracing and cold-start metrics, in the worker after the fork
 shutdown.install(lambda: RUNTIME.limiter.active, RUNTIME.config.drain_seconds, RUNTIME.config.drain_max_seconds)
 
 
@@ -54,12 +53,7 @@ def _readyz(request: flask.Request) -> Reply:
     body = {**readiness.as_dict(), "revision": RUNTIME.config.revision}
     if warmup.fuser is not None:
         body["model_version"] = warmup.fuser.model_version
-    if readiness.ready:
-        metrics.READY.set(1)
-        metrics.COLD_START.set(readiness.timings_s.get("cold_start", 0))
-        metrics.MODEL_LOAD.set(readiness.timings_s.get("model_load", 0))
-        for role, provider in readiness.providers.items():
-            metrics.MODEL_PROVIDER.labels(role, provider).set(1)
+    if readiness.ready:  # the gauges are set once, when the process turns ready (observe.py)
         return Reply(json_response(body), "readyz")
     return Reply(json_response(body, 503, {"Retry-After": "2"}), "readyz")
 
@@ -121,7 +115,7 @@ def _post(request: flask.Request) -> Reply:
     flask.g.kind = "json"
     body = _json_body(request)
     if isinstance(body, list):  # Event Grid (CloudEvents schema) posts arrays as application/json
-        return Reply(jobs.run_many(RUNTIME, events.parse_batch(request.get_data(), RUNTIME.config.max_batch)), "batch")
+        return Reply(jobs.run_many(RUNTIME, events.parse_batch(body, RUNTIME.config.max_batch)), "batch")
     if isinstance(body, dict) and "Records" in body:
         return Reply(jobs.run_many(RUNTIME, events.from_minio(body, RUNTIME.config.max_batch)), "storage-notification")
     if isinstance(body, dict):
@@ -151,6 +145,9 @@ ROUTES: dict[str, dict[str, Route]] = {
         **{m: Route(_demo_page, public=True) for m in ("GET", "HEAD")},  # checks the token itself
     },
 }
+# probes and scrapes: the routes that log nothing; they get no spans and threads of their own
+PROBE_PATHS = frozenset(path for path, methods in ROUTES.items() if not any(r.logged for r in methods.values()))
+observe.install(RUNTIME, PROBE_PATHS)  # tracing and cold-start metrics for the process that serves
 
 
 def _find_route(request: flask.Request) -> tuple[str, Route]:
@@ -173,14 +170,23 @@ def _allow(path: str) -> str:
     return ", ".join(sorted(ROUTES[path]))
 
 
+ADMITTED = "facefusion.admitted"  # environ key: (path, route) of a request precheck let in
+
+
+def _admit(request: flask.Request) -> tuple[str, Route]:
+    """The route of a request whose token (where its route needs one) is valid; else the problem."""
+    path, route = _find_route(request)
+    if not route.public:
+        _check_auth(request)
+    return path, route
+
+
 def precheck(environ: dict[str, Any]) -> Problem | None:
     """The answer a request gets from its route and token alone (function/front_door.py asks before
-    reading the body); None when it may go on."""
-    request = flask.Request(environ)
+    reading the body); None when it may go on, with its route kept for `fuse`, which then need not
+    look it up and check the token a second time."""
     try:
-        _, route = _find_route(request)
-        if not route.public:
-            _check_auth(request)
+        environ[ADMITTED] = _admit(flask.Request(environ))
     except Problem as problem:
         return problem
     return None
@@ -222,18 +228,17 @@ def fuse(request: flask.Request) -> flask.Response:
     try:
         if REFUSED in request.environ:  # the front door's answer, given without reading the body
             raise request.environ[REFUSED]
-        path, route = _find_route(request)
+        # admitted by the front door before the body was read, or (another server) here
+        path, route = request.environ.get(ADMITTED) or _admit(request)
         if shutdown.DRAINING.is_set() and not route.while_draining:
             raise Problem(503, "shutting-down", "this instance is shutting down; retry", retry_after=1)
-        if not route.public:
-            _check_auth(request)
         reply = route.handler(request)
     except Exception as exc:  # the one boundary: problems and pipeline failures become problem documents
-        observe.record_error(exc)
         problem = as_problem(exc)
+        observe.record_error(exc, problem)
         if problem is None:  # never let one request take the worker down; the cause goes to the log
             log.exception("unhandled error")
-            problem = Problem(503, "internal-error", "an unexpected error occurred", retry_after=5)
+            problem = internal_error()
             error = f"internal-error: {type(exc).__name__}"
         else:
             error = f"{problem.code}: {problem.detail}{_cause(problem)}"

@@ -16,20 +16,25 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import metrics, tracing
-from .front_door import PROBE_PATHS
-from .problems import as_problem
+from .problems import Problem, as_problem
 
 # Knative Eventing redelivers these statuses (and every 5xx); any other failure is final
 _KNATIVE_RETRIES = (404, 408, 409, 429)
 
 
-def install(runtime: Any) -> None:
+_PROBES: set[str] = set()  # the function's probe and scrape routes: no spans for them
+
+
+def install(runtime: Any, probe_paths: frozenset[str]) -> None:
     """Called once at import: set up tracing for the process that will serve, and watch its warm-up for
     the cold-start metrics and span. function/serve.py starts the watch with the warm-up at launch;
     under gunicorn it starts in the worker after the fork, else on the first request."""
     config = runtime.config
     tracing.setup(config.service, config.revision)
     metrics.INFO.labels(config.service, config.revision).set(1)
+    runtime.warmup.on_ready.append(_ready_metrics(config.revision))
+    _PROBES.clear()
+    _PROBES.update(probe_paths)
     _WATCH.update(runtime=runtime, started=None)
     if not _WATCH["hooked"]:
         _WATCH["hooked"] = True
@@ -57,9 +62,8 @@ def start_watch() -> None:
 
 
 def _watch_warmup(runtime: Any, process_start: float) -> None:
-    """Wait for the warm-up's verdict: the cold-start span ends with it (as an error if it failed);
-    the cold-start and model-load histograms are observed once the process is ready."""
-    warmup, revision, ended = runtime.warmup, runtime.config.revision, False
+    """Wait for the warm-up's verdict: the cold-start span ends with it (as an error if it failed)."""
+    warmup, ended = runtime.warmup, False
     while True:
         readiness = warmup.readiness
         if readiness.ready:
@@ -71,11 +75,22 @@ def _watch_warmup(runtime: Any, process_start: float) -> None:
             return
         # a failed load keeps ready_event set while it is retried: poll, never spin on the event
         readiness.done.wait(0.25)
-    timings = readiness.timings_s
-    metrics.COLD_START_SECONDS.labels(revision).observe(timings.get("cold_start", 0.0))
-    metrics.MODEL_LOAD_SECONDS.labels(revision).observe(timings.get("model_load", 0.0))
     if not ended:
-        tracing.end_cold_start(process_start, timings)
+        tracing.end_cold_start(process_start, readiness.timings_s)
+
+
+def _ready_metrics(revision: str) -> Callable[[Any], None]:
+    """The gauges and histograms of a process turning ready, set once (not on every /readyz)."""
+    def record(readiness: Any) -> None:
+        timings = readiness.timings_s
+        metrics.READY.set(1)
+        metrics.COLD_START.set(timings.get("cold_start", 0))
+        metrics.MODEL_LOAD.set(timings.get("model_load", 0))
+        for role, provider in readiness.providers.items():
+            metrics.MODEL_PROVIDER.labels(role, provider).set(1)
+        metrics.COLD_START_SECONDS.labels(revision).observe(timings.get("cold_start", 0.0))
+        metrics.MODEL_LOAD_SECONDS.labels(revision).observe(timings.get("model_load", 0.0))
+    return record
 
 
 # -- requests -----------------------------------------------------------------------------------------
@@ -86,7 +101,7 @@ def entry(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(handler)
     def traced(request: Any) -> Any:
         start_watch()  # a process that never forked (a debug server) starts it here
-        if (request.path.rstrip("/") or "/") in PROBE_PATHS:  # no spans for probes and scrapes
+        if (request.path.rstrip("/") or "/") in _PROBES:  # no spans for probes and scrapes
             return handler(request)
         incoming = tracing.Incoming.from_request(request)
         _queue_wait(incoming.events())
@@ -121,9 +136,8 @@ def observe_request(route: str, kind: str, status: int, seconds: float) -> None:
     tracing.annotate_request(route, kind, status)
 
 
-def record_error(exc: BaseException) -> None:
-    """An error the entry's boundary turned into a problem document, on the request's span."""
-    problem = as_problem(exc)
+def record_error(exc: BaseException, problem: Problem | None) -> None:
+    """An error the entry's boundary turned into `problem` (None: unexpected), on the request's span."""
     if problem is None:
         tracing.record_error(exc)
     else:
@@ -153,7 +167,7 @@ def event_job(run: Callable[[Any, Any], dict[str, Any]]) -> Callable[[Any, Any],
                 problem = as_problem(exc)
                 retry = problem is None or problem.status >= 500 or problem.status in _KNATIVE_RETRIES
                 metrics.EVENTS.labels(label, "retry" if retry else "failed").inc()
-                record_error(exc)
+                record_error(exc, problem)
                 raise
             metrics.EVENTS.labels(label, str(outcome.get("status", "done"))).inc()
             tracing.annotate(outcome=outcome.get("status"))

@@ -13,13 +13,11 @@ from werkzeug.exceptions import HTTPException
 
 from pipeline import (
     EmptyImage,
-    FaceError,
     ImageTooLarge,
     InvalidOptions,
     ModelSetInvalid,
     PipelineError,
     RuntimeFailure,
-    UndecodableImage,
     UnsupportedImageType,
 )
 
@@ -102,6 +100,11 @@ def as_problem(exc: Exception) -> Problem | None:
 _WERKZEUG_CODES = {400: "malformed-body", 413: "request-too-large", 415: "unsupported-media-type"}
 
 
+def internal_error() -> Problem:
+    """What an unexpected failure answers with (the cause goes to the log, never to the caller)."""
+    return Problem(503, "internal-error", "an unexpected error occurred", retry_after=5)
+
+
 def from_pipeline(exc: PipelineError) -> Problem:
     """The status of a pipeline failure by its type; the input it is about (`image`) goes along."""
     if isinstance(exc, (ModelSetInvalid, RuntimeFailure)):
@@ -116,6 +119,4 @@ def _status(exc: PipelineError) -> int:
         return 415
     if isinstance(exc, (EmptyImage, InvalidOptions)):
         return 400
-    if isinstance(exc, (UndecodableImage, FaceError)):  # FaceError includes NoMatchingFace
-        return 422
-    return 422
+    return 422  # UndecodableImage, every FaceError (NoMatchingFace too), and whatever else the pipeline raises

@@ -39,6 +39,13 @@ def output_allow_list(config: FunctionConfig, prefix: str | None) -> AllowList:
                            "output-not-allowed")
 
 
+def _normalised(uri: str | None) -> str | None:
+    try:
+        return normalise(uri) if uri else None
+    except Problem:
+        return None
+
+
 @dataclass
 class Runtime:
     config: FunctionConfig
@@ -47,6 +54,7 @@ class Runtime:
     allow: AllowList
     output_prefix: str | None
     allow_output: AllowList
+    source_face: str | None  # SOURCE_FACE_URI normalised once (an output may never overwrite it)
 
     @classmethod
     def from_env(cls) -> Runtime:
@@ -55,7 +63,7 @@ class Runtime:
         # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
         return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
                    allow=AllowList(config.allowed_prefixes), output_prefix=prefix,
-                   allow_output=output_allow_list(config, prefix))
+                   allow_output=output_allow_list(config, prefix), source_face=_normalised(config.source_face_uri))
 
     def fuser(self) -> Fuser:
         """The loaded Fuser, or a 503 problem saying why there is none yet."""

@@ -50,16 +50,14 @@ def build_app():
     """The ASGI app that is served: the front door around functions-framework's Flask app."""
     import functions_framework
 
-    from function.config import FunctionConfig
     from function.front_door import FrontDoor, Protocol
 
-    # the function's one settings module; a bad value is used as its default here and keeps /readyz
-    # failed with the reason (the Runtime reads the same problems)
-    limits = FunctionConfig.from_env()
     flask_app = functions_framework.create_app(target=TARGET, source=str(SOURCE))
     module = sys.modules["main"]  # the module functions-framework loaded from SOURCE
+    # the settings the function itself read (a bad value is its default here and fails /readyz)
+    limits = module.RUNTIME.config
     Protocol.limits = limits
-    return FrontDoor(flask_app, limits, module.precheck), module, limits
+    return FrontDoor(flask_app, limits, module.precheck, module.PROBE_PATHS), module, limits
 
 
 def serve(sock: socket.socket) -> None:

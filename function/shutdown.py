@@ -25,10 +25,9 @@ DRAINING = threading.Event()
 _settings: dict[str, object] = {"inflight": lambda: 0, "minimum": 2.0, "maximum": 25.0}
 
 
-def install(inflight: Callable[[], int], minimum_s: float, maximum_s: float) -> bool:
+def install(inflight: Callable[[], int], minimum_s: float, maximum_s: float) -> None:
     """Register the in-flight count and the drain bounds (DRAIN_SECONDS, DRAIN_MAX_SECONDS)."""
     _settings.update(inflight=inflight, minimum=minimum_s, maximum=maximum_s)
-    return True
 
 
 def _drain_then(stop: Callable[[], None], inflight: Callable[[], int], minimum: float, maximum: float) -> None:

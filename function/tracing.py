@@ -208,10 +208,6 @@ def setup(service: str, revision: str) -> None:
         _ENABLED = False
 
 
-def enabled() -> bool:
-    return _ENABLED
-
-
 def process() -> _Process | None:
     """This process's tracer state; built on first use in each process (after any fork)."""
     global _STATE

@@ -42,6 +42,11 @@ class EnvReader:
         raw = self.env.get(name, "")
         return raw.strip() if raw and raw.strip() else default
 
+    def list(self, name: str) -> tuple[str, ...] | None:
+        """A comma-separated list (its non-empty items); None when the variable is unset or blank."""
+        raw = self.str(name)
+        return None if raw is None else tuple(p.strip() for p in raw.split(",") if p.strip())
+
     def bool(self, name: str, default: bool) -> bool:
         raw = (self.str(name) or "").lower()
         if not raw:

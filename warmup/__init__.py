@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline import ConfigError, Fuser, ModelSetMissing, PipelineError, Settings, load_fuser
@@ -63,6 +64,9 @@ class Warmup:
         self.exercise = exercise
         self.problems = problems
         self.wait_for_models = wait_for_models
+        # called with the readiness just before it turns ready, so what they record (metrics) is in
+        # place before /readyz says 200
+        self.on_ready: list[Callable[[Readiness], None]] = []
         self.readiness = Readiness()
         self.fuser: Fuser | None = None
         self._started_pid: int | None = None
@@ -97,6 +101,8 @@ class Warmup:
                 readiness.timings_s["warmup"] = round(time.time() - t, 3)
             self.fuser = fuser
             readiness.timings_s["cold_start"] = round(time.time() - PROCESS_START, 3)
+            for hook in self.on_ready:
+                hook(readiness)
             readiness.state = "ready"
             log.info("ready: %s", readiness.timings_s)
         except (PipelineError, ConfigError) as exc:
