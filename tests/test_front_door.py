@@ -234,3 +234,14 @@ def test_attack_bench_reduced():
     assert statuses["server still serving"][2] == 200
     slow = [row for row in result["slow"] if row[1] == 6]
     assert slow and slow[0][3] == 0  # no /healthz probe failed
+
+
+def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
+    """asyncio turns Nagle off only on connections accepted from a socket whose protocol says TCP; with
+    Nagle on, every keep-alive answer waited 40 ms for the client's delayed ACK."""
+    import socket as socket_module
+
+    from function.serve import bind
+
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket_module.IPPROTO_TCP
