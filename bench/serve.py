@@ -76,10 +76,14 @@ def main() -> None:
     ours = start_process(function_command(ours_port),
                          {"MODEL_PATH": str(root), "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench"},
                          f"http://127.0.0.1:{ours_port}/readyz")
-    base = start_process([sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
-                          "--port", str(base_port), "--log-level", "warning"],
-                         {"BASELINE_ROOT": str(fa_root), "BASELINE_SWAPPER": str(root / "test" / "swap.onnx")},
-                         f"http://127.0.0.1:{base_port}/health")
+    try:  # the baseline needs the `bench` extra (fastapi); without it, ours must not be left running
+        base = start_process([sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
+                              "--port", str(base_port), "--log-level", "warning"],
+                             {"BASELINE_ROOT": str(fa_root), "BASELINE_SWAPPER": str(root / "test" / "swap.onnx")},
+                             f"http://127.0.0.1:{base_port}/health")
+    except BaseException:
+        stop_process(ours)
+        raise
     rows = []
     try:
         for c in levels:
