@@ -8,8 +8,8 @@ or -1..1 for the kinds whose output is denormalised); hyperswap's second output 
 follows the real exports where known (hyperswap: source, target) and insightface's otherwise (target,
 source): the loading code binds them by name, as FaceFusion does.
 
-Two behaviours: `tint` inverts the target and tints it by the source (a swap that is easy to see and
-depends on the source), `identity` gives back exactly the target crop it was given (through the kind's
+Two behaviours: `tint` inverts the target and tints it by the source's direction (a swap that is easy
+to see and depends on the source, whatever the scale of its embedding), `identity` gives back exactly the target crop it was given (through the kind's
 own normalisation and denormalisation), for tests and fidelity benches. `batch`: a free batch axis `N`
 instead of the published fixed 1.
 """
@@ -51,15 +51,17 @@ def swapper_model(kind: str, behaviour: str = "tint", batch: bool = False, seed:
     n: int | str = "N" if batch else 1
     mean = np.asarray(cls.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(cls.std, np.float32).reshape(1, 3, 1, 1)
+    order = SWAPPER_KINDS.index(kind) if kind in SWAPPER_KINDS else len(SWAPPER_KINDS)
     inits = [_const("mean", mean), _const("std", std), _const("zero", 0.0), _const("one", 1.0),
-             _const("gain", 0.15), _const("half", 0.5),
+             _const("gain", 0.15 + 0.03 * order), _const("half", 0.5),  # each kind its own tint
              numpy_helper.from_array(np.array([-1, 3, 1, 1], np.int64), "feat_shape")]
     nodes = []
     if cls.takes_embedding:
         source_shape = [n, 512]
-        tint = np.random.default_rng(seed).standard_normal((512, 3)).astype(np.float32)
+        tint = np.random.default_rng(seed + order).standard_normal((512, 3)).astype(np.float32)
         inits.append(_const("tint", tint))
-        nodes += [helper.make_node("MatMul", ["source", "tint"], ["feat_raw"], name="tint_project"),
+        nodes += [helper.make_node("LpNormalization", ["source"], ["source_unit"], name="source_direction", axis=1, p=2),
+                  helper.make_node("MatMul", ["source_unit", "tint"], ["feat_raw"], name="tint_project"),
                   helper.make_node("Tanh", ["feat_raw"], ["feat_unit"], name="tint_squash"),
                   helper.make_node("Reshape", ["feat_unit", "feat_shape"], ["feat"], name="tint_reshape")]
     else:
