@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.sources import MAX_SOURCES as _MAX_SOURCES
+
 from . import options
 
 _problem = {"$ref": "#/components/responses/Problem"}
@@ -16,15 +18,14 @@ _image_ref = {"oneOf": [
     {"type": "string", "description": "a URI under ALLOWED_URI_PREFIXES, a data: URL or base64"},
     {"type": "object", "properties": {"uri": {"type": "string"}, "base64": {"type": "string"}}},
 ]}
-_MAX_SOURCES = 8  # pipeline.sources.MAX_SOURCES (a test keeps the two equal)
 # `source`: one image, or up to 8 whose largest faces are averaged (repeated multipart files, a JSON array)
 _source_files = {"oneOf": [{"type": "string", "format": "binary"},
                            {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                             "maxItems": _MAX_SOURCES}],
-                 "description": "one image, or the field repeated up to 8 times: the largest face of each is "
+                 "description": f"one image, or the field repeated up to {_MAX_SOURCES} times: the largest face of each is "
                                 "embedded and the embeddings averaged; an image without a face is skipped"}
 _source_ref = {"oneOf": [_image_ref, {"type": "array", "items": _image_ref, "minItems": 1, "maxItems": _MAX_SOURCES}],
-               "description": "one image, or an array of up to 8 whose largest faces' embeddings are averaged"}
+               "description": f"one image, or an array of up to {_MAX_SOURCES} whose largest faces' embeddings are averaged"}
 # JSON bodies: options in `options` or beside the images (each in one place); nothing else is accepted
 _json_options = {**options.schema(), "properties": {**_options_props, "reference": _image_ref}}
 

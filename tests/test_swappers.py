@@ -40,6 +40,7 @@ from pipeline.boost import implode
 from pipeline.faces import Face
 from pipeline.identity import SourceIdentity, balance
 from pipeline.models import KINDS, EmbeddingConverter, FaceSwapper, InSwapper
+from pipeline.sources import MAX_SOURCES
 
 from .conftest import REPO, shared_file
 from .server import FunctionServer
@@ -410,6 +411,15 @@ def test_the_swapper_option_picks_a_role_over_http(server):
     assert "pixel_boost" in body["detail"] and "256" in body["detail"]
     assert _post(server, ["obama.jpg"], swapper="hyperswap", pixel_boost="512").status_code == 200
     assert "swapper_weight" in _problem(_post(server, ["obama.jpg"], swapper_weight="2"), 400)["detail"]
+
+
+def test_openapi_documents_source_lists(server):
+    spec = requests.get(server.url + "/openapi.json", timeout=10).json()
+    post = spec["paths"]["/"]["post"]["requestBody"]["content"]
+    for schema in (post["multipart/form-data"]["schema"], post["application/json"]["schema"]["oneOf"][0]):
+        lists = [one for one in schema["properties"]["source"]["oneOf"] if one.get("type") == "array"]
+        assert lists and lists[0]["maxItems"] == MAX_SOURCES
+    assert {"swapper", "swapper_weight"} <= set(post["multipart/form-data"]["schema"]["properties"])
 
 
 def test_repeated_multipart_sources_are_averaged_and_reported(server, store):
