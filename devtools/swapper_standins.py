@@ -42,7 +42,7 @@ def _const(name: str, value: np.ndarray | float) -> onnx.TensorProto:
 
 
 def swapper_model(kind: str, behaviour: str = "tint", batch: bool = False, seed: int = 7) -> onnx.ModelProto:
-    """A stand-in for swapper `kind` (one of SWAPPER_KINDS, or inswapper's relatives by their class)."""
+    """A stand-in for swapper `kind`, one of SWAPPER_KINDS (inswapper's are in devtools/standins.py)."""
     cls = KINDS[kind]
     assert issubclass(cls, FaceSwapper)
     if behaviour not in ("tint", "identity"):

@@ -92,7 +92,7 @@ def parse_manifest(raw: Any, directory: Path, where: str = MANIFEST_FILE) -> Mod
     if missing:
         raise ModelSetInvalid(f"{where} lacks the roles {', '.join(missing)}")
     models = {role: _entry(role, spec, directory, where) for role, spec in models_raw.items()}
-    unlinked = missing_converters({role: kind_class(entry.kind) for role, entry in models.items()})  # type: ignore[misc]
+    unlinked = missing_converters({role: cls for role, entry in models.items() if (cls := kind_class(entry.kind))})
     if unlinked:
         raise ModelSetInvalid(f"{where}: {'; '.join(unlinked)}")
     version = raw.get("version", directory.resolve().name)

@@ -164,6 +164,28 @@ def test_a_256_swapper_runs_the_interleaved_tiles_in_facefusions_order():
             assert np.array_equal(boosted[i::2, j::2], swapper.swap_aligned(tiles[i * 2 + j][None], source)[0])
 
 
+def test_an_fp16_file_with_float16_inputs_gets_float16_blobs():
+    """inswapper_128_fp16 is the same kind as the fp32 file; a graph whose inputs are float16 is fed float16."""
+    from onnx import TensorProto, helper
+
+    model = identity_swapper_model()
+    graph = model.graph
+    for value in (*graph.input, *graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    graph.node.insert(0, helper.make_node("Cast", ["source"], ["source32"], to=TensorProto.FLOAT))
+    graph.node[1].input[0] = "source32"
+    for node in graph.node[2:]:
+        node.input[:] = ["target32" if name == "target" else name for name in node.input]
+        node.output[:] = ["output32" if name == "output" else name for name in node.output]
+    graph.node.insert(0, helper.make_node("Cast", ["target"], ["target32"], to=TensorProto.FLOAT))
+    graph.node.append(helper.make_node("Cast", ["output32"], ["output"], to=TensorProto.FLOAT16))
+    swapper = InSwapper(_session(model), np.eye(512, dtype=np.float32))
+    assert swapper.target_half and swapper.source_half
+    crop = np.random.default_rng(6).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    out = swapper.swap_crop(crop, swapper.prepare_source(_identity()), 2)
+    assert np.abs(out.astype(int) - crop.astype(int)).max() <= 1  # float16 keeps a level to within one
+
+
 class _CountingSession:
     """The real session, counting its runs."""
 
