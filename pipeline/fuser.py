@@ -197,9 +197,9 @@ class Fuser:
         chosen = choose(faces, selection, candidates, reference)
         latents = self._balanced(swapper, latent, target, [faces[i] for i in chosen], options.swapper_weight, timer)
         frame = target.bgr.copy()
-        for n, i in enumerate(chosen):
-            self._swap_face(target.bgr, frame, faces[i], latents[n if len(latents) > 1 else 0][None], boost,
-                            options.masks, timer, swapper)
+        for n, i in enumerate(chosen):  # one source row for all faces, or one each after swapper_weight
+            row = latents[n:n + 1] if len(latents) == len(chosen) else latents[:1]
+            self._swap_face(target.bgr, frame, faces[i], row, boost, options.masks, timer, swapper)
         if options.enhance and self.enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):

@@ -59,8 +59,9 @@ def _decoded(source: SourceInput, position: int, count: int, timer: StageTimer) 
         with timer.stage("decode"):
             return source()
     except ImageError as exc:
-        if count > 1 and exc.image is None:
-            exc.message = f"image {position + 1} of {count}: {exc.message}"
+        if count > 1 and exc.image is None:  # "source image 2 of 3: ...", the problem's `image` is source
+            exc.image, exc.message = "source", f"source image {position + 1} of {count}: {exc.message}"
+            exc.args = (exc.message,)
         exc.about("source")
         raise
 

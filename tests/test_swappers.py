@@ -462,6 +462,10 @@ def test_too_many_sources_or_none_with_a_face_fail_naming_source_and_write_nothi
     assert body["image"] == "source" and "8" in body["detail"]
     body = _problem(_post(server, ["blank.png", "blank.png"], output=out), 422)
     assert body["image"] == "source" and "any of the 2 source images" in body["detail"]
+    files = [("source", ("a.jpg", _bytes("obama.jpg"))), ("source", ("b.jpg", b"not an image " * 20)),
+             ("target", ("t.jpg", _bytes("biden.jpg")))]
+    body = _problem(requests.post(server.url + "/", files=files, data={"output": out}, timeout=60), 415)
+    assert body["image"] == "source" and "source image 2 of 2" in body["detail"]
     body = _problem(requests.post(server.url + "/", json={
         "source": [f"file://{store}/faces/obama.jpg"] * 9, "target": f"file://{store}/faces/biden.jpg",
         "output": out}, timeout=60), 400)
