@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -69,6 +70,10 @@ class FaceSwapper(ModelKind):
         batch = target.shape[0] if target.shape else 1
         self.batched = not isinstance(batch, int) or batch != 1  # a named or free batch axis
         self.converter: EmbeddingConverter | None = None
+        # output -> levels: 255 * (out * std + mean) for the denormalising kinds, 255 * out for the others
+        std, mean = (np.asarray(self.std), np.asarray(self.mean)) if self.denormalise_output else (np.ones(3), np.zeros(3))
+        self._out_scale = (255.0 * std).astype(np.float32).reshape(1, 3, 1, 1)
+        self._out_offset = (255.0 * mean + 1e-3).astype(np.float32).reshape(1, 3, 1, 1)
 
     # -- the target crop --------------------------------------------------------------------------
     def align(self, image: np.ndarray, face: Face, boost: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -79,9 +84,13 @@ class FaceSwapper(ModelKind):
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """n BGR uint8 crops (n x s x s x 3) -> the graph's target blob (n x 3 x s x s)."""
-        rgb = crops[..., ::-1].astype(np.float32) / np.float32(255.0)
-        rgb = (rgb - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+        size = crops.shape[1]
+        # OpenCV subtracts the mean (RGB order once swapped) and scales in one pass: (x - 255 m) / 255
+        blob = cv2.dnn.blobFromImages(list(crops), 1.0 / 255.0, (size, size), tuple(255.0 * m for m in self.mean),
+                                      swapRB=True)
+        if any(s != 1.0 for s in self.std):
+            blob *= (1.0 / np.asarray(self.std, np.float32)).reshape(1, 3, 1, 1)
+        return blob
 
     def denormalise(self, pred: np.ndarray) -> np.ndarray:
         """The graph's output (n x 3 x s x s) -> n BGR uint8 crops.
@@ -89,11 +98,11 @@ class FaceSwapper(ModelKind):
         Levels are truncated, as insightface and FaceFusion do, after adding 1/1000 of a level: a value
         that is level k in exact arithmetic but k - 1e-5 after float32 normalise/denormalise stays k.
         """
-        rgb = pred.astype(np.float32).transpose(0, 2, 3, 1)
-        if self.denormalise_output:
-            rgb = rgb * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
-        out = np.minimum(np.clip(rgb, 0.0, 1.0) * np.float32(255.0) + np.float32(1e-3), 255.0).astype(np.uint8)
-        return np.ascontiguousarray(out[..., ::-1])
+        # in NCHW, so the float work runs on contiguous planes and the transpose moves bytes
+        levels = pred * self._out_scale  # float32 (a float16 output is promoted)
+        levels += self._out_offset
+        np.clip(levels, 0.0, 255.0, out=levels)
+        return np.ascontiguousarray(levels.astype(np.uint8)[:, ::-1].transpose(0, 2, 3, 1))
 
     # -- the source -------------------------------------------------------------------------------
     def prepare_source(self, identity: SourceIdentity) -> np.ndarray:
