@@ -68,9 +68,10 @@ class InSwapper(FaceSwapper):
     """inswapper_128 (and its fp16 file, the same kind): arcface_128 template, 128 pixels, RGB in 0..1
     (mean 0, std 1), output in 0..1; the source is the embedding projected through the emap.
 
-    insightface's `INSwapper.get` normalises the projected latent; FaceFusion divides by the embedding's
-    norm instead. Only the latent's direction differs from neither, so we keep insightface's (the
-    model author's) form. The published graph has a fixed batch of 1.
+    insightface's `INSwapper.get` scales the projected latent to unit length; FaceFusion divides it by
+    the embedding's norm instead, so the two differ in the latent's length, not its direction. We keep
+    insightface's form (the model author's reference code; tests/test_pipeline.py checks our crops
+    against it). The published graph has a fixed batch of 1.
     """
 
     kind = "inswapper"
