@@ -14,8 +14,8 @@ five facts, all class attributes or one hook here, each looked up in FaceFusion'
   or a face crop);
 - `balance_target`: which target embedding `swapper_weight` mixes in.
 
-The graphs name their inputs `source` and `target` (FaceFusion binds them by those names); a graph
-with other names gets insightface's order, target first. Pixel boost (pipeline/boost.py) splits a
+The graphs name their inputs `source` and `target` (FaceFusion binds them by those names); where a
+graph names them otherwise, `target` is the first input and `source` the other (insightface's order). Pixel boost (pipeline/boost.py) splits a
 crop of k times the native size into k*k interleaved tiles; `swap_crops` swaps the tiles of several
 faces in one run when the graph has a free batch axis.
 """
@@ -60,10 +60,8 @@ class FaceSwapper(ModelKind):
         self.input_size = (input_size or self.default_input_size)[0]
         inputs = session.get_inputs()
         by_name = {i.name: i for i in inputs}
-        if "target" in by_name and "source" in by_name:
-            target, source = by_name["target"], by_name["source"]
-        else:  # insightface's convention: target first, source second
-            target, source = inputs[0], inputs[1]
+        target = by_name.get("target", inputs[0])  # else insightface's convention: target first
+        source = by_name.get("source") or next(i for i in inputs if i is not target)
         self.target_name, self.source_name = target.name, source.name
         self.target_half, self.source_half = target.type == _FLOAT16, source.type == _FLOAT16
         self.output_name = session.get_outputs()[0].name
