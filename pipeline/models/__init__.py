@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from .arcface import ArcFaceEmbedder
 from .base import ModelKind
 from .bisenet import FaceParser
+from .converter import EmbeddingConverter
 from .gfpgan import FaceEnhancer
 from .inswapper import InSwapper
 from .scrfd import ScrfdDetector
+from .swapper import FaceSwapper
 from .xseg import FaceOccluder
 
 KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer,
-                                                               FaceOccluder, FaceParser)}
+                                                               FaceOccluder, FaceParser, EmbeddingConverter)}
 STANDIN_SUFFIX = "-standin"
 
 
@@ -43,6 +45,7 @@ ROLES: dict[str, Role] = {
     "enhancer": Role("enhancer", False, "gfpgan"),
     "occluder": Role("occluder", False, "xseg"),
     "face_parser": Role("face_parser", False, "bisenet"),
+    "embedding_converter": Role("embedding_converter", False, "crossface"),  # simswap's or ghost's, for `swapper`
 }
 REQUIRED_ROLES = tuple(name for name, role in ROLES.items() if role.required)
 
@@ -52,5 +55,5 @@ def kind_class(kind: str) -> type[ModelKind] | None:
     return KINDS.get(kind.removesuffix(STANDIN_SUFFIX))
 
 
-__all__ = ["KINDS", "REQUIRED_ROLES", "ROLES", "ArcFaceEmbedder", "FaceEnhancer", "FaceOccluder", "FaceParser",
-           "InSwapper", "ModelKind", "Role", "ScrfdDetector", "kind_class"]
+__all__ = ["KINDS", "REQUIRED_ROLES", "ROLES", "ArcFaceEmbedder", "EmbeddingConverter", "FaceEnhancer", "FaceOccluder",
+           "FaceParser", "FaceSwapper", "InSwapper", "ModelKind", "Role", "ScrfdDetector", "kind_class"]

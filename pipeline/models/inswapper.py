@@ -12,15 +12,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
-from ..align import crop, estimate_norm
-from ..boost import explode, implode
-from ..faces import Face
 from ..files import atomic_write
-from .base import ModelKind
+from ..identity import SourceIdentity
+from .swapper import FaceSwapper
 
 if TYPE_CHECKING:
     from ..manifest import ModelEntry
@@ -67,16 +64,18 @@ def load_emap(model_path: Path, model_sha256: str, cache_dir: Path) -> tuple[np.
     return matrix, True
 
 
-class InSwapper(ModelKind):
-    """Runs inswapper_128 on one face at a time (the published model has a fixed batch of 1).
+class InSwapper(FaceSwapper):
+    """inswapper_128 (and its fp16 file, the same kind): arcface_128 template, 128 pixels, RGB in 0..1
+    (mean 0, std 1), output in 0..1; the source is the embedding projected through the emap.
 
-    With a pixel boost of k (pipeline/boost.py) the face is aligned at k times the native size and its
-    k*k interleaved tiles are swapped: in one run when the graph has a free batch axis, else one by one.
+    insightface's `INSwapper.get` normalises the projected latent; FaceFusion divides by the embedding's
+    norm instead. Only the latent's direction differs from neither, so we keep insightface's (the
+    model author's) form. The published graph has a fixed batch of 1.
     """
 
     kind = "inswapper"
-    category = "swapper"
     default_input_size = (128, 128)
+    template = "arcface_128"
 
     @classmethod
     def prepare(cls, entry: ModelEntry, cache_dir: Path) -> list[str]:
@@ -91,48 +90,13 @@ class InSwapper(ModelKind):
         return cls(session, emap, input_size=entry.input_size or cls.default_input_size)
 
     def __init__(self, session: ort.InferenceSession, emap: np.ndarray, input_size: tuple[int, int] = (128, 128)):
-        self.session = session
+        super().__init__(session, input_size)
         self.emap = emap
-        self.input_size = input_size[0]
-        inputs = session.get_inputs()
-        self.target_name = inputs[0].name
-        self.source_name = inputs[1].name
-        self.output_name = session.get_outputs()[0].name
-        batch = inputs[0].shape[0] if inputs[0].shape else 1
-        self.batched = not isinstance(batch, int) or batch != 1  # a named or free batch axis
 
     def latent(self, embedding: np.ndarray) -> np.ndarray:
-        latent = embedding.reshape(1, -1) @ self.emap
+        """The embedding through the emap, normalised (1 x 512); any scale of `embedding` gives the same."""
+        latent = embedding.reshape(1, -1).astype(np.float32) @ self.emap
         return (latent / np.linalg.norm(latent)).astype(np.float32)
 
-    def swap_aligned(self, aligned: np.ndarray, latent: np.ndarray) -> np.ndarray:
-        """Swap n aligned BGR crops (n x size x size x 3, uint8) with one latent; same shape back."""
-        size = self.input_size
-        blob = cv2.dnn.blobFromImages(list(aligned), 1.0 / 255.0, (size, size), (0.0, 0.0, 0.0), swapRB=True)
-        if self.batched or len(blob) == 1:
-            latents = np.repeat(latent, len(blob), axis=0)
-            pred = self.session.run([self.output_name], {self.target_name: blob, self.source_name: latents})[0]
-        else:
-            pred = np.concatenate([self.session.run([self.output_name], {self.target_name: tile[None],
-                                                                         self.source_name: latent})[0]
-                                   for tile in blob])
-        rgb = np.clip(255 * pred.transpose(0, 2, 3, 1), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(rgb[..., ::-1])
-
-    def align(self, image: np.ndarray, face: Face, boost: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """The target face aligned at `boost` times the native size: (BGR crop, frame->crop matrix)."""
-        size = self.input_size * boost
-        matrix = estimate_norm(face.kps, self.input_size)
-        matrix[:, :] *= boost  # the native template scaled: the same face framing at every boost
-        return crop(image, matrix, size), matrix
-
-    def swap_crop(self, aligned: np.ndarray, latent: np.ndarray, boost: int = 1) -> np.ndarray:
-        """Swap an aligned crop of `boost` times the native size, tile by interleaved tile."""
-        if boost == 1:
-            return self.swap_aligned(aligned[None], latent)[0]
-        return explode(self.swap_aligned(implode(aligned, boost), latent), boost)
-
-    def swap(self, image: np.ndarray, face: Face, latent: np.ndarray, boost: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (swapped BGR crop, frame->crop matrix)."""
-        aligned, matrix = self.align(image, face, boost)
-        return self.swap_crop(aligned, latent, boost), matrix
+    def prepare_source(self, identity: SourceIdentity) -> np.ndarray:
+        return self.latent(identity.embedding)
