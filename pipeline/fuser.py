@@ -177,13 +177,13 @@ class Fuser:
         reference = None
         if selection.mode == "reference":
             reference = self._reference_embedding(options.reference, timer)
-            with timer.stage("embed"):
-                for i in candidates:
-                    faces[i].embedding = self.embedder.embed(target.bgr, faces[i])
+            with timer.stage("embed"):  # every candidate in one run when the graph has a batch axis
+                embeddings = self.embedder.embed_many(target.bgr, [faces[i] for i in candidates])
+                for i, embedding in zip(candidates, embeddings, strict=True):
+                    faces[i].embedding = embedding
         chosen = choose(faces, selection, candidates, reference)
         frame = target.bgr.copy()
-        for i in chosen:
-            self._swap_face(target.bgr, frame, faces[i], latent, boost, options.masks, timer)
+        self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latent, boost, options.masks, timer)
         if options.enhance and self.enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
@@ -218,21 +218,29 @@ class Fuser:
             raise InvalidOptions("mask=region was requested but this model set has no face_parser")
         return boost
 
-    def _swap_face(self, image: np.ndarray, frame: np.ndarray, face: Face, latent: np.ndarray, boost: int,
-                   masks: MaskOptions, timer: StageTimer) -> None:
-        """Swap one face of `image` at `boost` times the swapper's size and paste it into `frame`."""
+    def _swap_faces(self, image: np.ndarray, frame: np.ndarray, faces: list[Face], latent: np.ndarray, boost: int,
+                    masks: MaskOptions, timer: StageTimer) -> None:
+        """Swap `faces` of `image` at `boost` times the swapper's size and paste each into `frame`.
+
+        All faces go to the swapper in one call (one run with a free batch axis), in chunks of at most
+        BATCH_MAX crops (tiles at a boost): 29 faces cost one run, not 29 (bench/batching.py).
+        """
+        per_run = max(1, self.models.batch_max // (boost * boost))
         with timer.stage("swap"):
-            aligned, matrix = self.swapper.align(image, face, boost)
-            swapped = self.swapper.swap_crop(aligned, latent, boost)
-        crop_masks = []
-        if "occlusion" in masks.types and self.occluder is not None:
-            with timer.stage("mask"):  # of the target's face, before the swap: what covers it stays
-                crop_masks.append(self.occluder.occlusion(aligned))
-        if "region" in masks.types and self.parser is not None:
-            with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
-                crop_masks.append(self.parser.regions(swapped, masks.regions))
-        with timer.stage("paste"):
-            paste_back(frame, swapped, matrix, masks, crop_masks)
+            aligned = [self.swapper.align(image, face, boost) for face in faces]
+            swapped: list[np.ndarray] = []
+            for start in range(0, len(aligned), per_run):
+                swapped += self.swapper.swap_crops([a for a, _ in aligned[start:start + per_run]], latent, boost)
+        for (crop, matrix), out in zip(aligned, swapped, strict=True):
+            crop_masks = []
+            if "occlusion" in masks.types and self.occluder is not None:
+                with timer.stage("mask"):  # of the target's face, before the swap: what covers it stays
+                    crop_masks.append(self.occluder.occlusion(crop))
+            if "region" in masks.types and self.parser is not None:
+                with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
+                    crop_masks.append(self.parser.regions(out, masks.regions))
+            with timer.stage("paste"):
+                paste_back(frame, out, matrix, masks, crop_masks)
 
     def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer) -> np.ndarray:
         if reference is None:

@@ -41,6 +41,7 @@ class ModelBundle:
     models: dict[str, ModelKind]
     load_log: list[str] = field(default_factory=list)
     active: dict[str, list[str]] = field(default_factory=dict)  # role -> providers its session runs on
+    batch_max: int = 32  # BATCH_MAX: the most rows (faces, tiles) of one run
 
     @property
     def version(self) -> str:
@@ -137,7 +138,8 @@ def load_models(settings: Settings) -> ModelBundle:
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
-    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active)
+    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
+                       batch_max=settings.batching.max_size)
 
 
 def load_fuser(settings: Settings) -> Fuser:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 from ..align import crop, estimate_norm
+from ..batch_axis import has_free_batch
 from ..faces import Face
 from .base import ModelKind
 
@@ -21,8 +24,20 @@ class ArcFaceEmbedder(ModelKind):
     std = 127.5
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
-        aligned = crop(image, estimate_norm(face.kps, self.input_size), self.input_size)
-        blob = cv2.dnn.blobFromImage(aligned, 1.0 / self.std, (self.input_size,) * 2, (self.mean,) * 3, swapRB=True)
-        vector = self.run(blob).reshape(-1).astype(np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        return self.embed_many(image, [face])[0]
+
+    def embed_many(self, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """The embeddings of several faces of one image: one run when the graph has a free batch axis
+        (pipeline/batch_axis.py), else one run per face."""
+        if not faces:
+            return []
+        size = self.input_size
+        crops = [crop(image, estimate_norm(face.kps, size), size) for face in faces]
+        blob = cv2.dnn.blobFromImages(crops, 1.0 / self.std, (size,) * 2, (self.mean,) * 3, swapRB=True)
+        if len(blob) == 1 or has_free_batch(self.session):
+            vectors = self.run(blob)
+        else:
+            vectors = np.concatenate([self.run(blob[i:i + 1]) for i in range(len(blob))])
+        vectors = vectors.reshape(len(blob), -1).astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return list(np.where(norms > 0, vectors / np.where(norms > 0, norms, 1), vectors))
