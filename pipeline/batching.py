@@ -81,6 +81,9 @@ class MicroBatcher:
                 self._lock.notify_all()
                 leader = False
             else:
+                if batch is not None:  # full for this call: let its leader run now, open the next one
+                    self._close(batch)
+                    self._lock.notify_all()
                 batch = _Batch(key=key, feeds=[feeds], rows=rows)
                 self._open[key] = batch
                 index, leader = 0, True

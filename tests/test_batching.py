@@ -162,6 +162,17 @@ class SlowSession:
         return self.session.run(names, feeds, options)
 
 
+def test_no_run_holds_more_rows_than_batch_max():
+    session = _session(free_batch_axis(standins.arcface_model()))
+    slow = SlowSession(session)
+    batcher = MicroBatcher(slow, wait_ms=500, max_size=3)
+    crops = [probe_feeds(session.get_inputs(), 1, seed=i) for i in range(10)]
+    results = _concurrently(10, lambda i: batcher.run(None, crops[i]))
+    assert max(slow.rows) <= 3 and sum(slow.rows) == 10 and len(slow.rows) < 10
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got[0], session.run(None, crops[i])[0], rtol=1e-4, atol=1e-6)
+
+
 def test_a_call_larger_than_the_batch_bound_runs_alone():
     session = _session(free_batch_axis(standins.arcface_model()))
     batcher = MicroBatcher(session, wait_ms=100, max_size=2)
