@@ -323,12 +323,15 @@ def write_test_models(
     link_current: bool = True,
     maskers: bool = False,
     swapper: str = "tint",
+    swappers: bool = False,
 ) -> Path:
     """Write a complete stand-in model set to `directory/<version>` and point `current` at it.
 
     `maskers`: with the optional occluder and face_parser roles (`make-test-models` and `serve` write
     them; off by default here so that sets built in code keep their four files). `swapper`: `tint` (the usual stand-in),
     `identity` (output = its target input) or `identity-batch` (the same with a free batch axis).
+    `swappers`: with a stand-in of every other swapper kind as an extra role named after its kind
+    (devtools/swapper_standins.py), for `swapper=hyperswap` and the like.
 
     The set is built in a hidden folder beside its final place and renamed into place whole, so a
     failure (a detector that is not ONNX, a full disk) leaves no partial set; an existing
@@ -343,7 +346,7 @@ def write_test_models(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=directory))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the set from a server running as another user
-        _write_set(staging, detector, version, enhancer, pad_mb, maskers, swapper)
+        _write_set(staging, detector, version, enhancer, pad_mb, maskers, swapper, swappers)
         if target.is_dir() and not target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".old", dir=directory))
             target.rename(old / version)
@@ -361,7 +364,7 @@ def write_test_models(
 
 
 def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool, pad_mb: dict[str, float],
-               maskers: bool = True, swapper: str = "tint") -> None:
+               maskers: bool = True, swapper: str = "tint", swappers: bool = False) -> None:
     if detector is not None and pad_mb.get("detector"):
         onnx.save(padded_detector(Path(detector), pad_mb["detector"]), str(target / "det.onnx"))
         det_kind = "scrfd"
@@ -391,6 +394,10 @@ def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool
         onnx.save(parser_model(), str(target / "parser.onnx"))
         entries["occluder"] = {"file": "occluder.onnx", "kind": "xseg-standin", "input_size": [256, 256]}
         entries["face_parser"] = {"file": "parser.onnx", "kind": "bisenet-standin", "input_size": [512, 512]}
+    if swappers:
+        from .swapper_standins import write_swapper_standins
+
+        entries.update(write_swapper_standins(target))
     for spec in entries.values():
         path = target / spec["file"]
         spec.update(sha256=sha256_file(path), size=path.stat().st_size)

@@ -9,9 +9,11 @@ from typing import Any
 
 import flask
 
+from pipeline.sources import MAX_SOURCES
+
 from .front_door import DISCONNECTED
 from .fusion import format_for_uri, fusion_headers, parse_options
-from .inputs import ImageRef, about, fuse_inputs, image_ref, output_uri, write_output
+from .inputs import ImageRef, Refs, about, fuse_inputs, image_ref, output_uri, source_refs, write_output
 from .options import IMAGE_FIELDS
 from .problems import Problem
 from .reply import Reply, json_response
@@ -24,8 +26,11 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
     limit = rt.max_image_bytes()  # the body as a whole was held to MAX_REQUEST_BYTES by the front door
     files, form = request.files, request.form
     for name in (*files, *form):
-        if len(files.getlist(name)) + len(form.getlist(name)) > 1:
+        if len(files.getlist(name)) + len(form.getlist(name)) > 1 and name != "source":
             raise Problem(400, "invalid-options", f"multipart field '{name}' is given more than once")
+    if len(files.getlist("source")) > MAX_SOURCES:  # repeated `source` files: several images, averaged
+        raise Problem(400, "invalid-options", f"at most {MAX_SOURCES} 'source' files, got {len(files.getlist('source'))}",
+                      image="source")
     for name in files:
         if name not in IMAGE_FIELDS:
             raise Problem(400, "invalid-options", f"multipart file '{name}' is not one of {', '.join(IMAGE_FIELDS)}")
@@ -35,13 +40,16 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
     for name in ("source", "target"):
         if name not in files:
             raise Problem(400, "missing-field", f"multipart field '{name}' (a file) is required", image=name)
-    refs = {}
+    refs: Refs = {}
     for name in IMAGE_FIELDS:
-        if name in files:
-            data = files[name].read(limit + 1)
+        uploads = []
+        for upload in files.getlist(name):
+            data = upload.read(limit + 1)
             if len(data) > limit:
                 raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes", image=name)
-            refs[name] = ImageRef(data=data)
+            uploads.append(ImageRef(data=data))
+        if uploads:
+            refs[name] = uploads if len(uploads) > 1 else uploads[0]
     options = {k: v for k, v in form.items() if k != "output"}
     return Reply(_fuse(rt, request, refs, options, form.get("output"), form=True), "multipart")
 
@@ -63,11 +71,11 @@ def json_body(rt: Runtime, body: dict[str, Any], request: flask.Request) -> Repl
         raise Problem(400, "invalid-options", f"{', '.join(map(repr, twice))} given both in 'options' and beside it")
     options = {**beside, **nested}
     images = {"source": body["source"], "target": body["target"], "reference": options.get("reference")}
-    refs = {}
+    refs: Refs = {}
     for name, value in images.items():
         if value is not None or name != "reference":
             with about(name):
-                refs[name] = image_ref(rt, value, name)
+                refs[name] = source_refs(rt, value, image_ref) if name == "source" else image_ref(rt, value, name)
     return Reply(_fuse(rt, request, refs, options, body.get("output")), "json")
 
 
@@ -111,7 +119,7 @@ def _stop_if_gone(request: flask.Request, before: str) -> None:
         raise Problem(499, "client-closed-request", f"the client closed the connection before {before}")
 
 
-def _fuse(rt: Runtime, request: flask.Request, refs: dict[str, ImageRef], raw: dict[str, Any], output: Any,
+def _fuse(rt: Runtime, request: flask.Request, refs: Refs, raw: dict[str, Any], output: Any,
           form: bool = False) -> flask.Response:
     """Check the output URI and options, then take a fusion slot, fetch the inputs and fuse.
 

@@ -95,11 +95,13 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, defa
                          values.get("mask_regions"))
     return FuseOptions(selection=selection, enhance=values.get("enhance", False),
                        output_format=values.get("format") or accept_format(accept, default_format),
-                       quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks)
+                       quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks,
+                       swapper=values.get("swapper", "swapper"), swapper_weight=values.get("swapper_weight", 0.5))
 
 
-def run_fusion(fuser: Fuser, source: bytes, target: bytes, options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:
-    """Fuse and record the stage timings in the metrics."""
+def run_fusion(fuser: Fuser, source: bytes | list[bytes], target: bytes,
+               options: FuseOptions) -> tuple[EncodedFusion, StageTimer]:
+    """Fuse (one source image or a list) and record the stage timings in the metrics."""
     timer = StageTimer(observe.stage_hook())  # stage spans when tracing is on
     result = fuser.fuse_bytes(source, target, options, timer)
     for stage, ms in timer.ms.items():

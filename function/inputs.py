@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pipeline import EncodedFusion, FuseOptions, Fuser, PipelineError, StageTimer
+from pipeline.sources import MAX_SOURCES
 
 from . import leases, observe, storage, uris
 from .fusion import run_fusion
@@ -35,6 +36,23 @@ class ImageRef:
         if self.uri is None:
             return self.data or b""
         return storage.read_bytes(self.uri, rt.max_image_bytes(), rt.config.storage_timeout_s)
+
+
+Refs = dict[str, "ImageRef | list[ImageRef]"]  # `source` may be a list (several images, averaged)
+
+
+def source_refs(rt: Runtime, value: Any, parse: Callable[[Runtime, Any, str], ImageRef]) -> ImageRef | list[ImageRef]:
+    """The `source` of a JSON body or event: one image, or an array of 1 to MAX_SOURCES (400 naming it)."""
+    if not isinstance(value, list):
+        return parse(rt, value, "source")
+    if not 1 <= len(value) <= MAX_SOURCES:
+        raise Problem(400, "invalid-options", f"'source' must hold 1 to {MAX_SOURCES} images, got {len(value)}",
+                      image="source")
+    return [parse(rt, item, "source") for item in value]
+
+
+def _flat(refs: Iterable[Any]) -> list[Any]:
+    return [item for ref in refs for item in (ref if isinstance(ref, list) else [ref])]
 
 
 def uri_ref(rt: Runtime, uri: Any) -> ImageRef:
@@ -101,7 +119,7 @@ def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] 
         raise Problem(400, "unsupported-output-type", f"the output URI ends {ext!r}; outputs must end {allowed} "
                       "(or have no extension, for JPEG)")
     uris.check_length(norm, reserve=len(MARKER_SUFFIX))
-    others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in inputs]
+    others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in _flat(inputs)]
     if rt.source_face:
         others.append(rt.source_face)
     if norm in others:
@@ -125,16 +143,16 @@ def about(image: str) -> Iterator[None]:
         raise
 
 
-def fetch_all(rt: Runtime, refs: dict[str, ImageRef]) -> dict[str, bytes]:
-    """Read every input; a failure names the image it happened to."""
-    blobs = {}
+def fetch_all(rt: Runtime, refs: Refs) -> dict[str, Any]:
+    """Read every input (a list of sources as a list of bytes); a failure names the image it happened to."""
+    blobs: dict[str, Any] = {}
     for name, ref in refs.items():
         with about(name):
-            blobs[name] = ref.fetch(rt)
+            blobs[name] = [one.fetch(rt) for one in ref] if isinstance(ref, list) else ref.fetch(rt)
     return blobs
 
 
-def fuse_inputs(rt: Runtime, fuser: Fuser, refs: dict[str, ImageRef], options: FuseOptions,
+def fuse_inputs(rt: Runtime, fuser: Fuser, refs: Refs, options: FuseOptions,
                 before_fusion: Callable[[], None] | None = None) -> tuple[EncodedFusion, StageTimer]:
     """Read the inputs and fuse them (inside the caller's fusion slot): the direct and the event path
     alike. `before_fusion` runs between the reads and the fusion (the direct path drops a request whose

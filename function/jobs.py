@@ -24,11 +24,12 @@ from . import events, leases, observe, storage
 from .fusion import format_for_uri, parse_options
 from .inputs import (
     MARKER_SUFFIX,
-    ImageRef,
+    Refs,
     fuse_inputs,
     image_ref,
     output_uri,
     reserved_name,
+    source_refs,
     uri_ref,
     write_output,
 )
@@ -49,7 +50,7 @@ def _already_done(rt: Runtime, out_uri: str, identity: str) -> bool:
     return bool(marker) and marker.get("input") == identity and storage.exists(out_uri, rt.config.storage_timeout_s)
 
 
-def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict[str, Any], identity: str,
+def _fuse_to_uri(rt: Runtime, refs: Refs, out_uri: str, raw: dict[str, Any], identity: str,
                  job: events.EventJob) -> dict[str, Any]:
     """Fuse checked inputs into `out_uri`, then write the marker that makes a redelivery a duplicate.
 
@@ -67,7 +68,7 @@ def _fuse_to_uri(rt: Runtime, refs: dict[str, ImageRef], out_uri: str, raw: dict
         leases.release(out_uri, owner, timeout)
 
 
-def _fuse_claimed(rt: Runtime, fuser: Any, refs: dict[str, ImageRef], out_uri: str, options: Any, identity: str,
+def _fuse_claimed(rt: Runtime, fuser: Any, refs: Refs, out_uri: str, options: Any, identity: str,
                   job: events.EventJob) -> dict[str, Any]:
     timeout = rt.config.storage_timeout_s
     with rt.limiter.slot():
@@ -106,16 +107,18 @@ def _storage_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
 def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
     data = job.request or {}
     for name in ("source", "target", "output"):
-        if not isinstance(data.get(name), str):
-            raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data needs a '{name}' URI")
+        if not isinstance(data.get(name), str) and not (name == "source" and isinstance(data.get(name), list)):
+            raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data needs a '{name}' URI"
+                          + (" (or an array of URIs)" if name == "source" else ""))
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data.options must be an object")
-    refs = {"source": uri_ref(rt, data["source"]), "target": uri_ref(rt, data["target"])}
+    refs: Refs = {"source": source_refs(rt, data["source"], lambda rt, uri, _: uri_ref(rt, uri)),
+                  "target": uri_ref(rt, data["target"])}
     if options.get("reference") is not None:
         refs["reference"] = image_ref(rt, options["reference"], "reference")
     out_uri = output_uri(rt, data["output"], refs.values())  # every URI is checked before anything is read
-    identity = f"{refs['target'].uri}#{job.event_id}"
+    identity = f"{refs['target'].uri}#{job.event_id}"  # type: ignore[union-attr]
     if _already_done(rt, out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
     return _fuse_to_uri(rt, refs, out_uri, options, identity, job)

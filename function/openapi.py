@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.sources import MAX_SOURCES as _MAX_SOURCES
+
 from . import options
 
 _problem = {"$ref": "#/components/responses/Problem"}
@@ -16,6 +18,14 @@ _image_ref = {"oneOf": [
     {"type": "string", "description": "a URI under ALLOWED_URI_PREFIXES, a data: URL or base64"},
     {"type": "object", "properties": {"uri": {"type": "string"}, "base64": {"type": "string"}}},
 ]}
+# `source`: one image, or up to 8 whose largest faces are averaged (repeated multipart files, a JSON array)
+_source_files = {"oneOf": [{"type": "string", "format": "binary"},
+                           {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                            "maxItems": _MAX_SOURCES}],
+                 "description": f"one image, or the field repeated up to {_MAX_SOURCES} times: the largest face of each is "
+                                "embedded and the embeddings averaged; an image without a face is skipped"}
+_source_ref = {"oneOf": [_image_ref, {"type": "array", "items": _image_ref, "minItems": 1, "maxItems": _MAX_SOURCES}],
+               "description": f"one image, or an array of up to {_MAX_SOURCES} whose largest faces' embeddings are averaged"}
 # JSON bodies: options in `options` or beside the images (each in one place); nothing else is accepted
 _json_options = {**options.schema(), "properties": {**_options_props, "reference": _image_ref}}
 
@@ -45,13 +55,13 @@ SPEC: dict = {
                         "description": "option fields are text: integers and numbers as decimals, booleans as "
                                        "true/false/1/0/yes/no/on/off; an empty field is not given",
                         "properties": {
-                            "source": {"type": "string", "format": "binary"},
+                            "source": _source_files,
                             "target": {"type": "string", "format": "binary"},
                             "reference": {"type": "string", "format": "binary"},
                             "output": {"type": "string"}, **_options_props}}},
                     "application/json": {"schema": {"oneOf": [
                         {"type": "object", "required": ["source", "target"], "additionalProperties": False, "properties": {
-                            "source": _image_ref, "target": _image_ref, "reference": _image_ref,
+                            "source": _source_ref, "target": _image_ref, "reference": _image_ref,
                             "output": {"type": "string"}, "options": _json_options, **_options_props}},
                         {"type": "object", "required": ["Records"], "description": "MinIO / S3 notification"},
                         {"type": "array", "description": "Event Grid CloudEvents-schema batch"},

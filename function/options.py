@@ -194,7 +194,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("quality", "integer", "JPEG and WebP quality", default=92, minimum=1, maximum=100),
     Option("pixel_boost", "integer", "the size in pixels the face is swapped at: the swapper runs on "
                                      "(pixel_boost / its size)^2 interleaved tiles; a multiple of the swapper's "
-                                     "size (128 for inswapper_128, its default)", enum=PIXEL_BOOSTS),
+                                     "size (its default): 128 for inswapper, 256 for hyperswap, simswap, ghost, "
+                                     "blendswap and uniface, 512 for simswap_unofficial", enum=PIXEL_BOOSTS),
     Option("mask", "array", "which masks shape the swapped face, combined as their minimum: box (the feathered "
                             "crop), occlusion (keeps what covers the face; needs an occluder), region (only the "
                             "mask_regions; needs a face_parser)", default=("box",), items=ListOf(enum=MASK_TYPES)),
@@ -202,6 +203,13 @@ OPTIONS: tuple[Option, ...] = (
            default=DEFAULT_MASK_BLUR, minimum=0, maximum=1),
     Option("mask_padding", "array", "with mask box: percent of the crop cut off its top, right, bottom and left",
            default=(0, 0, 0, 0), items=ListOf(minimum=0, maximum=100, min_items=4, max_items=4)),
+    Option("swapper", "string", "the model set's swapper role to swap with (the manifest names them: `swapper`, "
+                                "its default, and any extra role of a swapper kind such as hyperswap or simswap)",
+           default="swapper"),
+    Option("swapper_weight", "number", "moves the source identity toward (0) or away from (1) each target face's, "
+                                       "as FaceFusion's face_swapper_weight: 0.5 leaves it unchanged; no effect "
+                                       "with blendswap and uniface (their source is a face crop)",
+           default=0.5, minimum=0, maximum=1),
     Option("mask_regions", "array", "with mask region: the face regions that are swapped", default=tuple(REGIONS),
            items=ListOf(enum=tuple(REGIONS))),
 )

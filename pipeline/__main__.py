@@ -1,6 +1,8 @@
 """Command line: `python -m pipeline fuse|detect`.
 
-    fuse SOURCE TARGET -o OUT [options]   swap SOURCE's largest face into TARGET, write OUT, print the report
+    fuse SOURCE [SOURCE ...] TARGET -o OUT [options]
+                                          swap SOURCE's largest face (several: their average) into TARGET,
+                                          write OUT, print the report
     detect IMAGE                          print the faces found in IMAGE as JSON
 
 Models come from $MODEL_PATH/$MODEL_VERSION (default ./models/current, relative to the current
@@ -12,8 +14,10 @@ Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
   2  bad usage: unknown or missing arguments, invalid option values (--quality 0, an --index no face
      has, --faces reference without --reference, an unknown output format, --mask-regions without
      region in --mask, --mask occlusion or region with no such model in the set, a --pixel-boost the
-     swapper's size does not divide), an invalid environment variable
-  3  an image or face problem: not an image, undecodable, too large, no face in the source or target
+     swapper's size does not divide, a --swapper role the set lacks, more than 8 sources), an invalid
+     environment variable
+  3  an image or face problem: not an image, undecodable, too large, no face in the source (in any of
+     the sources) or target
   4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
   5  file I/O: an input that cannot be read, an output that cannot be written (checked before the
      fusion runs; the output is written atomically, so OUT is either untouched or complete)
@@ -36,6 +40,7 @@ from .fusion_types import FuseOptions
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
 from .selection import MODES, Selection
+from .sources import MAX_SOURCES, check_count
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -106,13 +111,15 @@ def _fuse(args: argparse.Namespace) -> int:
         fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() or "jpeg")
         masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
         options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality,
-                              pixel_boost=args.pixel_boost, masks=masks)
+                              pixel_boost=args.pixel_boost, masks=masks, swapper=args.swapper,
+                              swapper_weight=args.swapper_weight)
+        check_count(len(args.source))
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc
     if args.faces == "reference" and not args.reference:
         raise CliError("--faces reference needs --reference IMAGE", EXIT_USAGE)
     settings = _settings()
-    source, target = _read(args.source, "source"), _read(args.target, "target")
+    source, target = [_read(path, "source") for path in args.source], _read(args.target, "target")
     options.reference = _read(args.reference, "reference") if args.reference else None
     _check_writable(args.output)
     result = _load(settings).fuse_bytes(source, target, options)
@@ -155,7 +162,8 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
     fuse = sub.add_parser("fuse", help="swap the source's face into the target")
-    fuse.add_argument("source")
+    fuse.add_argument("source", nargs="+", help=f"1 to {MAX_SOURCES} images; with several, their largest faces' "
+                                                "embeddings are averaged (a source without a face is skipped)")
     fuse.add_argument("target")
     fuse.add_argument("-o", "--output", required=True, help="where to write the image (its suffix picks the format)")
     fuse.add_argument("--faces", choices=MODES, default="largest")
@@ -174,6 +182,10 @@ def parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mask-padding", help="percent cut off the box: TOP,RIGHT,BOTTOM,LEFT (default 0,0,0,0)")
     fuse.add_argument("--mask-regions", help=f"with --mask region: comma-separated regions of {', '.join(REGIONS)} "
                                              "(default all)")
+    fuse.add_argument("--swapper", default="swapper", help="the model set's swapper role to swap with (default "
+                                                           "swapper; the manifest may declare hyperswap, simswap, ...)")
+    fuse.add_argument("--swapper-weight", type=float, default=0.5,
+                      help="0-1: move the source identity toward (0) or away from (1) the target's; 0.5 leaves it")
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")

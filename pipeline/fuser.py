@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -24,18 +25,20 @@ from .errors import (
     ImageError,
     InvalidOptions,
     NoReferenceFace,
-    NoSourceFace,
     NoTargetFace,
     PipelineError,
     RuntimeFailure,
 )
 from .faces import Face
 from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
+from .identity import SourceIdentity
 from .images import DecodedImage, decode_image, encode_image
 from .masks import DEFAULT_MASKS, MaskOptions
-from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, InSwapper, ScrfdDetector
+from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
+from .models.swapper import swapper_roles
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
+from .sources import SourceFaces, SourceInput, check_count, identify, list_key
 from .timing import StageTimer
 
 if TYPE_CHECKING:  # the loader builds Fusers; this module only uses its bundle
@@ -75,11 +78,12 @@ class Fuser:
         self.limits = limits or ImageLimits()
         self.detector = cast(ScrfdDetector, models.role("detector"))
         self.embedder = cast(ArcFaceEmbedder, models.role("recognizer"))
-        self.swapper = cast(InSwapper, models.role("swapper"))
+        self.swappers = swapper_roles(models.models)  # by role; option `swapper` picks one
+        self.swapper = self.swappers["swapper"]
         self.enhancer = cast(FaceEnhancer | None, models.role("enhancer"))
         self.occluder = cast(FaceOccluder | None, models.role("occluder"))
         self.parser = cast(FaceParser | None, models.role("face_parser"))
-        self._sources: OrderedDict[str, tuple[Face, np.ndarray]] = OrderedDict()
+        self._sources: OrderedDict[str, tuple[SourceFaces, np.ndarray]] = OrderedDict()
         self._sources_lock = threading.Lock()
 
     @property
@@ -113,7 +117,7 @@ class Fuser:
             face.embedding = self.embedder.embed(image.bgr, face)
         return face
 
-    def _cached_source(self, key: str | None) -> tuple[Face, np.ndarray] | None:
+    def _cached_source(self, key: str | None) -> tuple[SourceFaces, np.ndarray] | None:
         if key is None:
             return None
         with self._sources_lock:
@@ -122,52 +126,62 @@ class Fuser:
                 self._sources.move_to_end(key)
             return hit
 
-    def source_face(
-        self, source: DecodedImage | Callable[[], DecodedImage], timer: StageTimer, key: str | None = None
-    ) -> tuple[Face, np.ndarray]:
-        """The largest face of the source and its swapper latent; cached by `key` (a content hash).
+    def swapper_for(self, role: str) -> FaceSwapper:
+        """The swapper of manifest role `role` (option `swapper`); InvalidOptions naming it otherwise."""
+        swapper = self.swappers.get(role)
+        if swapper is None:
+            raise InvalidOptions(f"swapper must be a swapper role of this model set ({', '.join(sorted(self.swappers))}), "
+                                 f"got {role!r}")
+        return swapper
 
-        `source` may be a callable that decodes the image, so a cached source is never decoded.
+    def source_face(self, source: SourceInput | Sequence[SourceInput], timer: StageTimer, key: str | None = None,
+                    swapper: str = "swapper") -> tuple[SourceFaces, np.ndarray]:
+        """The source faces (one or several images, averaged: pipeline/sources.py) and the `swapper`
+        role's source input for them; cached by `key` (a content hash of the whole list) and the role.
+
+        A source may be a callable that decodes the image, so a cached source is never decoded.
         """
-        hit = self._cached_source(key)
+        model = self.swapper_for(swapper)
+        cache_key = None if key is None else f"{swapper}:{key}"
+        hit = self._cached_source(cache_key)
         if hit is not None:
             return hit
-        if callable(source):
-            with timer.stage("decode"):
-                source = source()
-        face = self._largest_face(source, timer, NoSourceFace, "source")
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        identity, faces = identify(sources, self.detector, self.embedder, timer)
         with timer.stage("embed"):
-            latent = self.swapper.latent(face.embedding)
-        if key is not None:
+            prepared = model.prepare_source(identity)
+        if cache_key is not None:
             with self._sources_lock:
-                self._sources[key] = (face, latent)
+                self._sources[cache_key] = (faces, prepared)
                 while len(self._sources) > _SOURCE_CACHE_SIZE:
                     self._sources.popitem(last=False)
-        return face, latent
+        return faces, prepared
 
     # -- fusion ---------------------------------------------------------------------------------
     def fuse(
         self,
-        source: DecodedImage | Callable[[], DecodedImage],
+        source: SourceInput | Sequence[SourceInput],
         target: DecodedImage,
         options: FuseOptions | None = None,
         timer: StageTimer | None = None,
         source_key: str | None = None,
     ) -> FusionResult:
-        """Swap the source's largest face into the selected faces of the target."""
+        """Swap the source's largest face (or the average of several sources') into the selected faces of the target."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
         with _runtime_failures():
             return self._fuse(source, target, options, timer, source_key)
 
     def _fuse(
-        self, source: DecodedImage | Callable[[], DecodedImage], target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None
+        self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
+        source_key: str | None
     ) -> FusionResult:
         if options.enhance and self.enhancer is None:
             raise InvalidOptions("enhance was requested but this model set has no enhancer")
         boost = self.check_quality_options(options)
+        swapper = self.swapper_for(options.swapper)
         selection = options.selection
-        src_face, latent = self.source_face(source, timer, source_key)
+        src_faces, latent = self.source_face(source, timer, source_key, options.swapper)
         with timer.stage("detect"):
             faces = self.detect(target)
         candidates = eligible(faces, selection.min_face_size)
@@ -182,8 +196,9 @@ class Fuser:
                 for i, embedding in zip(candidates, embeddings, strict=True):
                     faces[i].embedding = embedding
         chosen = choose(faces, selection, candidates, reference)
+        latents = self._balanced(swapper, latent, target, [faces[i] for i in chosen], options.swapper_weight, timer)
         frame = target.bgr.copy()
-        self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latent, boost, options.masks, timer)
+        self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latents, boost, options.masks, timer, swapper)
         if options.enhance and self.enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
@@ -199,7 +214,10 @@ class Fuser:
             faces_found=len(faces),
             faces_swapped=len(chosen),
             faces=report_faces,
-            source_face=src_face.as_dict(),
+            source_face=src_faces.first,
+            sources=src_faces.faces,
+            sources_skipped=src_faces.skipped,
+            swapper=options.swapper,
             model_version=self.model_version,
             enhanced=bool(options.enhance and chosen),
             timings_ms=timer.rounded(),
@@ -210,7 +228,7 @@ class Fuser:
 
     def check_quality_options(self, options: FuseOptions) -> int:
         """The boost factor; InvalidOptions for a boost or mask this model set cannot serve."""
-        boost = boost_factor(options.pixel_boost, self.swapper.input_size)
+        boost = boost_factor(options.pixel_boost, self.swapper_for(options.swapper).input_size)
         types = options.masks.types
         if "occlusion" in types and self.occluder is None:
             raise InvalidOptions("mask=occlusion was requested but this model set has no occluder")
@@ -218,19 +236,32 @@ class Fuser:
             raise InvalidOptions("mask=region was requested but this model set has no face_parser")
         return boost
 
-    def _swap_faces(self, image: np.ndarray, frame: np.ndarray, faces: list[Face], latent: np.ndarray, boost: int,
-                    masks: MaskOptions, timer: StageTimer) -> None:
+    def _balanced(self, swapper: FaceSwapper, latent: np.ndarray, target: DecodedImage, faces: list[Face],
+                  weight: float, timer: StageTimer) -> np.ndarray:
+        """The source input per chosen face after `swapper_weight` (one shared row at the default 0.5)."""
+        if weight == 0.5 or not swapper.takes_embedding or not faces:
+            return latent
+        with timer.stage("embed"):
+            raws = np.stack(self.embedder.embed_raw_many(target.bgr, faces))  # one run
+        return swapper.balance_source(latent, raws, weight)
+
+    def _swap_faces(self, image: np.ndarray, frame: np.ndarray, faces: list[Face], latents: np.ndarray, boost: int,
+                    masks: MaskOptions, timer: StageTimer, swapper: FaceSwapper | None = None) -> None:
         """Swap `faces` of `image` at `boost` times the swapper's size and paste each into `frame`.
 
-        All faces go to the swapper in one call (one run with a free batch axis), in chunks of at most
-        BATCH_MAX crops (tiles at a boost): 29 faces cost one run, not 29 (bench/batching.py).
+        `latents`: one source row for all faces, or one per face (after swapper_weight). All faces go to
+        the swapper in one call (one run with a free batch axis), in chunks of at most BATCH_MAX crops
+        (tiles at a boost): 29 faces cost one run, not 29 (bench/batching.py).
         """
+        swapper = swapper or self.swapper
         per_run = max(1, self.models.batch_max // (boost * boost))
+        per_face = len(latents) == len(faces)
         with timer.stage("swap"):
-            aligned = [self.swapper.align(image, face, boost) for face in faces]
+            aligned = [swapper.align(image, face, boost) for face in faces]
             swapped: list[np.ndarray] = []
             for start in range(0, len(aligned), per_run):
-                swapped += self.swapper.swap_crops([a for a, _ in aligned[start:start + per_run]], latent, boost)
+                rows = latents[start:start + per_run] if per_face else latents[:1]
+                swapped += swapper.swap_crops([a for a, _ in aligned[start:start + per_run]], rows, boost)
         for (crop, matrix), out in zip(aligned, swapped, strict=True):
             crop_masks = []
             if "occlusion" in masks.types and self.occluder is not None:
@@ -252,14 +283,20 @@ class Fuser:
         assert face.embedding is not None
         return face.embedding
 
-    def fuse_bytes(self, source: bytes, target: bytes, options: FuseOptions | None = None,
+    def fuse_bytes(self, source: bytes | Sequence[bytes], target: bytes, options: FuseOptions | None = None,
                    timer: StageTimer | None = None) -> EncodedFusion:
-        """Decode, fuse and encode as the options say; the source's face is cached by its bytes' hash."""
+        """Decode, fuse and encode as the options say; the source faces are cached by the bytes' hashes.
+
+        `source`: one image, or a list of up to 8 whose faces are averaged."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
+        blobs = [source] if isinstance(source, bytes) else list(source)
+        check_count(len(blobs))
         with timer.stage("decode"):
             tgt = self.decode(target, "target")
-        result = self.fuse(lambda: self.decode(source, "source"), tgt, options, timer, source_key=hashlib.sha256(source).hexdigest())
+        key = list_key([hashlib.sha256(blob).hexdigest() for blob in blobs])
+        result = self.fuse([partial(decode_image, blob, self.limits) for blob in blobs], tgt, options, timer,
+                           source_key=key)
         with timer.stage("encode"):
             data, media_type = encode_image(result.image, options.output_format, options.quality)
         result.report.timings_ms = timer.rounded()
@@ -279,10 +316,12 @@ class Fuser:
         with timer.stage("detect"):
             detector.detect(frame)
         with timer.stage("embed"):
-            latent = swapper.latent(embedder.embed(frame, face))
+            identity = SourceIdentity.average([(face, embedder.embed_raw(frame, face), frame)])
+            sources = {role: model.prepare_source(identity) for role, model in self.swappers.items()}
         aligned, _ = swapper.align(frame, face)  # one alignment for the swapper and the maskers
         with timer.stage("swap"):
-            swapper.swap_crop(aligned, latent)
+            for role, model in self.swappers.items():  # every swapper role a request may pick
+                model.swap_crop(aligned if model is swapper else model.align(frame, face)[0], sources[role])
         if self.enhancer is not None:
             with timer.stage("enhance"):
                 self.enhancer.enhance(frame, face)

@@ -35,6 +35,8 @@ class FuseOptions:
     quality: int = 92
     pixel_boost: int | None = None
     masks: MaskOptions = DEFAULT_MASKS
+    swapper: str = "swapper"  # the manifest role of the swapper (pipeline/models/swapper.py)
+    swapper_weight: float = 0.5  # FaceFusion's face_swapper_weight (pipeline/identity.py, `balance`)
 
     def __post_init__(self) -> None:
         self.output_format = normalise_format(self.output_format)
@@ -42,6 +44,8 @@ class FuseOptions:
             raise InvalidOptions(f"quality must be between 1 and 100, got {self.quality}")
         if self.pixel_boost is not None and (isinstance(self.pixel_boost, bool) or self.pixel_boost not in PIXEL_BOOSTS):
             raise InvalidOptions(f"pixel_boost must be one of {', '.join(map(str, PIXEL_BOOSTS))}, got {self.pixel_boost!r}")
+        if isinstance(self.swapper_weight, bool) or not 0.0 <= self.swapper_weight <= 1.0:
+            raise InvalidOptions(f"swapper_weight must be between 0 and 1, got {self.swapper_weight!r}")
 
 
 @dataclass
@@ -57,6 +61,9 @@ class FusionReport:
     timings_ms: dict[str, float]
     width: int
     height: int
+    sources: list[dict[str, Any]] = field(default_factory=list)  # the face used from each source image
+    sources_skipped: list[int] = field(default_factory=list)  # source images (0-based) without a face
+    swapper: str = "swapper"  # the swapper role that ran
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

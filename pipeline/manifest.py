@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ModelSetInvalid, ModelSetMissing
 from .files import atomic_write
 from .models import REQUIRED_ROLES, ROLES, kind_class
+from .models.swapper import missing_converters
 
 MANIFEST_FILE = "manifest.json"
 ENTRY_KEYS = ("file", "sha256", "size", "kind", "input_size")  # what an installed manifest keeps
@@ -91,6 +92,9 @@ def parse_manifest(raw: Any, directory: Path, where: str = MANIFEST_FILE) -> Mod
     if missing:
         raise ModelSetInvalid(f"{where} lacks the roles {', '.join(missing)}")
     models = {role: _entry(role, spec, directory, where) for role, spec in models_raw.items()}
+    unlinked = missing_converters({role: cls for role, entry in models.items() if (cls := kind_class(entry.kind))})
+    if unlinked:
+        raise ModelSetInvalid(f"{where}: {'; '.join(unlinked)}")
     version = raw.get("version", directory.resolve().name)
     return ModelSet(name=str(raw.get("name", directory.name)), version=str(version), directory=directory,
                     models=models)

@@ -145,7 +145,7 @@ def _publish(folder: Path, source_set: Path, edit) -> str:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["models"].pop("swapper"), "lacks the roles swapper"),
-    (lambda m: m["models"]["swapper"].update(kind="simswap"), "kind 'simswap', which this version does not handle"),
+    (lambda m: m["models"]["swapper"].update(kind="faceswap9000"), "kind 'faceswap9000', which this version does not handle"),
     (lambda m: m["models"]["recognizer"].update(kind="inswapper"), "a swapper, not a recognizer"),
     (lambda m: m["models"]["swapper"].update(file="../swap.onnx"), "needs a plain 'file' name"),
     (lambda m: m["models"]["swapper"].update(file=".swap.onnx"), "needs a plain 'file' name"),

@@ -17,15 +17,22 @@ from dataclasses import dataclass
 from .arcface import ArcFaceEmbedder
 from .base import ModelKind
 from .bisenet import FaceParser
+from .blendswap import BlendSwap
 from .converter import EmbeddingConverter
 from .gfpgan import FaceEnhancer
+from .ghost import Ghost
+from .hyperswap import HyperSwap
 from .inswapper import InSwapper
 from .scrfd import ScrfdDetector
+from .simswap import SimSwap
+from .simswap_unofficial import SimSwapUnofficial
 from .swapper import FaceSwapper
+from .uniface import UniFace
 from .xseg import FaceOccluder
 
 KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer,
                                                                FaceOccluder, FaceParser, EmbeddingConverter)}
+KINDS.update({cls.kind: cls for cls in (HyperSwap, SimSwap, SimSwapUnofficial, Ghost, BlendSwap, UniFace)})  # swappers
 STANDIN_SUFFIX = "-standin"
 
 

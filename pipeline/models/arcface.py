@@ -24,10 +24,21 @@ class ArcFaceEmbedder(ModelKind):
     std = 127.5
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
-        return self.embed_many(image, [face])[0]
+        vector = self.embed_raw(image, face)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def embed_raw(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """The network's output as it is, not normalised: what FaceFusion averages and converts (simswap, ghost)."""
+        return self.embed_raw_many(image, [face])[0]
 
     def embed_many(self, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """The embeddings of several faces of one image: one run when the graph has a free batch axis
+        """L2-normalised embeddings of several faces of one image (see `embed_raw_many`)."""
+        vectors = self.embed_raw_many(image, faces)
+        return [v / n if (n := float(np.linalg.norm(v))) > 0 else v for v in vectors]
+
+    def embed_raw_many(self, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """Raw embeddings of several faces of one image: one run when the graph has a free batch axis
         (pipeline/batch_axis.py), else one run per face."""
         if not faces:
             return []
@@ -38,6 +49,4 @@ class ArcFaceEmbedder(ModelKind):
             vectors = self.run(blob)
         else:
             vectors = np.concatenate([self.run(blob[i:i + 1]) for i in range(len(blob))])
-        vectors = vectors.reshape(len(blob), -1).astype(np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return list(np.where(norms > 0, vectors / np.where(norms > 0, norms, 1), vectors))
+        return list(vectors.reshape(len(blob), -1).astype(np.float32))

@@ -11,7 +11,6 @@ batch of 1, so several embeddings are converted one by one.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 from .base import ModelKind
 
@@ -22,10 +21,7 @@ class EmbeddingConverter(ModelKind):
 
     kind = "crossface"
     category = "embedding_converter"
-    default_input_size = (512, 1)
-
-    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] | None = None) -> None:
-        super().__init__(session, input_size)
+    default_input_size = (512, 1)  # a 512-vector, not an image: the base class keeps only the 512
 
     def convert(self, raw: np.ndarray) -> np.ndarray:
         """(n x 512) raw embeddings -> (n x 512) converted ones, not normalised."""

@@ -170,6 +170,13 @@ def converter_role(role: str) -> str:
     return "embedding_converter" if role == "swapper" else f"{role}_embedding_converter"
 
 
+def missing_converters(kinds: dict[str, type[ModelKind]]) -> list[str]:
+    """What a model set lacks for its swappers, by role (the manifest check: before any file is read)."""
+    return [f"role {role!r} ({cls.kind}) needs an embedding converter in role {converter_role(role)!r}"
+            for role, cls in kinds.items() if issubclass(cls, FaceSwapper) and cls.needs_converter
+            and getattr(kinds.get(converter_role(role)), "category", None) != "embedding_converter"]
+
+
 def swapper_roles(models: dict[str, ModelKind]) -> dict[str, FaceSwapper]:
     """The loaded swappers by role, each linked to its embedding converter where its kind needs one.
 
