@@ -184,7 +184,7 @@ class Settings:
         read = EnvReader(env)
         cache = read.str("CACHE_PATH")
         mem_limit = read.int("CUDA_MEM_LIMIT_MB", 0, minimum=0)
-        batch_wait = read.float("BATCH_WAIT_MS", -1.0, minimum=0.0) if read.str("BATCH_WAIT_MS") else None
+        batch_wait = read.float("BATCH_WAIT_MS", -1.0, minimum=0.0)  # -1: unset (or bad), the per-provider default
         settings = cls(
             model_path=Path(read.str("MODEL_PATH", DEFAULT_MODEL_PATH) or DEFAULT_MODEL_PATH),
             model_version=read.str("MODEL_VERSION", "current") or "current",
@@ -205,7 +205,7 @@ class Settings:
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or read.str("NVIDIA_VISIBLE_DEVICES") or "",
             ),
-            batching=BatchSettings(wait_ms=batch_wait if batch_wait is None or batch_wait >= 0 else None,
+            batching=BatchSettings(wait_ms=batch_wait if batch_wait >= 0 else None,
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),
             model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
         )
