@@ -12,7 +12,11 @@ The run prints, in one go: process start to `/readyz` 200 and to the first answe
 run in-process; then, over HTTP with the server as production starts it, requests/s and p50/p99 at
 each concurrency for a 1920x1080 and a 3840x2160 frame with one face and the 29-face Solvay photograph
 (`faces=all`), the server's stage times (from Server-Timing), GPU memory per worker and GPU utilisation
-(nvidia-smi) at the highest concurrency. Batching is not built yet, so there is no batching-off row.
+(nvidia-smi) during each load, and the same run with batching off as the baseline (`--configs`:
+`batched`, the defaults, then `unbatched`: BATCH_WAIT_MS=0 and BATCH_MAX=1, one face per swapper run and
+graphs as published), with the ratio of the two. The model table says, per config, each model's ms at
+batch 1 and per row of a batch of 8 (where the prepared graph has a free batch axis) and whether its
+graph was served in fp16 (MODEL_FP16, with the measured error when refused).
 """
 
 from __future__ import annotations
@@ -84,25 +88,57 @@ def build_models(root: Path, cpu: bool) -> Path:
     return root
 
 
-def per_model_ms(models: Path, cache: Path, providers: str, runs: int) -> tuple[list[list], dict[str, str]]:
-    """Median ms of one run of each model, in this process, after one warm-up run."""
-    from pipeline import Settings, load_models
+CONFIGS = {
+    # batching on: the defaults (BATCH_WAIT_MS 2 on a GPU, 0 on the CPU; all faces of a frame in one run)
+    "batched": {},
+    # the baseline: no micro-batching, no batch axis, one face per swapper run
+    "unbatched": {"BATCH_WAIT_MS": "0", "BATCH_MAX": "1"},
+}
 
-    bundle = load_models(Settings(model_path=models, cache_path=cache, execution_providers=providers))
+
+def _settings(models: Path, cache: Path, providers: str, config: str):
+    from pipeline import Settings
+
+    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers, **CONFIGS[config]}
+    return Settings.from_env(env)
+
+
+def _median_ms(session, rows: int, runs: int) -> float:
+    """Median ms of `runs` runs of `session` on random inputs of `rows` rows, after one warm-up run."""
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = [rows] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+        feeds[inp.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
+    session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: str = "batched",
+                 batch: int = 8) -> tuple[list[list], dict[str, str]]:
+    """Median ms of one run of each model in this process (after a warm-up run), at batch 1 and, where the
+    prepared graph has a free batch axis, per row of a batch of `batch`; what the graph was built to."""
+    from pipeline import load_models
+    from pipeline.artefacts import graph_notes, optimised_path
+    from pipeline.loader import graph_recipe
+
+    settings = _settings(models, cache, providers, config)
+    bundle = load_models(settings)
+    recipe = graph_recipe(settings, bundle.providers)
     rows = []
     for role, model in bundle.models.items():
-        session = model.session
-        feeds = {}
-        for inp in session.get_inputs():
-            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-            feeds[inp.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
-        session.run(None, feeds)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times.append((time.perf_counter() - start) * 1000)
-        rows.append([role, bundle.active[role][0], statistics.median(times)])
+        session = getattr(model.session, "session", model.session)  # the runtime's, not the micro-batcher
+        notes = graph_notes(optimised_path(bundle.model_set.models[role], bundle.providers, cache, recipe))
+
+        free = not isinstance(session.get_inputs()[0].shape[0], int)
+        fp16 = notes.get("fp16_error")
+        rows.append([config, role, bundle.active[role][0], _median_ms(session, 1, runs), _median_ms(session, batch, runs) / batch if free else float("nan"),
+                     "off" if not recipe.fp16 else "yes" if notes.get("fp16") else
+                     ("refused" if fp16 is None else f"refused ({fp16:.3g})")])
     return rows, {role: names[0] for role, names in bundle.active.items()}
 
 
@@ -159,35 +195,22 @@ def stage_ms(url: str, files: dict, data: dict, count: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in stages.items()}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU with the small stand-ins")
-    parser.add_argument("--requests", type=int, default=200, help="requests per row")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--images", default="1080p,4k,solvay")
-    parser.add_argument("--model-runs", type=int, default=50)
-    args = parser.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    providers = "cpu" if args.cpu else "cuda"
-    work = Path(tempfile.mkdtemp(prefix="ff-bench-gpu-"))
-    t = time.perf_counter()
-    models = build_models(work / "models", args.cpu)
-    print(f"model set built in {time.perf_counter() - t:.1f} s ({'stand-ins' if args.cpu else 'compute-realistic proxies'})",
-          flush=True)
-    model_rows, active = per_model_ms(models, work / "cache", providers, args.model_runs)  # also prepares the cache
-    print(table(["model", "provider", "ms per run"], model_rows), flush=True)
+def gpu_memory_mib(pids: set[str]) -> list[list]:
+    """GPU memory of each serving process (nvidia-smi's compute apps; empty without a GPU)."""
+    return [[pid, float(used)] for pid, used in nvidia_smi("pid,used_memory", "compute-apps") if pid in pids]
 
-    source = (SHARED / "images" / "obama.jpg").read_bytes()
-    images = {"1080p": (frame_with_face(1920, 1080), {}), "4k": (frame_with_face(3840, 2160), {}),
-              "solvay": ((SHARED / "images" / "solvay_conference_1927.png").read_bytes(), {"faces": "all"})}
+
+def serve_config(config: str, models: Path, cache: Path, providers: str, images: dict, source: bytes,
+                 levels: list[int], requests_per_row: int, workers: int) -> dict:
+    """Start the function with `config`'s settings and measure cold start, stages, throughput, memory."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(work / "cache"), "EXECUTION_PROVIDERS": providers,
-           "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench-gpu", "DRAIN_SECONDS": "0"}
+    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
+           "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench-gpu", "DRAIN_SECONDS": "0",
+           "WORKERS": str(workers), **CONFIGS[config]}
     started = time.perf_counter()
     proc = spawn(function_command(port), env)
-    ready_s = first_s = None
-    rows, stage_rows, memory = [], [], []
+    out: dict = {"config": config, "rows": [], "stages": [], "memory": []}
     try:
         while time.perf_counter() - started < 300:
             if proc.poll() is not None:
@@ -195,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 r = requests.get(url + "readyz", timeout=2)
                 if r.status_code == 200:
-                    ready_s = time.perf_counter() - started
+                    out["ready_s"] = time.perf_counter() - started
                     break
                 if r.json().get("status") == "failed":
                     raise SystemExit(f"not ready: {r.json().get('reason')}")
@@ -203,38 +226,87 @@ def main(argv: list[str] | None = None) -> dict:
                 pass
             time.sleep(0.02)
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
-        first_s = time.perf_counter() - started
+        out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        print(f"cold start: ready {ready_s:.2f} s, first answer {first_s:.2f} s; providers {active}", flush=True)
-        for name in args.images.split(","):
-            target, data = images[name]
-            stage_rows.append([name, *(f"{k} {v:.1f}" for k, v in stage_ms(url, {"source": source, "target": target}, data,
-                                                                             max(3, args.requests // 20)).items())])
+        print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s", flush=True)
+        for name, (target, data) in images.items():
+            count = requests_per_row if name != "solvay" else max(3, requests_per_row // 4)
+            stages = stage_ms(url, {"source": source, "target": target}, data, max(3, count // 20))
+            out["stages"].append([config, name, *(f"{k} {v:.1f}" for k, v in stages.items())])
             for c in levels:
                 with UtilSampler() as util:
-                    rps, p50, p99, errors = drive(url, lambda i, t=target: {"source": source, "target": t}, c, args.requests, data)
+                    rps, p50, p99, errors = drive(url, lambda i, t=target: {"source": source, "target": t}, c, count, data)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
-                rows.append([name, c, rps, p50, p99, errors, gpu_util])
-                print(table(["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %"], [rows[-1]]),
-                      flush=True)
-        pids = {str(p) for p in worker_pids(proc.pid)}
-        for pid, used in nvidia_smi("pid,used_memory", "compute-apps"):
-            if pid in pids:
-                memory.append([pid, float(used)])
+                out["rows"].append([name, c, rps, p50, p99, errors, gpu_util, config])
+                print(table(ROW_HEADERS, [out["rows"][-1]]), flush=True)
+        out["memory"] = [[config, *row] for row in gpu_memory_mib({str(p) for p in worker_pids(proc.pid)})]
     finally:
         stop_process(proc)
+    return out
+
+
+ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %", "config"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU with the small stand-ins")
+    parser.add_argument("--requests", type=int, default=200, help="requests per row (a quarter for solvay)")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--images", default="1080p,4k,solvay")
+    parser.add_argument("--model-runs", type=int, default=50)
+    parser.add_argument("--configs", default="batched,unbatched", help=f"of {', '.join(CONFIGS)}; the first is the "
+                        "one measured, the others baselines in the same run")
+    parser.add_argument("--workers", type=int, default=1, help="WORKERS: serving processes sharing the GPU")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    configs = args.configs.split(",")
+    providers = "cpu" if args.cpu else "cuda"
+    work = Path(tempfile.mkdtemp(prefix="ff-bench-gpu-"))
+    t = time.perf_counter()
+    models = build_models(work / "models", args.cpu)
+    print(f"model set built in {time.perf_counter() - t:.1f} s ({'stand-ins' if args.cpu else 'compute-realistic proxies'})",
+          flush=True)
+    model_rows: list[list] = []
+    active: dict[str, str] = {}
+    for config in configs:  # also prepares each config's graphs, so cold starts below are prepared starts
+        t = time.perf_counter()
+        rows, active = per_model_ms(models, work / "cache", providers, args.model_runs, config)
+        model_rows += rows
+        print(f"[{config}] prepared and measured in {time.perf_counter() - t:.1f} s", flush=True)
+    model_headers = ["config", "model", "provider", "ms per run", "ms per row of 8", "fp16 (error)"]
+    print(table(model_headers, model_rows), flush=True)
+
+    source = (SHARED / "images" / "obama.jpg").read_bytes()
+    every = {"1080p": (frame_with_face(1920, 1080), {}), "4k": (frame_with_face(3840, 2160), {}),
+             "solvay": ((SHARED / "images" / "solvay_conference_1927.png").read_bytes(), {"faces": "all"})}
+    images = {name: every[name] for name in args.images.split(",")}
+    images.setdefault("1080p", every["1080p"])  # the first answer of the cold start
+    runs = [serve_config(config, models, work / "cache", providers, images, source, levels, args.requests, args.workers)
+            for config in configs]
     print()
-    print(f"function on {'CPU' if args.cpu else 'GPU'} ({providers}); {args.requests} requests per row; "
-          f"{os.cpu_count()} CPUs")
-    print(f"process start -> /readyz 200: {ready_s:.2f} s; -> first answer: {first_s:.2f} s")
-    print(table(["model", "provider", "ms per run"], model_rows))
-    print(table(["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %"], rows))
+    print(f"function on {'CPU' if args.cpu else 'GPU'} ({providers}; {active}); {args.requests} requests per row "
+          f"(solvay: a quarter); WORKERS={args.workers}; {os.cpu_count()} CPUs")
+    for run in runs:
+        print(f"[{run['config']}] process start -> /readyz 200: {run['ready_s']:.2f} s; -> first answer: {run['first_s']:.2f} s")
+    print(table(model_headers, model_rows))
+    rows = [row for run in runs for row in run["rows"]]
+    print(table(ROW_HEADERS, rows))
+    if len(runs) > 1:
+        base = {(r[0], r[1]): r for r in runs[1]["rows"]}
+        gains = [[r[0], r[1], r[2] / base[(r[0], r[1])][2], base[(r[0], r[1])][3] - r[3]]
+                 for r in runs[0]["rows"] if (r[0], r[1]) in base]
+        print(table(["image", "concurrency", f"req/s {runs[0]['config']} / {runs[1]['config']}", "p50 ms saved"], gains))
     print("server stages, median ms at concurrency 1:")
-    for row in stage_rows:
-        print("  " + " | ".join(row))
+    for run in runs:
+        for row in run["stages"]:
+            print("  " + " | ".join(row))
+    memory = [row for run in runs for row in run["memory"]]
     if memory:
-        print(table(["worker pid", "GPU memory MiB"], memory))
-    return {"ready_s": ready_s, "first_s": first_s, "models": model_rows, "rows": rows, "memory": memory}
+        print(table(["config", "worker pid", "GPU memory MiB"], memory))
+    main_run = runs[0]
+    return {"ready_s": main_run["ready_s"], "first_s": main_run["first_s"], "models": model_rows,
+            "rows": main_run["rows"], "runs": runs, "memory": memory}
 
 
 if __name__ == "__main__":

@@ -12,3 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
 timeout "${BENCH_TIMEOUT:-420}" python3 -m bench.gpu --requests "${REQUESTS:-120}" --concurrency 1,8,32 2>&1 | tee "${OUT:-/tmp}/bench-gpu.log"
 echo "bench rc=${PIPESTATUS[0]}"
+# optional: frame and micro-batching in-process with the compute-realistic proxies (about a minute more)
+if [ "${BATCHING_BENCH:-0}" = 1 ]; then
+  timeout 180 python3 -m bench.batching --proxies --providers cuda --reps 9 --requests 96 2>&1 | tee "${OUT:-/tmp}/bench-batching.log"
+fi

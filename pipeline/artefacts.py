@@ -7,28 +7,51 @@ loading that with optimisation and pre-packing off maps the weights from the pag
 process and pod on the node shares them.
 
 An artefact is only valid for the model bytes, runtime version, execution providers and hardware it
-was built with, so that tuple is its key. The swapper's `emap` is dropped from optimised graphs (no
-node uses it) and lives in its own side file (see `swap.load_emap`).
+was built with, and the recipe it was built to (`GraphRecipe`: a free batch axis, fp16), so that tuple is
+its key. The swapper's `emap` is dropped from optimised graphs (no node uses it) and lives in its own
+side file (see `swap.load_emap`).
+
+The recipe's rewrites are kept only when a probe proves them (pipeline/batch_axis.py,
+pipeline/precision.py); what was kept and why not is written beside the graph (`<role>.onnx.json`) and
+logged, so a refused rewrite costs one build, not a wrong answer.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
+from .batch_axis import batch_matches, free_batch_axis
 from .manifest import ModelEntry
+from .precision import FP16_TOLERANCE, fp16_error, to_fp16
 
 log = logging.getLogger(__name__)
 DATA_SUFFIX = ".data"
+NOTES_SUFFIX = ".json"
+_MAX_REWRITE_BYTES = 2**31 - 1  # a protobuf above 2 GB cannot be serialised for the runtime
+
+
+@dataclass(frozen=True)
+class GraphRecipe:
+    """What an optimised graph is built to: for which GPU, with a free batch axis, in fp16."""
+
+    gpu: str = ""
+    batch: bool = True
+    fp16: bool = False
+
+    def token(self) -> str:
+        return f"{self.gpu}|batch={int(self.batch)}|fp16={int(self.fp16)}|rewrite=1"
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,18 +69,73 @@ def _hardware(gpu: str) -> str:
     return f"{cpu}|{gpu}"
 
 
-def artefact_key(entry: ModelEntry, providers: Sequence[str], gpu: str = "") -> str:
-    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware(gpu)])
+def artefact_key(entry: ModelEntry, providers: Sequence[str], recipe: GraphRecipe = GraphRecipe()) -> str:
+    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware(recipe.gpu), recipe.token()])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def optimised_path(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, gpu: str = "") -> Path:
-    return cache_dir / "graphs" / artefact_key(entry, providers, gpu) / f"{entry.role}.onnx"
+def optimised_path(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, recipe: GraphRecipe = GraphRecipe()) -> Path:
+    return cache_dir / "graphs" / artefact_key(entry, providers, recipe) / f"{entry.role}.onnx"
 
 
-def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, gpu: str = "") -> Path:
+def graph_notes(graph: Path) -> dict:
+    """What the build of `graph` kept of its recipe (`batch`, `fp16`) and why not (empty when unknown)."""
+    try:
+        return json.loads((graph.parent / (graph.name + NOTES_SUFFIX)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _rewritten(entry: ModelEntry, providers: Sequence[str], recipe: GraphRecipe) -> tuple[bytes | None, dict]:
+    """The model with the recipe's rewrites that its probes accept (None: none kept), and the notes."""
+    import onnx
+
+    notes: dict = {"batch": False, "fp16": False}
+    model = onnx.load(str(entry.path))
+    if model.ByteSize() > _MAX_REWRITE_BYTES:
+        notes["why"] = "the model is above 2 GB; served as published"
+        return None, notes
+
+    def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=list(providers))
+
+    original = session(model)
+    kept = model
+    if recipe.batch:
+        candidate = free_batch_axis(model)
+        if candidate is None:
+            notes["batch_why"] = "inputs or outputs have no fixed batch of 1 to free"
+        else:
+            try:
+                ok, why = batch_matches(original, session(candidate))
+            except Exception as exc:  # the runtime refuses the rewritten graph
+                ok, why = False, f"the rewritten graph does not load ({type(exc).__name__})"
+            if ok:
+                kept, notes["batch"] = candidate, True
+            else:
+                notes["batch_why"] = why
+    if recipe.fp16:
+        try:
+            half = to_fp16(kept)
+            error = fp16_error(original, session(half))
+        except Exception as exc:  # the converter or the runtime refuses
+            error, notes["fp16_why"] = float("inf"), f"conversion failed ({type(exc).__name__}: {str(exc)[:160]})"
+        notes["fp16_error"] = error if error != float("inf") else None
+        if error <= FP16_TOLERANCE:
+            kept, notes["fp16"] = half, True
+        else:
+            notes.setdefault("fp16_why", f"outputs differ from fp32 by {error:.3g} of their range (limit {FP16_TOLERANCE})")
+    for what in ("batch", "fp16"):
+        if getattr(recipe, what) and not notes[what]:
+            log.info("%s: no %s graph: %s", entry.path.name, what, notes.get(f"{what}_why"))
+    return (kept.SerializeToString() if kept is not model else None), notes
+
+
+def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, recipe: GraphRecipe = GraphRecipe()) -> Path:
     """Optimise `entry` once and save graph plus aligned external weights; atomic for concurrent builders."""
-    target = optimised_path(entry, providers, cache_dir, gpu)
+    target = optimised_path(entry, providers, cache_dir, recipe)
     if target.is_file() and (target.parent / (target.name + DATA_SUFFIX)).exists():
         return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)
@@ -74,9 +152,12 @@ def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + DATA_SUFFIX)
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         opts.log_severity_level = 3
-        ort.InferenceSession(str(entry.path), sess_options=opts, providers=list(providers))
+        source, notes = _rewritten(entry, providers, recipe) if recipe.batch or recipe.fp16 else (None, {})
+        ort.InferenceSession(source if source is not None else str(entry.path), sess_options=opts, providers=list(providers))
+        del source
+        (work / (target.name + NOTES_SUFFIX)).write_text(json.dumps(notes))
         target.parent.mkdir(parents=True, exist_ok=True)
-        for name in (target.name + DATA_SUFFIX, target.name):  # the graph last: its presence means complete
+        for name in (target.name + NOTES_SUFFIX, target.name + DATA_SUFFIX, target.name):  # the graph last: its presence means complete
             src = work / name
             if src.exists():
                 os.replace(src, target.parent / name)

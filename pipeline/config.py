@@ -142,6 +142,29 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """Batching of model runs (pipeline/batching.py, README Configuration).
+
+    `wait_ms` None (BATCH_WAIT_MS unset) means 2 ms for sessions on a GPU provider and 0 (off) on the
+    CPU: there a batch of n costs n runs (measured with SCRFD: 1 frame 49-61 ms, 4 frames 211-215 ms),
+    so waiting only adds latency. `max_size` bounds the rows of one run, frames and faces alike; 1 turns
+    every kind of batching off (no batch axis is prepared, faces are swapped one at a time).
+    """
+
+    wait_ms: float | None = None
+    max_size: int = 32
+    gpu_default_wait_ms: float = 2.0
+
+    def wait_for(self, on_gpu: bool) -> float:
+        """The wait for a session on a GPU provider (`on_gpu`) or the CPU; 0 when batches hold one row."""
+        if self.max_size <= 1:
+            return 0.0
+        if self.wait_ms is not None:
+            return self.wait_ms
+        return self.gpu_default_wait_ms if on_gpu else 0.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs from the environment."""
 
@@ -152,6 +175,8 @@ class Settings:
     limits: ImageLimits = ImageLimits()
     optimised_graphs: bool = True
     gpu: GpuSettings = field(default_factory=GpuSettings)
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    model_fp16: str = "auto"  # MODEL_FP16: auto (on for CUDA GPUs with tensor cores), on, off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +184,7 @@ class Settings:
         read = EnvReader(env)
         cache = read.str("CACHE_PATH")
         mem_limit = read.int("CUDA_MEM_LIMIT_MB", 0, minimum=0)
+        batch_wait = read.float("BATCH_WAIT_MS", -1.0, minimum=0.0)  # -1: unset (or bad), the per-provider default
         settings = cls(
             model_path=Path(read.str("MODEL_PATH", DEFAULT_MODEL_PATH) or DEFAULT_MODEL_PATH),
             model_version=read.str("MODEL_VERSION", "current") or "current",
@@ -179,6 +205,9 @@ class Settings:
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or read.str("NVIDIA_VISIBLE_DEVICES") or "",
             ),
+            batching=BatchSettings(wait_ms=batch_wait if batch_wait >= 0 else None,
+                                   max_size=read.int("BATCH_MAX", 32, minimum=1)),
+            model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
         )
         read.raise_problems()
         return settings

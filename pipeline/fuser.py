@@ -191,15 +191,14 @@ class Fuser:
         reference = None
         if selection.mode == "reference":
             reference = self._reference_embedding(options.reference, timer)
-            with timer.stage("embed"):
-                for i in candidates:
-                    faces[i].embedding = self.embedder.embed(target.bgr, faces[i])
+            with timer.stage("embed"):  # every candidate in one run when the graph has a batch axis
+                embeddings = self.embedder.embed_many(target.bgr, [faces[i] for i in candidates])
+                for i, embedding in zip(candidates, embeddings, strict=True):
+                    faces[i].embedding = embedding
         chosen = choose(faces, selection, candidates, reference)
         latents = self._balanced(swapper, latent, target, [faces[i] for i in chosen], options.swapper_weight, timer)
         frame = target.bgr.copy()
-        for n, i in enumerate(chosen):  # one source row for all faces, or one each after swapper_weight
-            row = latents[n:n + 1] if len(latents) == len(chosen) else latents[:1]
-            self._swap_face(target.bgr, frame, faces[i], row, boost, options.masks, timer, swapper)
+        self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latents, boost, options.masks, timer, swapper)
         if options.enhance and self.enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
@@ -243,25 +242,36 @@ class Fuser:
         if weight == 0.5 or not swapper.takes_embedding or not faces:
             return latent
         with timer.stage("embed"):
-            raws = np.stack([self.embedder.embed_raw(target.bgr, face) for face in faces])
+            raws = np.stack(self.embedder.embed_raw_many(target.bgr, faces))  # one run
         return swapper.balance_source(latent, raws, weight)
 
-    def _swap_face(self, image: np.ndarray, frame: np.ndarray, face: Face, latent: np.ndarray, boost: int,
-                   masks: MaskOptions, timer: StageTimer, swapper: FaceSwapper | None = None) -> None:
-        """Swap one face of `image` at `boost` times the swapper's size and paste it into `frame`."""
+    def _swap_faces(self, image: np.ndarray, frame: np.ndarray, faces: list[Face], latents: np.ndarray, boost: int,
+                    masks: MaskOptions, timer: StageTimer, swapper: FaceSwapper | None = None) -> None:
+        """Swap `faces` of `image` at `boost` times the swapper's size and paste each into `frame`.
+
+        `latents`: one source row for all faces, or one per face (after swapper_weight). All faces go to
+        the swapper in one call (one run with a free batch axis), in chunks of at most BATCH_MAX crops
+        (tiles at a boost): 29 faces cost one run, not 29 (bench/batching.py).
+        """
         swapper = swapper or self.swapper
+        per_run = max(1, self.models.batch_max // (boost * boost))
+        per_face = len(latents) == len(faces)
         with timer.stage("swap"):
-            aligned, matrix = swapper.align(image, face, boost)
-            swapped = swapper.swap_crop(aligned, latent, boost)
-        crop_masks = []
-        if "occlusion" in masks.types and self.occluder is not None:
-            with timer.stage("mask"):  # of the target's face, before the swap: what covers it stays
-                crop_masks.append(self.occluder.occlusion(aligned))
-        if "region" in masks.types and self.parser is not None:
-            with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
-                crop_masks.append(self.parser.regions(swapped, masks.regions))
-        with timer.stage("paste"):
-            paste_back(frame, swapped, matrix, masks, crop_masks)
+            aligned = [swapper.align(image, face, boost) for face in faces]
+            swapped: list[np.ndarray] = []
+            for start in range(0, len(aligned), per_run):
+                rows = latents[start:start + per_run] if per_face else latents[:1]
+                swapped += swapper.swap_crops([a for a, _ in aligned[start:start + per_run]], rows, boost)
+        for (crop, matrix), out in zip(aligned, swapped, strict=True):
+            crop_masks = []
+            if "occlusion" in masks.types and self.occluder is not None:
+                with timer.stage("mask"):  # of the target's face, before the swap: what covers it stays
+                    crop_masks.append(self.occluder.occlusion(crop))
+            if "region" in masks.types and self.parser is not None:
+                with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
+                    crop_masks.append(self.parser.regions(out, masks.regions))
+            with timer.stage("paste"):
+                paste_back(frame, out, matrix, masks, crop_masks)
 
     def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer) -> np.ndarray:
         if reference is None:

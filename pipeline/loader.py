@@ -3,7 +3,8 @@
 The loader walks the manifest's roles and asks each role's kind (`pipeline.models.KINDS`) to prepare
 its artefacts and to wrap its session, so it never names a kind itself. Sessions are created in the serving
 process (never before a fork: CUDA is not fork-safe), in parallel: the runtime releases the GIL while it loads, and
-on GPUs each creation initialises kernels.
+on GPUs each creation initialises kernels. A session whose graph has a free batch axis is wrapped in a
+`MicroBatcher` when BATCH_WAIT_MS (or its GPU default) is above 0.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .artefacts import build_optimised, fast_load_options, optimised_path
+from .artefacts import GraphRecipe, build_optimised, fast_load_options, optimised_path
+from .batch_axis import has_free_batch
+from .batching import MicroBatcher
 from .config import Settings
 from .errors import ModelSetInvalid
 from .fuser import Fuser
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
 from .models import ModelKind, kind_class
+from .precision import fp16_wanted
 from .sessions import check_providers, create_session, is_auto, provider_options, resolve_providers
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ class ModelBundle:
     models: dict[str, ModelKind]
     load_log: list[str] = field(default_factory=list)
     active: dict[str, list[str]] = field(default_factory=dict)  # role -> providers its session runs on
+    batch_max: int = 32  # BATCH_MAX: the most rows (faces, tiles) of one run
 
     @property
     def version(self) -> str:
@@ -53,7 +58,14 @@ def _kind(entry: ModelEntry) -> type[ModelKind]:
     return cls
 
 
-def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], cache_dir: Path) -> tuple[dict[str, Path], list[str]]:
+def graph_recipe(settings: Settings, providers: list[str]) -> GraphRecipe:
+    """What the optimised graphs are built to: a batch axis unless BATCH_MAX is 1, fp16 per MODEL_FP16."""
+    return GraphRecipe(gpu=settings.gpu.name, batch=settings.batching.max_size > 1,
+                       fp16=fp16_wanted(settings.model_fp16, providers, settings.gpu.device_id))
+
+
+def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], cache_dir: Path,
+               recipe: GraphRecipe) -> tuple[dict[str, Path], list[str]]:
     """Each kind's own artefacts and an optimised graph per role, building what is missing one at a
     time (building holds a whole model in memory). A role whose graph cannot be built is absent from
     the map and loads from the original model: a read-only or full cache must not stop serving."""
@@ -63,10 +75,10 @@ def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], ca
         built += _kind(entry).prepare(entry, cache_dir)
         if not settings.optimised_graphs:
             continue
-        path = optimised_path(entry, providers, cache_dir, settings.gpu.name)
+        path = optimised_path(entry, providers, cache_dir, recipe)
         if not path.is_file():
             try:
-                build_optimised(entry, providers, cache_dir, settings.gpu.name)
+                build_optimised(entry, providers, cache_dir, recipe)
             except Exception as exc:  # the runtime and the filesystem raise many types here
                 log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
                 continue
@@ -79,11 +91,12 @@ def prepare(settings: Settings) -> list[str]:
     """Build every derived artefact that is missing (what `python -m warmup prepare` runs)."""
     cache_dir = settings.resolved_cache_path()
     model_set = open_model_set(settings.model_dir, cache_dir)
-    return _artefacts(model_set, settings, resolve_providers(settings.execution_providers), cache_dir)[1]
+    providers = resolve_providers(settings.execution_providers)
+    return _artefacts(model_set, settings, providers, cache_dir, graph_recipe(settings, providers))[1]
 
 
 def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-             load_log: list[str], gpu: str) -> ort.InferenceSession:
+             load_log: list[str], recipe: GraphRecipe) -> ort.InferenceSession:
     if graph is None:
         return create_session(entry.path, providers, provider_options=options)
     try:
@@ -92,9 +105,17 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
         log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
         shutil.rmtree(graph.parent, ignore_errors=True)
-        build_optimised(entry, providers, cache_dir, gpu)
+        build_optimised(entry, providers, cache_dir, recipe)
         load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
+
+
+def _batched(session: ort.InferenceSession, active: list[str], settings: Settings) -> ort.InferenceSession | MicroBatcher:
+    """`session` behind a MicroBatcher when its graph has a free batch axis and the wait is above 0."""
+    wait = settings.batching.wait_for(on_gpu=active[0] != "CPUExecutionProvider")
+    if wait <= 0 or not has_free_batch(session):
+        return session
+    return MicroBatcher(session, wait, settings.batching.max_size)
 
 
 def load_models(settings: Settings) -> ModelBundle:
@@ -102,21 +123,23 @@ def load_models(settings: Settings) -> ModelBundle:
     cache_dir = settings.resolved_cache_path()
     model_set = open_model_set(settings.model_dir, cache_dir)
     providers = resolve_providers(settings.execution_providers)
-    graphs, built = _artefacts(model_set, settings, providers, cache_dir)
+    recipe = graph_recipe(settings, providers)
+    graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipe)
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
-        futures = {role: pool.submit(_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     settings.gpu.name)
+        futures = {role: pool.submit(_session, entry, graphs.get(role), providers, cache_dir, options, load_log, recipe)
                    for role, entry in model_set.models.items()}
         sessions = {role: future.result() for role, future in futures.items()}
     auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
+    sessions = {role: _batched(session, active[role], settings) for role, session in sessions.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
-    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active)
+    return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
+                       batch_max=settings.batching.max_size)
 
 
 def load_fuser(settings: Settings) -> Fuser:

@@ -12,7 +12,12 @@ def test_gpu_bench_runs_on_the_cpu():
 
     result = main(["--cpu", "--requests", "3", "--concurrency", "1,2", "--images", "1080p,solvay", "--model-runs", "2"])
     assert result["ready_s"] > 0 and result["first_s"] >= result["ready_s"]
-    assert {row[0] for row in result["models"]} == {"detector", "recognizer", "swapper"}
-    assert all(row[1] == "CPUExecutionProvider" for row in result["models"])
-    assert [(row[0], row[1]) for row in result["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
-    assert all(row[5] == 0 for row in result["rows"]), result["rows"]  # no request failed
+    assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("batched", "unbatched")
+                                                               for role in ("detector", "recognizer", "swapper")}
+    assert all(row[2] == "CPUExecutionProvider" for row in result["models"])
+    # the batched config prepared graphs with a free batch axis (a per-row time), the baseline as published
+    assert all((row[4] == row[4]) == (row[0] == "batched") for row in result["models"]), result["models"]
+    assert [run["config"] for run in result["runs"]] == ["batched", "unbatched"]
+    for run in result["runs"]:  # the baseline ran in the same invocation, over the same rows
+        assert [(row[0], row[1]) for row in run["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
+        assert all(row[5] == 0 for row in run["rows"]), run["rows"]  # no request failed

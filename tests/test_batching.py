@@ -1,0 +1,326 @@
+"""Batching: a free batch axis prepared for graphs exported with batch 1, micro-batching of concurrent runs,
+one swapper call for all faces of a frame, and fp16 graphs kept only within tolerance.
+
+Graphs are the stand-ins (devtools/standins.py, all exported with a fixed batch of 1) and the real SCRFD.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from devtools import standins
+from pipeline import Settings, load_fuser, load_models
+from pipeline.artefacts import GraphRecipe, build_optimised, graph_notes
+from pipeline.batch_axis import batch_matches, free_batch_axis, has_free_batch, probe_feeds
+from pipeline.batching import MicroBatcher
+from pipeline.config import GpuSettings
+from pipeline.fusion_types import FuseOptions
+from pipeline.manifest import ModelEntry
+from pipeline.precision import FP16_TOLERANCE, fp16_error, fp16_wanted, to_fp16
+from pipeline.selection import Selection
+from pipeline.sessions import provider_options
+
+from .conftest import shared_file
+
+CPU = ["CPUExecutionProvider"]
+
+
+def _session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    data = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(data, providers=CPU)
+
+
+def _entry(tmp_path, model: onnx.ModelProto, role: str = "recognizer", kind: str = "arcface") -> ModelEntry:
+    path = tmp_path / f"{role}.onnx"
+    onnx.save(model, str(path))
+    return ModelEntry(role=role, path=path, sha256=f"{role}-{path.stat().st_size}", kind=kind, category=role)
+
+
+# -- a free batch axis -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["arcface", "inswapper", "enhancer", "scrfd"])
+def test_a_batch_of_two_equals_two_single_runs_once_the_axis_is_freed(name):
+    model = onnx.load(str(shared_file("models", "scrfd_2.5g_bnkps.onnx"))) if name == "scrfd" else \
+        getattr(standins, f"{name}_model")()
+    original = _session(model)
+    assert original.get_inputs()[0].shape[0] == 1
+    freed = _session(free_batch_axis(model))
+    assert has_free_batch(freed)
+    feeds = probe_feeds(original.get_inputs(), 3)
+    together = freed.run(None, feeds)
+    for row in range(3):
+        alone = original.run(None, {k: v[row:row + 1] for k, v in feeds.items()})
+        for got, want in zip(together, alone, strict=True):
+            np.testing.assert_allclose(got[row:row + 1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_scrfd_resize_sizes_become_scales_or_the_second_frame_gets_the_first_frames_features():
+    model = onnx.load(str(shared_file("models", "scrfd_2.5g_bnkps.onnx")))
+    freed = free_batch_axis(model)
+    resizes = [n for n in freed.graph.node if n.op_type == "Resize"]
+    assert resizes and all(len(n.input) == 3 for n in resizes)
+    assert batch_matches(_session(model), _session(freed)) == (True, "")
+
+
+def test_a_graph_whose_output_ignores_the_batch_is_refused_with_the_reason():
+    model = standins.occluder_model()  # a constant 1x256x256x1 mask: its batch cannot follow the input's
+    ok, why = batch_matches(_session(model), _session(free_batch_axis(model)))
+    assert not ok and "output output of a batch of 2" in why
+
+
+def test_prepared_graphs_have_a_batch_axis_only_where_the_probe_agrees(tmp_path):
+    graphs = {}
+    for role, kind, model in [("recognizer", "arcface", standins.arcface_model()),
+                              ("occluder", "xseg", standins.occluder_model())]:
+        graph = build_optimised(_entry(tmp_path, model, role, kind), CPU, tmp_path / "cache", GraphRecipe())
+        graphs[role] = graph
+    recognizer, occluder = (_session(g) for g in graphs.values())
+    assert has_free_batch(recognizer) and graph_notes(graphs["recognizer"])["batch"] is True
+    assert occluder.get_inputs()[0].shape[0] == 1
+    notes = graph_notes(graphs["occluder"])
+    assert notes["batch"] is False and "differs from two single runs" in notes["batch_why"]
+
+
+def test_batch_max_1_prepares_graphs_as_published(tmp_path):
+    entry = _entry(tmp_path, standins.arcface_model())
+    graph = build_optimised(entry, CPU, tmp_path / "cache", GraphRecipe(batch=False))
+    assert _session(graph).get_inputs()[0].shape[0] == 1
+
+
+# -- micro-batching --------------------------------------------------------------------------------
+def _concurrently(count: int, call) -> list:
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = call(i)
+        except Exception as exc:  # collected: the test looks at what each caller got
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_callers_get_exactly_their_own_results_from_merged_runs():
+    model = onnx.load(str(shared_file("models", "scrfd_2.5g_bnkps.onnx")))
+    session = _session(free_batch_axis(model))
+    batcher = MicroBatcher(session, wait_ms=500, max_size=32)
+    frames = [probe_feeds(session.get_inputs(), 1, seed=i) for i in range(8)]
+    results = _concurrently(8, lambda i: batcher.run(None, frames[i]))
+    for i, got in enumerate(results):
+        assert not isinstance(got, Exception), got
+        for a, b in zip(got, session.run(None, frames[i]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert batcher.calls == 8 and batcher.runs < 8  # merged
+
+
+def test_an_error_in_a_batched_run_fails_every_caller_of_that_batch():
+    # A free batch axis on the input, a Reshape pinned to one row: a batch of 1 runs, a merged batch fails.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "pinned",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(np.array([1, 4], np.int64), "shape")])
+    session = _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    slow = SlowSession(session)
+    batcher = MicroBatcher(slow, wait_ms=500, max_size=32)
+    results = _concurrently(6, lambda i: batcher.run(None, {"x": np.full((1, 4), i, np.float32)}))
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert batcher.runs < 6 and errors
+    assert len({str(e) for e in errors}) == 1 and "Reshape" in str(errors[0])
+    assert len(errors) == 6 - sum(1 for n in slow.rows if n == 1)
+    for i, r in enumerate(results):
+        if not isinstance(r, Exception):
+            assert np.array_equal(r[0], np.full((1, 4), i, np.float32))
+
+
+class SlowSession:
+    """A real session whose runs take at least 50 ms, so that callers arriving together overlap one."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.rows = session, []
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, names, feeds, options=None):
+        self.rows.append(len(next(iter(feeds.values()))))
+        threading.Event().wait(0.05)
+        return self.session.run(names, feeds, options)
+
+
+def test_no_run_holds_more_rows_than_batch_max():
+    session = _session(free_batch_axis(standins.arcface_model()))
+    slow = SlowSession(session)
+    batcher = MicroBatcher(slow, wait_ms=500, max_size=3)
+    crops = [probe_feeds(session.get_inputs(), 1, seed=i) for i in range(10)]
+    results = _concurrently(10, lambda i: batcher.run(None, crops[i]))
+    assert max(slow.rows) <= 3 and sum(slow.rows) == 10 and len(slow.rows) < 10
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got[0], session.run(None, crops[i])[0], rtol=1e-4, atol=1e-6)
+
+
+def test_a_call_larger_than_the_batch_bound_runs_alone():
+    session = _session(free_batch_axis(standins.arcface_model()))
+    batcher = MicroBatcher(session, wait_ms=100, max_size=2)
+    feeds = probe_feeds(session.get_inputs(), 3)
+    np.testing.assert_allclose(batcher.run(None, feeds)[0], session.run(None, feeds)[0], rtol=1e-5)
+    assert (batcher.calls, batcher.runs) == (1, 1)
+
+
+def test_batch_wait_0_turns_micro_batching_off_and_the_cpu_default_is_off(model_root, tmp_path):
+    cache = tmp_path / "cache"
+    on = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
+                              batching=Settings.from_env({"BATCH_WAIT_MS": "2"}).batching))
+    assert isinstance(on.models["swapper"].session, MicroBatcher)
+    assert isinstance(on.models["recognizer"].session, MicroBatcher)
+    for env in ({"BATCH_WAIT_MS": "0"}, {}):
+        bundle = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
+                                      batching=Settings.from_env(env).batching))
+        assert not any(isinstance(m.session, MicroBatcher) for m in bundle.models.values())
+    assert Settings.from_env({}).batching.wait_for(on_gpu=True) == 2.0
+
+
+def test_batching_settings_are_checked():
+    with pytest.raises(ValueError, match="BATCH_WAIT_MS must be at least 0.*BATCH_MAX must be at least 1.*MODEL_FP16"):
+        Settings.from_env({"BATCH_WAIT_MS": "-1", "BATCH_MAX": "0", "MODEL_FP16": "half"})
+
+
+# -- one swapper call per frame --------------------------------------------------------------------
+class CountingSession:
+    """Counts the rows of every run of a real session."""
+
+    def __init__(self, session) -> None:
+        self.session, self.rows = session, []
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feeds, options=None):
+        self.rows.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds, options)
+
+
+@pytest.fixture(scope="module")
+def solvay_runs(model_root, tmp_path_factory):
+    """The 29-face Solvay photo, faces=all, with BATCH_MAX 32 and 1: the images and the swapper's runs."""
+    target = shared_file("images", "solvay_conference_1927.png").read_bytes()
+    source = shared_file("images", "obama.jpg").read_bytes()
+    cache = tmp_path_factory.mktemp("batch-cache")
+    out = {}
+    for batch_max in (32, 1):
+        fuser = load_fuser(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
+                                    batching=Settings.from_env({"BATCH_MAX": str(batch_max)}).batching))
+        counter = CountingSession(fuser.swapper.session)
+        fuser.swapper.session = counter
+        result = fuser.fuse_bytes(source, target, FuseOptions(selection=Selection("all"), output_format="png"))
+        out[batch_max] = (result, counter.rows)
+    return out
+
+
+def test_all_faces_of_a_frame_are_swapped_in_one_run(solvay_runs):
+    result, rows = solvay_runs[32]
+    assert result.report.faces_swapped >= 20
+    assert rows == [result.report.faces_swapped]
+
+
+def test_batch_max_1_swaps_face_by_face_and_gives_the_same_image(solvay_runs):
+    batched, _ = solvay_runs[32]
+    single, rows = solvay_runs[1]
+    assert rows == [1] * single.report.faces_swapped
+    a = cv2.imdecode(np.frombuffer(batched.data, np.uint8), -1).astype(int)
+    b = cv2.imdecode(np.frombuffer(single.data, np.uint8), -1).astype(int)
+    diff = np.abs(a - b)
+    # float summation order only: measured 27 of 19.5 million channel values off, by 1 or 2 levels
+    assert diff.max() <= 2 and (diff > 0).mean() < 1e-4
+
+
+def test_reference_mode_embeds_every_candidate_in_one_run(model_root, tmp_path):
+    fuser = load_fuser(Settings(model_path=model_root, cache_path=tmp_path, execution_providers="cpu"))
+    counter = CountingSession(fuser.embedder.session)
+    fuser.embedder.session = counter
+    two = shared_file("images", "two_people.jpg").read_bytes()
+    obama = shared_file("images", "obama.jpg").read_bytes()
+    result = fuser.fuse_bytes(obama, two, FuseOptions(selection=Selection("reference", reference_threshold=0.0), reference=obama))
+    candidates = result.report.faces_found
+    assert candidates >= 2 and max(counter.rows) == candidates
+    single = [fuser.embedder.embed(fuser.decode(two).bgr, f) for f in fuser.detect(fuser.decode(two))]
+    many = fuser.embedder.embed_many(fuser.decode(two).bgr, fuser.detect(fuser.decode(two)))
+    for a, b in zip(single, many, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- fp16 ------------------------------------------------------------------------------------------
+def _overflowing_model() -> onnx.ModelProto:
+    """y = (x * 1000)^2 / 1e6: fine in float32, infinite in float16 (65504 at most)."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "k"], ["big"]), helper.make_node("Mul", ["big", "big"], ["sq"]),
+         helper.make_node("Div", ["sq", "m"], ["output"])], "overflow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
+        initializer=[numpy_helper.from_array(np.array(1000.0, np.float32), "k"),
+                     numpy_helper.from_array(np.array(1e6, np.float32), "m")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_conversion_keeps_float32_inputs_and_outputs_and_halves_the_weights():
+    model = standins.inswapper_model()
+    half = to_fp16(model)
+    session = _session(half)
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)"] * 2
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)"]
+    assert {t.data_type for t in half.graph.initializer if t.name == "tint"} == {TensorProto.FLOAT16}
+    assert fp16_error(_session(model), session) <= FP16_TOLERANCE
+
+
+def test_fp16_is_refused_when_outputs_leave_the_tolerance(tmp_path):
+    model = _overflowing_model()
+    assert fp16_error(_session(model), _session(to_fp16(model))) > FP16_TOLERANCE
+    entry = _entry(tmp_path, model, "enhancer", "gfpgan")
+    graph = build_optimised(entry, CPU, tmp_path / "cache", GraphRecipe(batch=False, fp16=True))
+    notes = graph_notes(graph)
+    assert notes["fp16"] is False and "of their range" in notes["fp16_why"]
+    feeds = probe_feeds(_session(model).get_inputs(), 1)
+    np.testing.assert_allclose(_session(graph).run(None, feeds)[0], _session(model).run(None, feeds)[0],
+                               rtol=1e-5)
+
+
+def test_fp16_is_served_when_within_tolerance(tmp_path):
+    entry = _entry(tmp_path, standins.arcface_model())
+    graph = build_optimised(entry, CPU, tmp_path / "cache", GraphRecipe(fp16=True))
+    notes = graph_notes(graph)
+    assert notes["fp16"] is True and notes["batch"] is True and notes["fp16_error"] <= FP16_TOLERANCE
+    assert has_free_batch(_session(graph))
+
+
+def test_model_fp16_auto_means_cuda_with_tensor_cores_only():
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert fp16_wanted("auto", cuda, capability=lambda _: "9.0")
+    assert not fp16_wanted("auto", cuda, capability=lambda _: "6.1")
+    assert not fp16_wanted("auto", cuda, capability=lambda _: "")
+    assert not fp16_wanted("auto", ["TensorrtExecutionProvider", *cuda], capability=lambda _: "9.0")
+    assert not fp16_wanted("auto", CPU, capability=lambda _: "9.0")
+    assert fp16_wanted("on", CPU) and not fp16_wanted("off", cuda, capability=lambda _: "9.0")
+
+
+# -- the CUDA arena cap ----------------------------------------------------------------------------
+def test_cuda_mem_limit_caps_the_arena_and_grows_it_only_as_requested(tmp_path):
+    gpu = Settings.from_env({"CUDA_MEM_LIMIT_MB": "4096"}).gpu
+    cuda, cpu = provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"], tmp_path, gpu)
+    assert cuda["gpu_mem_limit"] == str(4096 * 1024 * 1024)
+    assert cuda["arena_extend_strategy"] == "kSameAsRequested" and cpu == {}
+    uncapped = provider_options(["CUDAExecutionProvider"], tmp_path, GpuSettings())[0]
+    assert "gpu_mem_limit" not in uncapped
