@@ -12,7 +12,8 @@ Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
   2  bad usage: unknown or missing arguments, invalid option values (--quality 0, an --index no face
      has, --faces reference without --reference, an unknown output format, --mask-regions without
      region in --mask, --mask occlusion or region with no such model in the set, a --pixel-boost the
-     swapper's size does not divide), an invalid environment variable
+     swapper's size does not divide, an --enhancer role the set lacks, --enhancer-* without --enhance,
+     --detector-angles other than 0/90/180/270), an invalid environment variable
   3  an image or face problem: not an image, undecodable, too large, no face in the source or target
   4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
   5  file I/O: an input that cannot be read, an output that cannot be written (checked before the
@@ -27,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .angles import DEFAULT_DETECTOR_ANGLES, check_angles
 from .boost import PIXEL_BOOSTS
 from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
 from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
@@ -35,6 +37,7 @@ from .fuser import Fuser
 from .fusion_types import FuseOptions
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
+from .models.enhancer import EnhancerOptions
 from .selection import MODES, Selection
 
 EXIT_OK = 0
@@ -106,7 +109,9 @@ def _fuse(args: argparse.Namespace) -> int:
         fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() or "jpeg")
         masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
         options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality,
-                              pixel_boost=args.pixel_boost, masks=masks)
+                              pixel_boost=args.pixel_boost, masks=masks,
+                              enhancement=EnhancerOptions(args.enhancer, args.enhancer_blend, args.enhancer_weight),
+                              detector_angles=_angles(args.detector_angles))
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc
     if args.faces == "reference" and not args.reference:
@@ -129,6 +134,16 @@ def _words(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(word.strip() for word in text.split(","))
 
 
+def _angles(text: str | None) -> tuple[int, ...]:
+    """--detector-angles 0,90,...: whole numbers, checked by FuseOptions (a word is refused as they are)."""
+    if text is None:
+        return DEFAULT_DETECTOR_ANGLES
+    try:
+        return tuple(int(word) for word in text.split(","))
+    except ValueError as exc:
+        raise InvalidOptions(f"detector_angles must be one or more of 0, 90, 180, 270, got {text!r}") from exc
+
+
 def _padding(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -142,9 +157,13 @@ def _padding(text: str | None) -> tuple[int, ...] | None:
 def _detect(args: argparse.Namespace) -> int:
     settings = _settings()
     data = _read(args.image, "image")
+    try:
+        angles = check_angles(_angles(args.detector_angles))
+    except InvalidOptions as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
     fuser = _load(settings)
     image = fuser.decode(data)
-    faces = fuser.detect(image)
+    faces = fuser.detect(image, angles)
     print(json.dumps({"width": image.width, "height": image.height, "faces": [
         {"index": i, **f.as_dict()} for i, f in enumerate(faces)]}, indent=2))
     return EXIT_OK
@@ -174,9 +193,18 @@ def parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mask-padding", help="percent cut off the box: TOP,RIGHT,BOTTOM,LEFT (default 0,0,0,0)")
     fuse.add_argument("--mask-regions", help=f"with --mask region: comma-separated regions of {', '.join(REGIONS)} "
                                              "(default all)")
+    fuse.add_argument("--enhancer", help="with --enhance: the model set's enhancer role to run (default enhancer)")
+    fuse.add_argument("--enhancer-blend", type=int, help="with --enhance: percent of the enhanced face, 0-100 "
+                                                         "(default 80)")
+    fuse.add_argument("--enhancer-weight", type=float, help="with --enhance and a codeformer enhancer: fidelity "
+                                                            "0-1 (default 0.5)")
+    angles_help = ("comma-separated angles of 0, 90, 180, 270: also detect on copies rotated counter-clockwise by "
+                   "these (default 0)")
+    fuse.add_argument("--detector-angles", help=angles_help)
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")
+    detect.add_argument("--detector-angles", help=angles_help)
     detect.set_defaults(run=_detect)
     return top
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from .angles import DEFAULT_DETECTOR_ANGLES, detect_at_angles
 from .boost import boost_factor
 from .config import ImageLimits
 from .errors import (
@@ -34,6 +35,7 @@ from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
 from .images import DecodedImage, decode_image, encode_image
 from .masks import DEFAULT_MASKS, MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, InSwapper, ScrfdDetector
+from .models.enhancer import enhancer_roles, pick_enhancer
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
 from .timing import StageTimer
@@ -98,9 +100,10 @@ class Fuser:
         with _about(image):
             return decode_image(data, self.limits)
 
-    def detect(self, image: DecodedImage) -> list[Face]:
-        """Faces in the image, ordered left to right (the order `index` refers to)."""
-        return order_faces(self.detector.detect(image.bgr))
+    def detect(self, image: DecodedImage, angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> list[Face]:
+        """Faces in the image (on its copies rotated by `angles`), ordered left to right (the order
+        `index` refers to)."""
+        return order_faces(detect_at_angles(self.detector.detect, image.bgr, angles))
 
     def _largest_face(self, image: DecodedImage, timer: StageTimer, missing: type[FaceError], what: str) -> Face:
         """Detect, take the largest face and embed it: the source face and the reference face alike."""
@@ -163,13 +166,12 @@ class Fuser:
     def _fuse(
         self, source: DecodedImage | Callable[[], DecodedImage], target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None
     ) -> FusionResult:
-        if options.enhance and self.enhancer is None:
-            raise InvalidOptions("enhance was requested but this model set has no enhancer")
+        enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
         boost = self.check_quality_options(options)
         selection = options.selection
         src_face, latent = self.source_face(source, timer, source_key)
         with timer.stage("detect"):
-            faces = self.detect(target)
+            faces = self.detect(target, options.detector_angles)
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
             detail = f" of at least {selection.min_face_size} px" if faces else ""
@@ -184,11 +186,10 @@ class Fuser:
         frame = target.bgr.copy()
         for i in chosen:
             self._swap_face(target.bgr, frame, faces[i], latent, boost, options.masks, timer)
-        if options.enhance and self.enhancer is not None:
+        if enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
-                    restored, matrix = self.enhancer.enhance(frame, faces[i])
-                    paste_back(frame, restored, matrix)
+                    enhancer.enhance_into(frame, faces[i], options.enhancement, options.masks, self.occluder)
         report_faces = []
         for i, face in enumerate(faces):
             entry = {"index": i, **face.as_dict(), "swapped": i in chosen}
@@ -275,9 +276,9 @@ class Fuser:
         aligned, _ = swapper.align(frame, face)  # one alignment for the swapper and the maskers
         with timer.stage("swap"):
             swapper.swap_crop(aligned, latent)
-        if self.enhancer is not None:
+        for enhancer in enhancer_roles(self.models.models).values():  # every enhancer role a request may pick
             with timer.stage("enhance"):
-                self.enhancer.enhance(frame, face)
+                enhancer.enhance(frame, face)
         if self.occluder is not None or self.parser is not None:
             with timer.stage("mask"):
                 if self.occluder is not None:

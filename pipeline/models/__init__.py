@@ -17,13 +17,18 @@ from dataclasses import dataclass
 from .arcface import ArcFaceEmbedder
 from .base import ModelKind
 from .bisenet import FaceParser
-from .gfpgan import FaceEnhancer
+from .codeformer import CodeFormerEnhancer
+from .enhancer import FaceEnhancer
+from .gfpgan import GfpganEnhancer
+from .gpen import GpenEnhancer
 from .inswapper import InSwapper
+from .restoreformer import RestoreFormerEnhancer
 from .scrfd import ScrfdDetector
 from .xseg import FaceOccluder
 
-KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer,
+KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, GfpganEnhancer,
                                                                FaceOccluder, FaceParser)}
+KINDS.update({cls.kind: cls for cls in (CodeFormerEnhancer, GpenEnhancer, RestoreFormerEnhancer)})  # more enhancers
 STANDIN_SUFFIX = "-standin"
 
 
