@@ -150,5 +150,5 @@ def test_prefetch_cli_refuses_a_name_without_a_hash_and_a_wrong_hash(mirror, tmp
 def test_the_readme_lists_every_catalogue_licence():
     readme = (REPO / "README.md").read_text()
     for name, entry in CATALOGUE.items():
-        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
-        assert row is not None and entry.licence in row, name
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` | `{entry.kind}` |")]
+        assert len(rows) == 1 and entry.licence in rows[0], name
