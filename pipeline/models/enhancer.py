@@ -39,6 +39,7 @@ from ..faces import Face
 from ..masks import MaskOptions
 from ..paste import paste_back
 from .base import ModelKind
+from .xseg import FaceOccluder
 
 if TYPE_CHECKING:
     from ..manifest import ModelEntry
@@ -168,14 +169,14 @@ class FaceEnhancer(ModelKind):
         return self.restore(crop, options), matrix
 
     def enhance_into(self, frame: np.ndarray, face: Face, options: EnhancerOptions = DEFAULT_ENHANCER_OPTIONS,
-                     masks: MaskOptions | None = None, occluder: ModelKind | None = None) -> None:
+                     masks: MaskOptions | None = None, occluder: FaceOccluder | None = None) -> None:
         """Restore `face` of `frame` and blend it in, in place, touching only the face's region."""
         crop, matrix = self.align(frame, face)
         restored = self.restore(crop, options)
         box = MaskOptions(types=("box",), blur=masks.blur if masks is not None and masks.box else MaskOptions().blur)
         crop_masks: Sequence[np.ndarray] = ()
         if masks is not None and "occlusion" in masks.types and occluder is not None:
-            crop_masks = (occluder.occlusion(crop),)  # type: ignore[attr-defined]
+            crop_masks = (occluder.occlusion(crop),)
         blend = options.blend_percent / 100.0
         if blend >= 1.0:
             paste_back(frame, restored, matrix, box, crop_masks)
