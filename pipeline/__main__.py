@@ -198,8 +198,8 @@ def parser() -> argparse.ArgumentParser:
                                                          "(default 80)")
     fuse.add_argument("--enhancer-weight", type=float, help="with --enhance and a codeformer enhancer: fidelity "
                                                             "0-1 (default 0.5)")
-    angles_help = ("comma-separated angles of 0, 90, 180, 270: also detect on copies rotated counter-clockwise by "
-                   "these (default 0)")
+    angles_help = ("comma-separated angles of 0, 90, 180, 270: detect on copies of the target rotated "
+                   "counter-clockwise by each (0: as it is; the default)")
     fuse.add_argument("--detector-angles", help=angles_help)
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
