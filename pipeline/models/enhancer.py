@@ -44,6 +44,7 @@ from .xseg import FaceOccluder
 if TYPE_CHECKING:
     from ..manifest import ModelEntry
 
+IMAGE_INPUT = "input"  # the name FaceFusion's face_enhancer `forward` feeds the crop to
 DEFAULT_ENHANCER_ROLE = "enhancer"
 DEFAULT_ENHANCER_BLEND = 80  # FaceFusion's --face-enhancer-blend default (range 0..100)
 DEFAULT_ENHANCER_WEIGHT = 0.5  # FaceFusion's --face-enhancer-weight default (range 0..1)
@@ -126,6 +127,8 @@ class FaceEnhancer(ModelKind):
 
     def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] | None = None) -> None:
         super().__init__(session, input_size)
+        names = [i.name for i in session.get_inputs()]
+        self.input_name = IMAGE_INPUT if IMAGE_INPUT in names else names[0]  # FaceFusion feeds inputs by name
         self.template = TEMPLATES[self.template_for_size(self.input_size)] * self.input_size
 
     @classmethod
