@@ -10,8 +10,14 @@
 - Cost: milliseconds per face (swap + masks + paste back; detection and embedding excluded) for each
   pixel boost and mask, median of --repeat runs. The occluder and parser are stand-ins (a constant
   answer), so their cost here is our pre- and post-processing, not a real model's inference.
+- Cost per option against the baseline (native size, box mask, no enhancer) in the same run: ms per face
+  (swap + mask + paste + enhance; the fastest of --repeat rounds taken in turns) for each pixel boost, each mask and each enhancer kind of the stand-in
+  set (gfpgan, codeformer, gpen at 256, restoreformer++), and the detection time for detector_angles.
+  The enhancer stand-ins are one 3x3 convolution, so their rows are our alignment, normalisation, paste
+  back and blend, not a real enhancer's inference. `--gpu` runs this table with EXECUTION_PROVIDERS
+  cuda,cpu (on a GPU machine; the same small stand-ins, so it shows what the GPU path costs around them).
 
-Run: python -m bench.quality [--repeat N]
+Run: python -m bench.quality [--repeat N] [--gpu]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from bench.common import SHARED, standin_models, table
 from devtools.standins import OCCLUDED_RECT
 from pipeline import DecodedImage, FuseOptions, Fuser, Settings, StageTimer, load_fuser
 from pipeline.masks import SMOOTH_SIGMA, mask_options
+from pipeline.models.enhancer import EnhancerOptions, enhancer_roles
 
 BOOSTS = (128, 256, 512, 1024)
 MASKS = (("box",), ("box", "occlusion"), ("box", "region"), ("box", "occlusion", "region"))
@@ -65,6 +72,46 @@ def per_face_ms(fuser: Fuser, frame: DecodedImage, options: FuseOptions, repeat:
     return statistics.median(samples), result.image.bgr, report
 
 
+def stage_ms(fuser: Fuser, frame: DecodedImage, options: FuseOptions) -> tuple[float, float]:
+    """One fusion's ms per face (swap, mask, paste, enhance) and its detection ms of the target."""
+    timer = StageTimer()
+    fuser.fuse(frame, frame, options, timer, source_key="bench")
+    return sum(timer.ms.get(stage, 0.0) for stage in ("swap", "mask", "paste", "enhance")), timer.ms.get("detect", 0.0)
+
+
+def option_costs(fuser: Fuser, frame: DecodedImage, repeat: int) -> list[list]:
+    """One row per option against the baseline (native size, box, no enhancer), measured in one run.
+
+    The options take turns (round robin, `repeat` rounds) and each keeps its fastest round: on a shared
+    machine the other work then disturbs every option alike, and the minimum is the least disturbed run.
+    """
+    configs: list[tuple[str, FuseOptions]] = [("baseline: native size, box, no enhancer", FuseOptions())]
+    configs += [(f"pixel_boost {b}", FuseOptions(pixel_boost=b)) for b in BOOSTS[1:]]
+    configs += [(f"mask {','.join(m)}", FuseOptions(masks=mask_options(m))) for m in MASKS[1:]]
+    configs += [(f"enhancer {role} ({model.kind}, {model.input_size} px)",
+                 FuseOptions(enhance=True, enhancement=EnhancerOptions(role=role)))
+                for role, model in enhancer_roles(fuser.models.models).items()]
+    configs += [("detector_angles 0,180", FuseOptions(detector_angles=(0, 180))),
+                ("detector_angles 0,90,180,270", FuseOptions(detector_angles=(0, 90, 180, 270)))]
+    samples: list[list[tuple[float, float]]] = [[] for _ in configs]
+    for _ in range(repeat):
+        for i, (_, options) in enumerate(configs):
+            samples[i].append(stage_ms(fuser, frame, options))
+    best = [(min(ms for ms, _ in runs), min(d for _, d in runs)) for runs in samples]
+    base_ms = best[0][0]
+    # every option but detector_angles detects exactly as the baseline does: its detection time is the
+    # fastest of all of theirs, and only the angle rows have a detection time of their own
+    plain = [detect for (_, options), (_, detect) in zip(configs, best, strict=True) if options.detector_angles == (0,)]
+    base_detect = min(plain)
+    rows = []
+    for (name, options), (ms, detect) in zip(configs, best, strict=True):
+        own = options.detector_angles != (0,) or name.startswith("baseline")
+        detect = detect if options.detector_angles != (0,) else base_detect
+        rows.append([name, round(ms, 2), f"{ms - base_ms:+.2f}", round(detect, 2) if own else "same",
+                     f"{detect - base_detect:+.2f}" if own else ""])
+    return rows
+
+
 def occluded_pixels(fuser: Fuser, frame: DecodedImage, boost: int) -> np.ndarray:
     """Frame pixels of the face that map inside the occluder's rectangle by more than the smoothing reach."""
     face = max(fuser.detect(frame), key=lambda f: f.area)
@@ -81,11 +128,13 @@ def occluded_pixels(fuser: Fuser, frame: DecodedImage, boost: int) -> np.ndarray
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--gpu", action="store_true", help="the cost per option with EXECUTION_PROVIDERS cuda,cpu")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="ff-bench-quality-"))
     identity = load_fuser(Settings(model_path=standin_models(base / "identity", swapper="identity", maskers=True),
                                    cache_path=base / "cache"))
-    tint = load_fuser(Settings(model_path=standin_models(base / "tint", maskers=True), cache_path=base / "cache"))
+    tint = load_fuser(Settings(model_path=standin_models(base / "tint", maskers=True, extra_enhancers=True),
+                               cache_path=base / "cache"))
     frame = frame_with_face(identity)
     identity.exercise()
     tint.exercise()
@@ -117,6 +166,14 @@ def main() -> None:
         rows.append(row)
     print("\nCost: ms per face (swap + masks + paste back), stand-in models, median of", args.repeat)
     print(table(["mask", *(f"boost {b}" for b in BOOSTS)], rows))
+
+    costed = tint
+    if args.gpu:
+        costed = load_fuser(Settings(model_path=base / "tint", cache_path=base / "cache", execution_providers="cuda,cpu"))
+        costed.exercise()
+    print(f"\nCost per option against the baseline, {'GPU (cuda,cpu)' if args.gpu else 'this CPU'}, stand-in models, "
+          f"fastest of {args.repeat} rounds: ms per face (swap + mask + paste + enhance) and detection ms")
+    print(table(["option", "ms/face", "vs baseline", "detect ms", "vs baseline"], option_costs(costed, frame, args.repeat)))
 
 
 if __name__ == "__main__":

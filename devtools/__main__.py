@@ -127,7 +127,7 @@ def make_models(directory: Path, version: str, detector: Path | None, link_curre
         probe = probe.parent
     try:
         return write_test_models(directory, detector=detector, version=version, link_current=link_current,
-                                 maskers=True, swappers=True)
+                                 maskers=True, swappers=True, extra_enhancers=True)
     except OSError as exc:
         raise Failure(f"cannot write the model set to {target}: {exc.strerror or exc}", EXIT_WRITE) from exc
     finally:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from devtools.enhancer_standins import write_enhancer_standins
 from pipeline import atomic_symlink, manifest_document, plain_name, sha256_file, write_manifest_file
 
 OPSET = 17
@@ -324,11 +325,13 @@ def write_test_models(
     maskers: bool = False,
     swapper: str = "tint",
     swappers: bool = False,
+    extra_enhancers: bool = False,
 ) -> Path:
     """Write a complete stand-in model set to `directory/<version>` and point `current` at it.
 
     `maskers`: with the optional occluder and face_parser roles (`make-test-models` and `serve` write
-    them; off by default here so that sets built in code keep their four files). `swapper`: `tint` (the usual stand-in),
+    them; off by default here so that sets built in code keep their four files). `extra_enhancers`: the
+    codeformer, gpen and restoreformer++ roles too (devtools/enhancer_standins.py). `swapper`: `tint` (the usual stand-in),
     `identity` (output = its target input) or `identity-batch` (the same with a free batch axis).
     `swappers`: with a stand-in of every other swapper kind as an extra role named after its kind
     (devtools/swapper_standins.py), for `swapper=hyperswap` and the like.
@@ -346,7 +349,7 @@ def write_test_models(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=directory))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the set from a server running as another user
-        _write_set(staging, detector, version, enhancer, pad_mb, maskers, swapper, swappers)
+        _write_set(staging, detector, version, enhancer, pad_mb, maskers, swapper, swappers, extra_enhancers)
         if target.is_dir() and not target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".old", dir=directory))
             target.rename(old / version)
@@ -364,7 +367,8 @@ def write_test_models(
 
 
 def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool, pad_mb: dict[str, float],
-               maskers: bool = True, swapper: str = "tint", swappers: bool = False) -> None:
+               maskers: bool = True, swapper: str = "tint", swappers: bool = False,
+               extra_enhancers: bool = False) -> None:
     if detector is not None and pad_mb.get("detector"):
         onnx.save(padded_detector(Path(detector), pad_mb["detector"]), str(target / "det.onnx"))
         det_kind = "scrfd"
@@ -389,6 +393,8 @@ def _write_set(target: Path, detector: Path | None, version: str, enhancer: bool
     if enhancer:
         onnx.save(enhancer_model(), str(target / "enhance.onnx"))
         entries["enhancer"] = {"file": "enhance.onnx", "kind": "gfpgan-standin", "input_size": [512, 512]}
+    if extra_enhancers:
+        entries.update(write_enhancer_standins(target))
     if maskers:
         onnx.save(occluder_model(), str(target / "occluder.onnx"))
         onnx.save(parser_model(), str(target / "parser.onnx"))

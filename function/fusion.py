@@ -21,6 +21,7 @@ from pipeline import (
     normalise_format,
 )
 from pipeline.masks import mask_options
+from pipeline.models.enhancer import EnhancerOptions
 from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
 from . import observe
@@ -96,7 +97,10 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, defa
     return FuseOptions(selection=selection, enhance=values.get("enhance", False),
                        output_format=values.get("format") or accept_format(accept, default_format),
                        quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks,
-                       swapper=values.get("swapper", "swapper"), swapper_weight=values.get("swapper_weight", 0.5))
+                       swapper=values.get("swapper", "swapper"), swapper_weight=values.get("swapper_weight", 0.5),
+                       enhancement=EnhancerOptions(values.get("enhancer"), values.get("enhancer_blend"),
+                                                   values.get("enhancer_weight")),
+                       detector_angles=values.get("detector_angles", (0,)))
 
 
 def run_fusion(fuser: Fuser, source: bytes | list[bytes], target: bytes,

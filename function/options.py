@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import FACE_MODES, InvalidOptions
+from pipeline.angles import DETECTOR_ANGLES
 from pipeline.boost import PIXEL_BOOSTS
 from pipeline.config import FALSE_WORDS, TRUE_WORDS
 from pipeline.masks import DEFAULT_MASK_BLUR, MASK_TYPES, REGIONS
+from pipeline.models.enhancer import DEFAULT_ENHANCER_BLEND, DEFAULT_ENHANCER_ROLE, DEFAULT_ENHANCER_WEIGHT
 from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
 
 IMAGE_FIELDS = ("source", "target", "reference")  # images travel beside the options, never as one
@@ -33,9 +35,11 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "a bool
 
 @dataclass(frozen=True)
 class ListOf:
-    """The items of a list option: words from `enum`, or integers within bounds; how many."""
+    """The items of a list option: words from `enum`, integers from `values`, or integers within bounds;
+    how many."""
 
     enum: tuple[str, ...] = ()
+    values: tuple[int, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
     min_items: int = 1
@@ -44,11 +48,14 @@ class ListOf:
     def item_schema(self) -> dict[str, Any]:
         if self.enum:
             return {"type": "string", "enum": list(self.enum)}
+        if self.values:
+            return {"type": "integer", "enum": list(self.values)}
         return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
 
     def pattern(self) -> str:
         """The comma-separated text form as a regular expression (JSON Schema `pattern`)."""
-        item = "(" + "|".join(self.enum) + ")" if self.enum else _INTEGER_ITEM  # words of [a-z-]: no escapes
+        item = "(" + "|".join(self.enum or map(str, self.values)) + ")" if self.enum or self.values else (
+            _INTEGER_ITEM)  # words of [a-z-] and digits: no escapes
         more = "*" if self.max_items is None else f"{{{self.max_items - 1}}}"
         if self.max_items is not None and self.max_items != self.min_items:
             more = f"{{{self.min_items - 1},{self.max_items - 1}}}"
@@ -76,6 +83,8 @@ class ListOf:
                         isinstance(item, float) and not (math.isfinite(item) and item.is_integer())):
                     return None
                 item = int(item)
+                if self.values and item not in self.values:
+                    return None
                 if not (self.minimum is None or item >= self.minimum) or not (self.maximum is None or item <= self.maximum):
                     return None
             items.append(item)
@@ -88,7 +97,7 @@ class ListOf:
         return tuple(words) if self.enum else tuple(int(word) for word in words)
 
     def words(self) -> str:
-        what = f"one or more of {', '.join(self.enum)}" if self.enum else (
+        what = f"one or more of {', '.join(self.enum or map(str, self.values))}" if self.enum or self.values else (
             f"{self.min_items} whole numbers between {self.minimum} and {self.maximum}")
         return f"a list of {what} (an array, or one string with commas between the items)"
 
@@ -129,7 +138,7 @@ class Option:
             typed = self.items.from_text(value) if form else self.items.from_json(value)
             if typed is None:
                 raise ValueError(f"{self.name} must be {self.items.words()}, got {_show(value)}")
-            return tuple(dict.fromkeys(typed)) if self.items.enum else typed
+            return tuple(dict.fromkeys(typed)) if self.items.enum or self.items.values else typed
         typed = self._from_text(value) if form else self._from_json(value)
         if typed is None:
             words = "one of true/false/1/0/yes/no/on/off" if form and self.type == "boolean" else _TYPE_WORDS[self.type]
@@ -212,6 +221,17 @@ OPTIONS: tuple[Option, ...] = (
            default=0.5, minimum=0, maximum=1),
     Option("mask_regions", "array", "with mask region: the face regions that are swapped", default=tuple(REGIONS),
            items=ListOf(enum=tuple(REGIONS))),
+    Option("enhancer", "string", "with enhance: the model set's role whose enhancer runs (a role of kind gfpgan, "
+                                 "codeformer, gpen or restoreformer++)", default=DEFAULT_ENHANCER_ROLE),
+    Option("enhancer_blend", "integer", "with enhance: percent of the enhanced face over the swapped one (0: the "
+                                        "swapped face unchanged, 100: the enhanced face)",
+           default=DEFAULT_ENHANCER_BLEND, minimum=0, maximum=100),
+    Option("enhancer_weight", "number", "with enhance and an enhancer with a fidelity weight (codeformer): 0 "
+                                        "restores the most, 1 keeps the most of the face",
+           default=DEFAULT_ENHANCER_WEIGHT, minimum=0, maximum=1),
+    Option("detector_angles", "array", "look for target faces on copies rotated counter-clockwise by each angle (0: "
+                                       "as it is; 90, 180, 270 find faces lying sideways or upside down)", default=(0,),
+           items=ListOf(values=DETECTOR_ANGLES)),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 

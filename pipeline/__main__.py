@@ -14,8 +14,9 @@ Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
   2  bad usage: unknown or missing arguments, invalid option values (--quality 0, an --index no face
      has, --faces reference without --reference, an unknown output format, --mask-regions without
      region in --mask, --mask occlusion or region with no such model in the set, a --pixel-boost the
-     swapper's size does not divide, a --swapper role the set lacks, more than 8 sources), an invalid
-     environment variable
+     swapper's size does not divide, a --swapper role the set lacks, more than 8 sources, an --enhancer
+     role the set lacks, --enhancer-* without --enhance, --detector-angles other than 0/90/180/270), an
+     invalid environment variable
   3  an image or face problem: not an image, undecodable, too large, no face in the source (in any of
      the sources) or target
   4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
@@ -31,6 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .angles import DEFAULT_DETECTOR_ANGLES, check_angles
 from .boost import PIXEL_BOOSTS
 from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
 from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
@@ -39,6 +41,7 @@ from .fuser import Fuser
 from .fusion_types import FuseOptions
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
+from .models.enhancer import EnhancerOptions
 from .selection import MODES, Selection
 from .sources import MAX_SOURCES, check_count
 
@@ -112,7 +115,9 @@ def _fuse(args: argparse.Namespace) -> int:
         masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
         options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality,
                               pixel_boost=args.pixel_boost, masks=masks, swapper=args.swapper,
-                              swapper_weight=args.swapper_weight)
+                              swapper_weight=args.swapper_weight,
+                              enhancement=EnhancerOptions(args.enhancer, args.enhancer_blend, args.enhancer_weight),
+                              detector_angles=_angles(args.detector_angles))
         check_count(len(args.source))
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc
@@ -136,6 +141,16 @@ def _words(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(word.strip() for word in text.split(","))
 
 
+def _angles(text: str | None) -> tuple[int, ...]:
+    """--detector-angles 0,90,...: whole numbers, checked by FuseOptions (a word is refused as they are)."""
+    if text is None:
+        return DEFAULT_DETECTOR_ANGLES
+    try:
+        return tuple(int(word) for word in text.split(","))
+    except ValueError as exc:
+        raise InvalidOptions(f"detector_angles must be one or more of 0, 90, 180, 270, got {text!r}") from exc
+
+
 def _padding(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -149,9 +164,13 @@ def _padding(text: str | None) -> tuple[int, ...] | None:
 def _detect(args: argparse.Namespace) -> int:
     settings = _settings()
     data = _read(args.image, "image")
+    try:
+        angles = check_angles(_angles(args.detector_angles))
+    except InvalidOptions as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
     fuser = _load(settings)
     image = fuser.decode(data)
-    faces = fuser.detect(image)
+    faces = fuser.detect(image, angles)
     print(json.dumps({"width": image.width, "height": image.height, "faces": [
         {"index": i, **f.as_dict()} for i, f in enumerate(faces)]}, indent=2))
     return EXIT_OK
@@ -186,9 +205,18 @@ def parser() -> argparse.ArgumentParser:
                                                            "swapper; the manifest may declare hyperswap, simswap, ...)")
     fuse.add_argument("--swapper-weight", type=float, default=0.5,
                       help="0-1: move the source identity toward (0) or away from (1) the target's; 0.5 leaves it")
+    fuse.add_argument("--enhancer", help="with --enhance: the model set's enhancer role to run (default enhancer)")
+    fuse.add_argument("--enhancer-blend", type=int, help="with --enhance: percent of the enhanced face, 0-100 "
+                                                         "(default 80)")
+    fuse.add_argument("--enhancer-weight", type=float, help="with --enhance and a codeformer enhancer: fidelity "
+                                                            "0-1 (default 0.5)")
+    angles_help = ("comma-separated angles of 0, 90, 180, 270: detect on copies of the target rotated "
+                   "counter-clockwise by each (0: as it is; the default)")
+    fuse.add_argument("--detector-angles", help=angles_help)
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")
+    detect.add_argument("--detector-angles", help=angles_help)
     detect.set_defaults(run=_detect)
     return top
 

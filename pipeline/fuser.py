@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from .angles import DEFAULT_DETECTOR_ANGLES, detect_at_angles
 from .boost import boost_factor
 from .config import ImageLimits
 from .errors import (
@@ -35,6 +36,7 @@ from .identity import SourceIdentity
 from .images import DecodedImage, decode_image, encode_image
 from .masks import DEFAULT_MASKS, MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
+from .models.enhancer import enhancer_roles, pick_enhancer
 from .models.swapper import swapper_roles
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
@@ -102,9 +104,10 @@ class Fuser:
         with _about(image):
             return decode_image(data, self.limits)
 
-    def detect(self, image: DecodedImage) -> list[Face]:
-        """Faces in the image, ordered left to right (the order `index` refers to)."""
-        return order_faces(self.detector.detect(image.bgr))
+    def detect(self, image: DecodedImage, angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> list[Face]:
+        """Faces in the image (on its copies rotated by `angles`), ordered left to right (the order
+        `index` refers to)."""
+        return order_faces(detect_at_angles(self.detector.detect, image.bgr, angles))
 
     def _largest_face(self, image: DecodedImage, timer: StageTimer, missing: type[FaceError], what: str) -> Face:
         """Detect, take the largest face and embed it: the source face and the reference face alike."""
@@ -176,14 +179,13 @@ class Fuser:
         self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
         source_key: str | None
     ) -> FusionResult:
-        if options.enhance and self.enhancer is None:
-            raise InvalidOptions("enhance was requested but this model set has no enhancer")
+        enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
         boost = self.check_quality_options(options)
         swapper = self.swapper_for(options.swapper)
         selection = options.selection
         src_faces, latent = self.source_face(source, timer, source_key, options.swapper)
         with timer.stage("detect"):
-            faces = self.detect(target)
+            faces = self.detect(target, options.detector_angles)
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
             detail = f" of at least {selection.min_face_size} px" if faces else ""
@@ -199,11 +201,10 @@ class Fuser:
         latents = self._balanced(swapper, latent, target, [faces[i] for i in chosen], options.swapper_weight, timer)
         frame = target.bgr.copy()
         self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latents, boost, options.masks, timer, swapper)
-        if options.enhance and self.enhancer is not None:
+        if enhancer is not None:
             for i in chosen:
                 with timer.stage("enhance"):
-                    restored, matrix = self.enhancer.enhance(frame, faces[i])
-                    paste_back(frame, restored, matrix)
+                    enhancer.enhance_into(frame, faces[i], options.enhancement, options.masks, self.occluder)
         report_faces = []
         for i, face in enumerate(faces):
             entry = {"index": i, **face.as_dict(), "swapped": i in chosen}
@@ -322,9 +323,9 @@ class Fuser:
         with timer.stage("swap"):
             for role, model in self.swappers.items():  # every swapper role a request may pick
                 model.swap_crop(aligned if model is swapper else model.align(frame, face)[0], sources[role])
-        if self.enhancer is not None:
+        for enhancer in enhancer_roles(self.models.models).values():  # every enhancer role a request may pick
             with timer.stage("enhance"):
-                self.enhancer.enhance(frame, face)
+                enhancer.enhance(frame, face)
         if self.occluder is not None or self.parser is not None:
             with timer.stage("mask"):
                 if self.occluder is not None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .angles import DEFAULT_DETECTOR_ANGLES, check_angles
 from .boost import PIXEL_BOOSTS
 from .errors import InvalidOptions
 from .images import DecodedImage, normalise_format
 from .masks import DEFAULT_MASKS, MaskOptions
+from .models.enhancer import DEFAULT_ENHANCER_OPTIONS, EnhancerOptions
 from .selection import Selection
 
 
@@ -37,8 +39,14 @@ class FuseOptions:
     masks: MaskOptions = DEFAULT_MASKS
     swapper: str = "swapper"  # the manifest role of the swapper (pipeline/models/swapper.py)
     swapper_weight: float = 0.5  # FaceFusion's face_swapper_weight (pipeline/identity.py, `balance`)
+    enhancement: EnhancerOptions = DEFAULT_ENHANCER_OPTIONS  # which enhancer role, blend, weight (with enhance)
+    detector_angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES  # rotated copies searched (pipeline/angles.py)
 
     def __post_init__(self) -> None:
+        self.detector_angles = check_angles(self.detector_angles)
+        if self.enhancement.given and not self.enhance:
+            given = self.enhancement.given
+            raise InvalidOptions(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} when enhance is true")
         self.output_format = normalise_format(self.output_format)
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise InvalidOptions(f"quality must be between 1 and 100, got {self.quality}")

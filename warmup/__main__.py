@@ -3,6 +3,9 @@
 prefetch SOURCE  copy a model set (fsspec URI of a folder with manifest.json, or `default`) into
                  MODEL_PATH/<version>/ (--model-path, default $MODEL_PATH, else ./models), verified;
                  exit 1 with the reason on any failure, leaving nothing partial behind
+prefetch NAME..  the public files of these catalogue names (warmup/catalogue.py: hyperswap_1a_256,
+                 gfpgan_1.4, xseg_1, ...) as one set, each verified by its pinned SHA-256 or the one
+                 given with --sha256 NAME=HEX (refused without either); prints each model's licence
 prepare          build derived artefacts (emap side file, optimised graphs) for $MODEL_PATH/$MODEL_VERSION
                  into $CACHE_PATH, so serving processes start without building anything
 check            verify, load and exercise the model set; exit 0 when it would serve
@@ -19,7 +22,21 @@ from pipeline import EnvReader, PipelineError, Settings, prepare
 from pipeline.config import DEFAULT_MODEL_PATH
 
 from . import Warmup
+from .catalogue import CATALOGUE, CatalogueError, is_catalogue_request, parse_hashes, plan
 from .prefetch import PrefetchError, prefetch
+
+
+def _prefetch_source(args: argparse.Namespace) -> str | dict:
+    """One URI or `default`, or catalogue names made into a manifest (their licences printed)."""
+    if is_catalogue_request(args.source):
+        planned = plan(args.source, parse_hashes(args.sha256), args.mirror, args.version)
+        for line in planned.lines:
+            print(line, file=sys.stderr)
+        return planned.manifest
+    if len(args.source) > 1 or args.sha256 or args.mirror:
+        raise CatalogueError(f"{' '.join(args.source)}: several sources, --sha256 and --mirror are for catalogue "
+                             f"names only; unknown names: {', '.join(n for n in args.source if n not in CATALOGUE)}")
+    return args.source[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("prefetch", help="copy a verified model set onto the volume")
-    pre.add_argument("source", help="fsspec URI of a folder with manifest.json, or 'default'")
+    pre.add_argument("source", nargs="+", help="fsspec URI of a folder with manifest.json, 'default', or "
+                                               "catalogue names (warmup/catalogue.py)")
+    pre.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX",
+                     help="with catalogue names: the SHA-256 a file must have (needed where none is pinned)")
+    pre.add_argument("--mirror", help="with catalogue names: a folder URI holding the files by their names, "
+                                      "read instead of the public locations")
     pre.add_argument("--version", help="folder name under MODEL_PATH (default: the manifest's version)")
     pre.add_argument("--model-path", default=EnvReader().str("MODEL_PATH", DEFAULT_MODEL_PATH),
                      help="model root to install into (default: $MODEL_PATH, else ./models)")
@@ -38,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "prefetch":
         try:
-            result = prefetch(args.source, Path(args.model_path), args.version, args.current)
-        except PrefetchError as exc:
+            source: str | dict = _prefetch_source(args)
+            result = prefetch(source, Path(args.model_path), args.version, args.current)
+        except (PrefetchError, CatalogueError) as exc:
             print(f"prefetch failed: {exc}", file=sys.stderr)
             return 1
         print(json.dumps({"version": result.version, "directory": str(result.directory), "copied": result.copied,

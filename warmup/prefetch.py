@@ -204,8 +204,13 @@ def _first_reachable(urls: list[str], name: str) -> Callable[[], IO[bytes]]:
         f"python -m warmup prefetch s3://your-bucket/models/<version>/")
 
 
-def _plan(source: str) -> tuple[dict, str, Callable[[str, dict], Callable[[], IO[bytes]]]]:
-    """The manifest to install, where it came from (for messages) and, per entry, how to open its bytes."""
+def _plan(source: str | dict) -> tuple[dict, str, Callable[[str, dict], Callable[[], IO[bytes]]]]:
+    """The manifest to install, where it came from (for messages) and, per entry, how to open its bytes.
+
+    `source` is a URI, `default`, or a manifest built in code (warmup/catalogue.py) whose entries carry
+    their `urls` (or an `archive`) as the default set's do."""
+    if isinstance(source, dict):
+        return source, "the catalogue's manifest", lambda name, spec: _first_reachable(spec["urls"], name)
     if source == "default":
         return DEFAULT_SET, "the default set's manifest", lambda name, spec: _first_reachable(spec["urls"], name)
     base = source.rstrip("/")
@@ -279,11 +284,12 @@ def _remove_unfinished(target: Path, touched: set[Path], created: list[Path]) ->
             target.rmdir()
 
 
-def prefetch(source: str, model_path: Path, version: str | None = None, make_current: bool = False,
+def prefetch(source: str | dict, model_path: Path, version: str | None = None, make_current: bool = False,
              progress: Progress | None = None) -> PrefetchResult:
     progress = progress or Progress()
     root = Path(model_path)
     manifest, where, opener = _plan(source)
+    source = source if isinstance(source, str) else where
     version, model_set = _check(manifest, where, version, lambda v: root / v)
     target = root / version
     result = PrefetchResult(version=version, directory=target)

@@ -18,11 +18,15 @@ from .arcface import ArcFaceEmbedder
 from .base import ModelKind
 from .bisenet import FaceParser
 from .blendswap import BlendSwap
+from .codeformer import CodeFormerEnhancer
 from .converter import EmbeddingConverter
-from .gfpgan import FaceEnhancer
+from .enhancer import FaceEnhancer
+from .gfpgan import GfpganEnhancer
 from .ghost import Ghost
+from .gpen import GpenEnhancer
 from .hyperswap import HyperSwap
 from .inswapper import InSwapper
+from .restoreformer import RestoreFormerEnhancer
 from .scrfd import ScrfdDetector
 from .simswap import SimSwap
 from .simswap_unofficial import SimSwapUnofficial
@@ -30,9 +34,10 @@ from .swapper import FaceSwapper
 from .uniface import UniFace
 from .xseg import FaceOccluder
 
-KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, FaceEnhancer,
+KINDS: dict[str, type[ModelKind]] = {cls.kind: cls for cls in (ScrfdDetector, ArcFaceEmbedder, InSwapper, GfpganEnhancer,
                                                                FaceOccluder, FaceParser, EmbeddingConverter)}
 KINDS.update({cls.kind: cls for cls in (HyperSwap, SimSwap, SimSwapUnofficial, Ghost, BlendSwap, UniFace)})  # swappers
+KINDS.update({cls.kind: cls for cls in (CodeFormerEnhancer, GpenEnhancer, RestoreFormerEnhancer)})  # more enhancers
 STANDIN_SUFFIX = "-standin"
 
 
