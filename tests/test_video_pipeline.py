@@ -207,6 +207,19 @@ def test_frames_without_a_face_pass_through_unchanged(clip: Path, whole):
             assert np.abs(a.astype(int) - b.astype(int)).max() > 40, f"frame {i}'s face was not swapped"
 
 
+def test_only_the_swapped_face_region_changes(fuser: Fuser, source: bytes, photo: Path, tmp_path: Path):
+    """A fused frame is the decoded frame with the face's region replaced: far from the face every
+    pixel is exactly as decoded (no round trip through BGR), near it the swap shows."""
+    clip = make_clip(tmp_path / "small-face.mp4", photo, ClipSpec(frames=4, width=480, height=270, face_height=0.3))
+    out = tmp_path / "out.mp4"
+    assert fuse_video(fuser, source, clip, out, LOSSLESS).frames_swapped == 4
+    for (_, before), (_, after) in zip(decoded(clip), decoded(out), strict=True):
+        luma_before, luma_after = before[:270].astype(int), after[:270].astype(int)
+        assert np.array_equal(luma_before[:, :60], luma_after[:, :60])
+        assert np.array_equal(luma_before[:, -60:], luma_after[:, -60:])
+        assert np.abs(luma_before[100:170, 200:280] - luma_after[100:170, 200:280]).max() > 40
+
+
 def test_segments_stitched_equal_the_whole_clip(fuser: Fuser, source: bytes, clip: Path, plan, whole, tmp_path: Path):
     """With the whole clip's keyframes and tracking resets at the same cuts and a lossless encoder, the
     stitched clip decodes to exactly the whole clip's frames; its audio is the input's, byte for byte."""
@@ -221,7 +234,7 @@ def test_segments_stitched_equal_the_whole_clip(fuser: Fuser, source: bytes, cli
         assert not part.streams.audio  # parts carry no audio
     stitched = tmp_path / "stitched.mp4"
     report = stitch(parts, stitched, clip)
-    assert report.frames == 24 and report.audio_packets == len(audio_packets(clip))
+    assert report.frames == 24 and report.duration_s == 2.0 and report.audio_packets == len(audio_packets(clip))
     info = probe(stitched)
     assert (info.frames, info.duration_s, info.fps) == (24, 2.0, Fraction(12))
     expected, got = decoded(whole[0]), decoded(stitched)

@@ -27,7 +27,8 @@ from .output import check_audio, container_of
 
 @dataclass
 class StitchReport:
-    """What was joined: frames and audio packets copied, the output's duration, the time it took."""
+    """What was joined: frames and audio packets copied, the video's duration (first frame shown to
+    last frame's end), the time it took."""
 
     parts: int
     frames: int
@@ -67,6 +68,7 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> Sti
     frames = audio_count = 0
     last_dts: Fraction | None = None
     end_time = Fraction(0)
+    start_time: Fraction | None = None
     try:
         if audio_in is not None:
             check_audio(fmt, audio_in.codec_context.name)
@@ -104,7 +106,9 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> Sti
                             out.mux(pending)
                             audio_count += 1
                             pending = next(audio_iter, None)
-                        end_time = max(end_time, (Fraction(packet.pts) + (packet.duration or 0)) * packet.time_base)
+                        shown = Fraction(packet.pts) * packet.time_base
+                        start_time = shown if start_time is None else min(start_time, shown)
+                        end_time = max(end_time, shown + (packet.duration or 0) * packet.time_base)
                         packet.stream = video_out
                         out.mux(packet)
                         frames += 1
@@ -119,5 +123,5 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> Sti
     finally:
         if audio_file is not None:
             audio_file.close()
-    return StitchReport(parts=len(parts), frames=frames, audio_packets=audio_count, duration_s=float(end_time),
+    return StitchReport(parts=len(parts), frames=frames, audio_packets=audio_count, duration_s=float(end_time - (start_time or 0)),
                         seconds=round(time.perf_counter() - started, 3), bytes=Path(output_path).stat().st_size)
