@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class VideoReport:
     segment: int | None = None
     frames_in_flight_peak: int = 0  # frames decoded but not yet handed to the encoder, at most
     queue_frames: int = DEFAULT_QUEUE_FRAMES
+    # mean frame-to-frame landmark movement of tracked faces, as detected and after smoothing
+    landmark_jitter_px: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +113,12 @@ def fuse_video(
         source_image = fuser.decode(source, "source")
     key = hashlib.sha256(source).hexdigest()
     fuser.source_face(source_image, fuse_timer, key)  # embedded once here; each frame finds it by key
+    if isinstance(options.fuse.reference, bytes):  # decoded once, not per frame
+        # TODO: the reference face is still detected and embedded on every frame (Fuser._reference_embedding);
+        # a cache of it in the Fuser, like the source's, would save one detection per frame with faces=reference
+        with fuse_timer.stage("decode_source"):
+            reference = fuser.decode(options.fuse.reference, "reference")
+        options = replace(options, fuse=replace(options.fuse, reference=reference))
     first = segment.start_frame if segment is not None else 0
     last = segment.end_frame if segment is not None else info.frames
     resets = {first, *boundaries}
@@ -223,7 +231,8 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
         raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
     stages = {**decode_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
     return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
-                       stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames)
+                       stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames,
+                       landmark_jitter_px=tracker.jitter_px)
 
 
 def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, options: VideoOptions,
