@@ -173,7 +173,9 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                                 decoded_q.put(_END)
                                 return
                             continue
-                        decoded_q.put(("frame", index, frame))
+                        with decode_timer.stage("to_bgr"):  # here, not in the fuse thread, the busiest one
+                            bgr = frame.to_ndarray(format="bgr24", src_colorspace=colorspace)
+                        decoded_q.put(("frame", index, frame, bgr))
                         counts["decoded"] += 1
                         counts["peak"] = max(counts["peak"], counts["decoded"] - counts["encoded"])
             except av.error.FFmpegError as exc:
@@ -213,10 +215,10 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                     if item is _END:
                         break
                     continue
-                _, index, frame = item
+                _, index, frame, bgr = item
                 if index in resets:
                     tracker.reset()
-                fused, changed = _fuse_frame(fuser, source_image, key, frame, options, tracker, fuse_timer,
+                fused, changed = _fuse_frame(fuser, source_image, key, frame, bgr, options, tracker, fuse_timer,
                                              colorspace, pix_fmt, info.color_range == 2)
                 swapped += changed
                 without += not changed
@@ -235,12 +237,11 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                        landmark_jitter_px=tracker.jitter_px)
 
 
-def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, options: VideoOptions,
-                tracker: FaceTracker, timer: StageTimer, colorspace: str, pix_fmt: str,
+def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, bgr: np.ndarray,
+                options: VideoOptions, tracker: FaceTracker, timer: StageTimer, colorspace: str, pix_fmt: str,
                 full_range: bool = False) -> tuple[av.VideoFrame, bool]:
-    """The fused frame, and whether a face was swapped; a frame without one is returned as it came."""
-    with timer.stage("convert"):
-        bgr = frame.to_ndarray(format="bgr24", src_colorspace=colorspace)
+    """The fused frame (`bgr` is `frame` as BGR), and whether a face was swapped; a frame without one
+    is returned as it came."""
     image = DecodedImage(bgr=bgr)
     with timer.stage("detect"):
         faces = tracker.update(fuser.detect(image))
