@@ -81,6 +81,13 @@ def decoded(path: Path) -> list[tuple[Fraction, np.ndarray]]:
         return [(frame.pts * frame.time_base, frame.to_ndarray(format="yuv420p")) for frame in container.decode(video=0)]
 
 
+def stream_seconds(path: Path) -> tuple[Fraction, Fraction]:
+    """The durations the container states for its video and audio streams, as a player reads them."""
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        return video.duration * video.time_base, audio.duration * audio.time_base
+
+
 def audio_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as container:
         return [bytes(p) for p in container.demux(audio=0) if p.size]
@@ -191,6 +198,7 @@ def test_whole_clip_keeps_frames_timestamps_and_audio(clip: Path, whole):
     before, after = probe(clip), probe(out)
     assert (after.frames, after.fps, after.duration_s) == (before.frames, before.fps, before.duration_s)
     assert [t for t, _ in decoded(out)] == [t for t, _ in decoded(clip)]
+    assert stream_seconds(out) == stream_seconds(clip)
     assert audio_packets(out) == audio_packets(clip)  # copied, not re-encoded
     assert report.frames == 24 and report.codec == "libx264"
     assert {"decode", "detect", "swap", "paste", "encode"} <= set(report.stages_ms)
@@ -226,14 +234,14 @@ def test_segments_stitched_equal_the_whole_clip(fuser: Fuser, source: bytes, cli
     assert len(plan) == 2
     parts = []
     for segment in reversed(plan):  # the order segments are fused in does not matter
-        part = tmp_path / f"part-{segment.index}.mp4"
-        report = fuse_video(fuser, source, clip, part, LOSSLESS, segment=segment)
+        part = tmp_path / f"part-{segment.index}.partial"  # a temporary name: `suffix` names the container
+        report = fuse_video(fuser, source, clip, part, LOSSLESS, segment=segment, suffix=".mp4")
         assert report.frames == segment.frames and report.segment == segment.index
         parts.insert(0, part)
     with av.open(str(parts[0])) as part:
         assert not part.streams.audio  # parts carry no audio
     stitched = tmp_path / "stitched.mp4"
-    report = stitch(parts, stitched, clip)
+    report = stitch(parts, stitched, clip, suffix=".mp4")
     assert report.frames == 24 and report.duration_s == 2.0 and report.audio_packets == len(audio_packets(clip))
     info = probe(stitched)
     assert (info.frames, info.duration_s, info.fps) == (24, 2.0, Fraction(12))
@@ -241,6 +249,7 @@ def test_segments_stitched_equal_the_whole_clip(fuser: Fuser, source: bytes, cli
     assert [t for t, _ in got] == [t for t, _ in expected]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(expected, got, strict=True))
     assert audio_packets(stitched) == audio_packets(clip)
+    assert stream_seconds(stitched) == stream_seconds(clip)
 
 
 def test_stitch_refuses_parts_that_overlap(fixed_face_fuser: Fuser, source: bytes, clip: Path, plan, tmp_path: Path):

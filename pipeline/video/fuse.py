@@ -89,17 +89,22 @@ def fuse_video(
     info: VideoInfo | None = None,
     boundaries: Iterable[int] = (),
     queue_frames: int = DEFAULT_QUEUE_FRAMES,
+    suffix: str | None = None,
 ) -> VideoReport:
     """Fuse the clip (or one segment of it) at `input_path` into `output_path`.
 
-    `progress` is called with the number of frames fused so far, after each frame. `info` saves a
-    second probe where the caller has one. The output is written in place (the caller writes to a
-    temporary name and renames, for atomicity); it is removed again when the fusion fails.
+    The container and codec follow `output_path`'s extension, or `suffix` (".mp4") where that path is
+    a temporary name. Write parts as .mp4 or .mov: they keep the input's timestamps exactly (Matroska
+    rounds them to milliseconds). `progress` is called with the number of frames fused so far, after
+    each frame. `info` saves a second probe where the caller has one. The output is written in place
+    (the caller writes to a temporary name and renames, for atomicity); it is removed again when the
+    fusion fails.
     """
     started = time.perf_counter()
     info = info or probe(input_path)
-    fmt = container_of(output_path)
-    codec = codec_for(output_path, options)
+    named = f"output{suffix}" if suffix else output_path
+    fmt = container_of(named)
+    codec = codec_for(named, options)
     whole = segment is None
     if whole:
         check_audio(fmt, info.audio_codec)

@@ -58,12 +58,13 @@ def _audio_packets(path: Path | None) -> tuple[av.container.InputContainer | Non
     return container, stream, (p for p in container.demux(stream) if p.size)
 
 
-def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> StitchReport:
-    """Copy the video packets of `parts` (in order) and the audio of `audio_from` into `output_path`."""
+def stitch(parts: list[Path], output_path: Path, audio_from: Path | None, *, suffix: str | None = None) -> StitchReport:
+    """Copy the video packets of `parts` (in order) and the audio of `audio_from` into `output_path`
+    (its container by its extension, or `suffix` where it is a temporary name)."""
     if not parts:
         raise ValueError("stitch needs at least one part")
     started = time.perf_counter()
-    fmt = container_of(output_path)
+    fmt = container_of(f"output{suffix}" if suffix else output_path)
     audio_file, audio_in, audio_iter = _audio_packets(audio_from)
     frames = audio_count = 0
     last_dts: Fraction | None = None
