@@ -11,13 +11,13 @@ same clip with the same models in the same run:
 - naive loop (the baseline): decode every frame into memory, fuse each one as `fuse_bytes` does (the
   source looked up by its hash, detection inside the fusion, no smoothing), then encode them all, one
   stage after the other in one thread;
-- pipeline: `pipeline.video.fuse_video`, decode and encode in their own threads beside the fusion,
-  bounded queues, landmark smoothing, audio copied.
+- pipeline: `pipeline.video.fuse_video`, decode, detect and encode in their own threads beside the
+  fusion, bounded queues, landmark smoothing, audio copied.
 
-Per-stage figures are ms per frame; CPU s is the process's CPU time for the run (all threads). In the pipeline, decode and encode overlap the fusion, so its
-wall time per frame is about the slowest thread's; the table names that thread and its largest stage
-as the bottleneck. The two paths run alternately (`--repeat`, default 3) and each row is its median
-run. `frame_pipeline_table` is the function other benches call for these rows.
+Per-stage figures are ms per frame; CPU s is the process's CPU time for the run (all threads). In
+the pipeline, decode, detect and encode overlap the fusion, so its wall time per frame is about the
+slowest thread's; the table names that thread and its largest stage as the bottleneck. The two paths
+run alternately (`--repeat`, default 3) and each row is its median run. `frame_pipeline_table` is the function other benches call for these rows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pipeline.video import VideoOptions, fuse_video, probe
 
 STAGES = ("decode", "to_bgr", "detect", "swap", "paste", "convert", "encode", "mux")
 # which thread each stage of the pipeline runs in (the rest: the fuse thread)
-THREADS = {"decode": "decode", "to_bgr": "decode", "encode": "encode", "mux": "encode"}
+THREADS = {"decode": "decode", "to_bgr": "decode", "detect": "detect", "encode": "encode", "mux": "encode"}
 
 
 def bench_clip(folder: Path, frames: int = 60, fps: int = 25, width: int = 1920, height: int = 1080) -> Path:

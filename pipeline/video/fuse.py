@@ -3,8 +3,10 @@
 The source's face is embedded once per call; every frame is detected (SCRFD's file has a fixed batch
 of 1, so frames are detected one by one), its faces are followed and smoothed across frames
 (`smoothing.FaceTracker`) and the smoothed faces are handed to `Fuser.fuse`, which then skips its own
-detection. Frames run through a bounded pipeline (`stages`): a decode thread, the fusion in the
-caller's thread (ONNX Runtime parallelises inside each run), an encode thread.
+detection. Frames run through a bounded pipeline (`stages`): decode (and turn into BGR), detect,
+track-swap-paste (in the caller's thread), encode, each in its own thread with a few frames between
+them, so the detector's run on one frame overlaps the swap of the frame before (ONNX Runtime's `run`
+is thread-safe and releases the GIL, as do OpenCV and FFmpeg).
 
 A frame with no face to swap is passed to the encoder as it was decoded (the very same pixels, no
 colour conversion) and counted. Timestamps are the input's (each output frame carries its input
@@ -30,7 +32,9 @@ import cv2
 import numpy as np
 
 from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
+from ..faces import Face
 from ..fuser import Fuser
+from ..fuser import _runtime_failures as runtime_failures
 from ..images import DecodedImage
 from ..selection import eligible
 from ..timing import StageTimer
@@ -144,8 +148,9 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
          progress: Callable[[int], None] | None, queue_frames: int, fuse_timer: StageTimer) -> VideoReport:
     pipeline = Pipeline()
     decoded_q = Channel(pipeline, queue_frames)
+    detected_q = Channel(pipeline, queue_frames)
     fused_q = Channel(pipeline, queue_frames)
-    decode_timer, encode_timer = StageTimer(), StageTimer()
+    decode_timer, detect_timer, encode_timer = StageTimer(), StageTimer(), StageTimer()
     counts = {"decoded": 0, "encoded": 0, "peak": 0}
     colorspace = _SWS_COLORSPACE.get(info.colorspace, "DEFAULT")
     with av.open(str(input_path), metadata_errors="ignore") as source_file, \
@@ -187,6 +192,19 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                 raise UndecodableVideo(f"the video could not be decoded: {exc}") from exc
             decoded_q.put(_END)
 
+        def detect() -> None:
+            while True:
+                item = decoded_q.get()
+                if item is _END or item[0] == "audio":
+                    detected_q.put(item)
+                    if item is _END:
+                        return
+                    continue
+                _, index, frame, bgr = item
+                with detect_timer.stage("detect"), runtime_failures():
+                    faces = fuser.detect(DecodedImage(bgr=bgr))
+                detected_q.put(("frame", index, frame, bgr, faces))
+
         def encode() -> None:
             while True:
                 item = fused_q.get()
@@ -209,21 +227,24 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                 out.mux(stream.encode(None))
 
         pipeline.start("video-decode", decode)
+        pipeline.start("video-detect", detect)
         pipeline.start("video-encode", encode)
         tracker = FaceTracker(float(info.fps))
         swapped = without = done = 0
         try:
             while True:
-                item = decoded_q.get()
+                item = detected_q.get()
                 if item is _END or item[0] == "audio":
                     fused_q.put(item)
                     if item is _END:
                         break
                     continue
-                _, index, frame, bgr = item
+                _, index, frame, bgr, faces = item
                 if index in resets:
                     tracker.reset()
-                fused, changed = _fuse_frame(fuser, source_image, key, frame, bgr, options, tracker, fuse_timer,
+                with fuse_timer.stage("track"):
+                    faces = tracker.update(faces)
+                fused, changed = _fuse_frame(fuser, source_image, key, frame, bgr, faces, options, fuse_timer,
                                              colorspace, pix_fmt, info.color_range == 2)
                 swapped += changed
                 without += not changed
@@ -236,20 +257,18 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
         pipeline.join()
     if done != last - first:
         raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
-    stages = {**decode_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
+    stages = {**decode_timer.rounded(), **detect_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
     return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
                        stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames,
                        landmark_jitter_px=tracker.jitter_px)
 
 
 def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, bgr: np.ndarray,
-                options: VideoOptions, tracker: FaceTracker, timer: StageTimer, colorspace: str, pix_fmt: str,
+                faces: list[Face], options: VideoOptions, timer: StageTimer, colorspace: str, pix_fmt: str,
                 full_range: bool = False) -> tuple[av.VideoFrame, bool]:
-    """The fused frame (`bgr` is `frame` as BGR), and whether a face was swapped; a frame without one
-    is returned as it came."""
+    """The fused frame (`bgr` is `frame` as BGR, `faces` its smoothed faces), and whether a face was
+    swapped; a frame without one is returned as it came."""
     image = DecodedImage(bgr=bgr)
-    with timer.stage("detect"):
-        faces = tracker.update(fuser.detect(image))
     selection = options.fuse.selection
     candidates = eligible(faces, selection.min_face_size)
     if not candidates or (selection.mode == "index" and selection.index not in candidates):
