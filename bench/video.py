@@ -17,7 +17,8 @@ same clip with the same models in the same run:
 Per-stage figures are ms per frame; CPU s is the process's CPU time for the run (all threads). In
 the pipeline, decode, detect and encode overlap the fusion, so its wall time per frame is about the
 slowest thread's; the table names that thread and its largest stage as the bottleneck. The two paths
-run alternately (`--repeat`, default 3) and each row is its median run. `frame_pipeline_table` is the function other benches call for these rows.
+run alternately (`--repeat`, default 3) and each row is its median run. `frame_pipeline_table` is
+the function other benches call for these rows.
 """
 
 from __future__ import annotations
