@@ -193,9 +193,10 @@ def test_segments_cut_at_keyframes_and_cover_every_frame_once(frames: int, keyfr
 
 
 # -- whole clip ------------------------------------------------------------------------------------
-def test_whole_clip_keeps_frames_timestamps_and_audio(clip: Path, whole):
+def test_whole_clip_keeps_frames_timestamps_and_audio(clip: Path, whole, plan):
     out, report = whole
     before, after = probe(clip), probe(out)
+    assert {s.start_frame for s in plan} <= set(after.keyframes)  # boundaries= starts a GOP at each cut
     assert (after.frames, after.fps, after.duration_s) == (before.frames, before.fps, before.duration_s)
     assert [t for t, _ in decoded(out)] == [t for t, _ in decoded(clip)]
     assert stream_seconds(out) == stream_seconds(clip)
