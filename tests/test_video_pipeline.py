@@ -63,8 +63,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(clips: Path, photo: Path) -> Path:
-    """2 s at 12 fps, a keyframe every 6 frames, AAC audio, no face in frames 9-11."""
-    return make_clip(clips / "clip.mp4", photo, ClipSpec(frames=24, audio=True, blank=BLANK))
+    """2 s at 8 fps, a keyframe every 4 frames, AAC audio, no face in frames 9-11."""
+    return make_clip(clips / "clip.mp4", photo, ClipSpec(frames=16, fps=Fraction(8), gop=4, audio=True, blank=BLANK))
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,9 @@ def whole(fuser: Fuser, source: bytes, clip: Path, plan: list[Segment], clips: P
 # -- probe ----------------------------------------------------------------------------------------
 def test_probe_reads_what_the_clip_is(clip: Path):
     info = probe(clip)
-    assert (info.width, info.height, info.frames, info.fps) == (320, 240, 24, Fraction(12))
+    assert (info.width, info.height, info.frames, info.fps) == (320, 240, 16, Fraction(8))
     assert info.duration_s == 2.0 and info.codec == "h264"
-    assert info.keyframes == [0, 6, 12, 18]
+    assert info.keyframes == [0, 4, 8, 12]
     assert info.has_audio and info.audio_codec == "aac"
     assert VideoInfo.from_dict(json.loads(json.dumps(info.as_dict()))) == info
 
@@ -201,13 +201,13 @@ def test_whole_clip_keeps_frames_timestamps_and_audio(clip: Path, whole, plan):
     assert [t for t, _ in decoded(out)] == [t for t, _ in decoded(clip)]
     assert stream_seconds(out) == stream_seconds(clip)
     assert audio_packets(out) == audio_packets(clip)  # copied, not re-encoded
-    assert report.frames == 24 and report.codec == "libx264"
+    assert report.frames == 16 and report.codec == "libx264"
     assert {"decode", "detect", "swap", "paste", "encode"} <= set(report.stages_ms)
 
 
 def test_frames_without_a_face_pass_through_unchanged(clip: Path, whole):
     out, report = whole
-    assert (report.frames_without_face, report.frames_swapped) == (len(BLANK), 24 - len(BLANK))
+    assert (report.frames_without_face, report.frames_swapped) == (len(BLANK), 16 - len(BLANK))
     original, fused = decoded(clip), decoded(out)
     for i, ((_, a), (_, b)) in enumerate(zip(original, fused, strict=True)):
         if i in BLANK:
@@ -243,9 +243,9 @@ def test_segments_stitched_equal_the_whole_clip(fuser: Fuser, source: bytes, cli
         assert not part.streams.audio  # parts carry no audio
     stitched = tmp_path / "stitched.mp4"
     report = stitch(parts, stitched, clip, suffix=".mp4")
-    assert report.frames == 24 and report.duration_s == 2.0 and report.audio_packets == len(audio_packets(clip))
+    assert report.frames == 16 and report.duration_s == 2.0 and report.audio_packets == len(audio_packets(clip))
     info = probe(stitched)
-    assert (info.frames, info.duration_s, info.fps) == (24, 2.0, Fraction(12))
+    assert (info.frames, info.duration_s, info.fps) == (16, 2.0, Fraction(8))
     expected, got = decoded(whole[0]), decoded(stitched)
     assert [t for t, _ in got] == [t for t, _ in expected]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(expected, got, strict=True))
@@ -376,7 +376,7 @@ def test_a_still_face_under_sensor_noise_is_steadied_in_the_fused_clip(fuser: Fu
                                                                         tmp_path: Path):
     """The real detector on a noisy clip of a still face: its landmarks wander from frame to frame;
     the ones the swap is aligned on wander less than half as much."""
-    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=16, still=True, noise=12, crf=30))
+    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=12, still=True, noise=12, crf=30))
     jitter = fuse_video(fuser, source, clip, tmp_path / "out.mp4", VideoOptions()).landmark_jitter_px
     assert jitter["detected"] > 0.05
     assert jitter["smoothed"] < 0.6 * jitter["detected"]
@@ -404,8 +404,8 @@ def test_cli_fuses_a_video(tmp_path: Path, clip: Path, photo: Path):
     fused = run(["fuse", source, str(clip), "-o", str(out), "--crf", "23", "--preset", "ultrafast"], env)
     assert fused.returncode == 0, fused.stderr
     report = json.loads(fused.stdout)
-    assert report["frames"] == 24 and report["codec"] == "libx264"
-    assert probe(out).frames == 24
+    assert report["frames"] == 16 and report["codec"] == "libx264"
+    assert probe(out).frames == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "models", "out.mkv"]  # no temporaries left
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"nothing here" * 50)
