@@ -376,7 +376,7 @@ def test_a_still_face_under_sensor_noise_is_steadied_in_the_fused_clip(fuser: Fu
                                                                         tmp_path: Path):
     """The real detector on a noisy clip of a still face: its landmarks wander from frame to frame;
     the ones the swap is aligned on wander less than half as much."""
-    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=12, still=True, noise=12, crf=30))
+    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=12, still=True, noise=12, crf=30, preset="ultrafast"))
     jitter = fuse_video(fuser, source, clip, tmp_path / "out.mp4", VideoOptions()).landmark_jitter_px
     assert jitter["detected"] > 0.05
     assert jitter["smoothed"] < 0.6 * jitter["detected"]
