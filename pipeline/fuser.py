@@ -168,24 +168,29 @@ class Fuser:
         options: FuseOptions | None = None,
         timer: StageTimer | None = None,
         source_key: str | None = None,
+        faces: list[Face] | None = None,
     ) -> FusionResult:
-        """Swap the source's largest face (or the average of several sources') into the selected faces of the target."""
+        """Swap the source's largest face (or the average of several sources') into the selected faces of the target.
+
+        `faces`: the target's faces when the caller has them (video: detected and smoothed across
+        frames, ordered as `detect` orders them); detection is then skipped."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
         with _runtime_failures():
-            return self._fuse(source, target, options, timer, source_key)
+            return self._fuse(source, target, options, timer, source_key, faces)
 
     def _fuse(
         self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
-        source_key: str | None
+        source_key: str | None, faces: list[Face] | None = None,
     ) -> FusionResult:
         enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
         boost = self.check_quality_options(options)
         swapper = self.swapper_for(options.swapper)
         selection = options.selection
         src_faces, latent = self.source_face(source, timer, source_key, options.swapper)
-        with timer.stage("detect"):
-            faces = self.detect(target, options.detector_angles)
+        if faces is None:
+            with timer.stage("detect"):
+                faces = self.detect(target, options.detector_angles)
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
             detail = f" of at least {selection.min_face_size} px" if faces else ""
