@@ -33,6 +33,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .angles import DEFAULT_DETECTOR_ANGLES, check_angles
 from .boost import PIXEL_BOOSTS
@@ -127,16 +128,8 @@ def _fuse(args: argparse.Namespace) -> int:
     if _is_video(args.target) or _is_video(args.output):
         return _fuse_video(args)
     try:
-        selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
-                              **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
         fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() or "jpeg")
-        masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
-        options = FuseOptions(selection=selection, enhance=args.enhance, output_format=fmt, quality=args.quality,
-                              pixel_boost=args.pixel_boost, masks=masks, swapper=args.swapper,
-                              swapper_weight=args.swapper_weight,
-                              enhancement=EnhancerOptions(args.enhancer, args.enhancer_blend, args.enhancer_weight),
-                              detector_angles=_angles(args.detector_angles))
-        check_count(len(args.source))
+        options = _fuse_options(args, output_format=fmt, quality=args.quality)
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc
     if args.faces == "reference" and not args.reference:
@@ -154,16 +147,25 @@ def _fuse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fuse_options(args: argparse.Namespace, **encoding: Any) -> FuseOptions:
+    """The fusion options of `fuse`'s flags, for an image or a video target alike (InvalidOptions)."""
+    selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
+                          **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
+    masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
+    check_count(len(args.source))
+    return FuseOptions(selection=selection, enhance=args.enhance, pixel_boost=args.pixel_boost, masks=masks,
+                       swapper=args.swapper, swapper_weight=args.swapper_weight,
+                       enhancement=EnhancerOptions(args.enhancer, args.enhancer_blend, args.enhancer_weight),
+                       detector_angles=_angles(args.detector_angles), **encoding)
+
+
 def _fuse_video(args: argparse.Namespace) -> int:
     """A video target: every frame fused through `pipeline.video`, written atomically under OUT's name."""
     from .config import VideoLimits
     from .video import VideoOptions, fuse_video, probe
 
     try:
-        selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
-                              **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
-        masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
-        fuse = FuseOptions(selection=selection, enhance=args.enhance, pixel_boost=args.pixel_boost, masks=masks)
+        fuse = _fuse_options(args)
         options = VideoOptions(fuse=fuse, crf=args.crf, preset=args.preset, codec=args.codec)
         if not _is_video(args.output):
             raise UnsupportedVideoOutput(f"the output of a video must end in .mp4, .mov, .mkv or .webm, got {args.output}")
@@ -176,7 +178,7 @@ def _fuse_video(args: argparse.Namespace) -> int:
         limits = VideoLimits.from_env()
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
-    source = _read(args.source, "source")
+    source = [_read(path, "source") for path in args.source]
     fuse.reference = _read(args.reference, "reference") if args.reference else None
     if not Path(args.target).is_file():
         _read(args.target, "target")  # the same message as for an image: missing, a folder, unreadable

@@ -31,7 +31,7 @@ import av
 import cv2
 import numpy as np
 
-from ..errors import InvalidOptions, NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
+from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
 from ..faces import Face
 from ..fuser import Fuser
 from ..fuser import _runtime_failures as runtime_failures
