@@ -9,6 +9,7 @@ from typing import Any
 
 import flask
 
+from . import video_direct
 from .front_door import DISCONNECTED
 from .fusion import format_for_uri, fusion_headers, parse_options
 from .inputs import ImageRef, about, fuse_inputs, image_ref, output_uri, write_output
@@ -35,14 +36,17 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
     for name in ("source", "target"):
         if name not in files:
             raise Problem(400, "missing-field", f"multipart field '{name}' (a file) is required", image=name)
+    video = video_direct.is_video_upload(files["target"])  # a clip: the video path (video_direct.py)
     refs = {}
     for name in IMAGE_FIELDS:
-        if name in files:
+        if name in files and not (video and name == "target"):
             data = files[name].read(limit + 1)
             if len(data) > limit:
                 raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes", image=name)
             refs[name] = ImageRef(data=data)
     options = {k: v for k, v in form.items() if k != "output"}
+    if video:
+        return video_direct.multipart(rt, request, refs, files["target"], options, form.get("output"))
     return Reply(_fuse(rt, request, refs, options, form.get("output"), form=True), "multipart")
 
 
@@ -62,12 +66,15 @@ def json_body(rt: Runtime, body: dict[str, Any], request: flask.Request) -> Repl
     if twice:
         raise Problem(400, "invalid-options", f"{', '.join(map(repr, twice))} given both in 'options' and beside it")
     options = {**beside, **nested}
+    video = video_direct.is_video_value(body["target"])  # a clip: the video path (video_direct.py)
     images = {"source": body["source"], "target": body["target"], "reference": options.get("reference")}
     refs = {}
     for name, value in images.items():
-        if value is not None or name != "reference":
+        if (value is not None or name != "reference") and not (video and name == "target"):
             with about(name):
                 refs[name] = image_ref(rt, value, name)
+    if video:
+        return video_direct.json_body(rt, refs, body["target"], options, body.get("output"))
     return Reply(_fuse(rt, request, refs, options, body.get("output")), "json")
 
 
