@@ -19,6 +19,7 @@ from pipeline import (
     PipelineError,
     RuntimeFailure,
     UnsupportedImageType,
+    VideoError,
 )
 
 PROBLEM_BASE = "https://facefusion.dev/problems/"
@@ -113,6 +114,8 @@ def from_pipeline(exc: PipelineError) -> Problem:
 
 
 def _status(exc: PipelineError) -> int:
+    if isinstance(exc, VideoError):  # each video failure carries its status
+        return exc.status
     if isinstance(exc, ImageTooLarge):
         return 413
     if isinstance(exc, UnsupportedImageType):

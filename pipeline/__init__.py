@@ -5,7 +5,7 @@ artefacts ahead of serving. The rest of this package is private to it. The pipel
 events or URIs.
 """
 
-from .config import ConfigError, EnvReader, ImageLimits, Settings
+from .config import ConfigError, EnvReader, ImageLimits, Settings, VideoLimits
 from .errors import (
     EmptyImage,
     FaceError,
@@ -23,6 +23,7 @@ from .errors import (
     RuntimeFailure,
     UndecodableImage,
     UnsupportedImageType,
+    VideoError,
 )
 from .files import atomic_symlink, atomic_write
 from .fuser import Fuser
@@ -78,6 +79,8 @@ __all__ = [
     "UndecodableImage",
     "UnsupportedImageType",
     "VerdictCache",
+    "VideoError",
+    "VideoLimits",
     "atomic_symlink",
     "atomic_write",
     "decode_image",

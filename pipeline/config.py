@@ -19,6 +19,9 @@ from pathlib import Path
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MODEL_PATH = "./models"
+DEFAULT_VIDEO_MAX_SECONDS = 600.0
+DEFAULT_VIDEO_MAX_PIXELS = 3840 * 2160
+DEFAULT_VIDEO_SEGMENT_SECONDS = 4.0
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -120,6 +123,28 @@ class ImageLimits:
 
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a video may be (checked by `pipeline.video.probe` before a frame is decoded), and how long
+    a segment of the fan-out is: VIDEO_MAX_SECONDS, VIDEO_MAX_PIXELS, VIDEO_SEGMENT_SECONDS."""
+
+    max_seconds: float = DEFAULT_VIDEO_MAX_SECONDS
+    max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
+    segment_seconds: float = DEFAULT_VIDEO_SEGMENT_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> VideoLimits:
+        """Read the video variables; raises ConfigError naming every bad one."""
+        read = EnvReader(env)
+        limits = cls(
+            max_seconds=read.float("VIDEO_MAX_SECONDS", DEFAULT_VIDEO_MAX_SECONDS, minimum=0.001),
+            max_pixels=read.int("VIDEO_MAX_PIXELS", DEFAULT_VIDEO_MAX_PIXELS, minimum=1),
+            segment_seconds=read.float("VIDEO_SEGMENT_SECONDS", DEFAULT_VIDEO_SEGMENT_SECONDS, minimum=0.001),
+        )
+        read.raise_problems()
+        return limits
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,71 @@ class RuntimeFailure(PipelineError):
     """A transient failure of the inference runtime (for example GPU out of memory). Worth a retry."""
 
     code = "runtime-failure"
+
+
+class VideoError(PipelineError):
+    """Something is wrong with an input video or what is asked of its output.
+
+    `status` is the HTTP status the function answers with (function/problems.py reads it), so a new
+    video failure needs no change there.
+    """
+
+    code = "video-error"
+    status = 422
+
+
+class NotAVideo(VideoError):
+    """The bytes are no container FFmpeg reads, or a still image."""
+
+    code = "not-a-video"
+    status = 415
+
+
+class NoVideoStream(VideoError):
+    """The container opened but holds no video stream (an audio file, say)."""
+
+    code = "no-video-stream"
+    status = 422
+
+
+class UnsupportedVideoCodec(VideoError):
+    """The video stream's codec is not one we decode."""
+
+    code = "unsupported-video-codec"
+    status = 415
+
+
+class VideoTooLarge(VideoError):
+    """More than VIDEO_MAX_PIXELS per frame; refused before a frame is decoded."""
+
+    code = "video-too-large"
+    status = 413
+
+
+class VideoTooLong(VideoTooLarge):
+    """Longer than VIDEO_MAX_SECONDS; refused before a frame is decoded."""
+
+    code = "video-too-long"
+    status = 413
+
+
+class VariableFrameRate(VideoError):
+    """The frames are not evenly spaced in time: segments and frame counts would not be exact."""
+
+    code = "variable-frame-rate"
+    status = 422
+
+
+class UndecodableVideo(VideoError):
+    """The container looked right but its packets could not be decoded (truncated, corrupt)."""
+
+    code = "undecodable-video"
+    status = 422
+
+
+class UnsupportedVideoOutput(VideoError):
+    """An output we do not write: an unknown extension, a codec the container cannot hold, an encoder
+    option out of range, or an encoder (NVENC) this machine cannot open."""
+
+    code = "unsupported-video-output"
+    status = 400

@@ -153,23 +153,29 @@ class Fuser:
         options: FuseOptions | None = None,
         timer: StageTimer | None = None,
         source_key: str | None = None,
+        faces: list[Face] | None = None,
     ) -> FusionResult:
-        """Swap the source's largest face into the selected faces of the target."""
+        """Swap the source's largest face into the selected faces of the target.
+
+        `faces`: the target's faces when the caller has them (video: detected and smoothed across
+        frames, ordered as `detect` orders them); detection is then skipped."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
         with _runtime_failures():
-            return self._fuse(source, target, options, timer, source_key)
+            return self._fuse(source, target, options, timer, source_key, faces)
 
     def _fuse(
-        self, source: DecodedImage | Callable[[], DecodedImage], target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None
+        self, source: DecodedImage | Callable[[], DecodedImage], target: DecodedImage, options: FuseOptions, timer: StageTimer, source_key: str | None,
+        faces: list[Face] | None = None,
     ) -> FusionResult:
         if options.enhance and self.enhancer is None:
             raise InvalidOptions("enhance was requested but this model set has no enhancer")
         boost = self.check_quality_options(options)
         selection = options.selection
         src_face, latent = self.source_face(source, timer, source_key)
-        with timer.stage("detect"):
-            faces = self.detect(target)
+        if faces is None:
+            with timer.stage("detect"):
+                faces = self.detect(target)
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
             detail = f" of at least {selection.min_face_size} px" if faces else ""

@@ -1,0 +1,253 @@
+"""`fuse_video`: the same fusion as for an image, on every frame of a clip or of one segment.
+
+The source's face is embedded once per call; every frame is detected (SCRFD's file has a fixed batch
+of 1, so frames are detected one by one), its faces are followed and smoothed across frames
+(`smoothing.FaceTracker`) and the smoothed faces are handed to `Fuser.fuse`, which then skips its own
+detection. Frames run through a bounded pipeline (`stages`): a decode thread, the fusion in the
+caller's thread (ONNX Runtime parallelises inside each run), an encode thread.
+
+A frame with no face to swap is passed to the encoder as it was decoded (the very same pixels, no
+colour conversion) and counted. Timestamps are the input's (each output frame carries its input
+frame's pts in the input's time base), as are rotation, pixel aspect and colour properties.
+
+Whole clip (`segment=None`): the audio stream is copied packet for packet. `boundaries` (frame
+indices; the segment plan's starts) make the whole-clip fusion match the segmented one: tracking is
+reset there and the encoder starts a new closed GOP there. One segment: only its frames, no audio, in
+a part file `stitch` joins by stream copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
+from ..fuser import Fuser
+from ..images import DecodedImage
+from ..selection import eligible
+from ..timing import StageTimer
+from .info import VideoInfo, probe
+from .output import VideoOptions, add_video_stream, check_audio, codec_for, container_of
+from .segments import Segment
+from .smoothing import FaceTracker
+from .stages import Channel, Pipeline
+
+DEFAULT_QUEUE_FRAMES = 4
+_END = ("end",)
+# AVColorSpace values -> the matrix swscale converts with; the same one both ways, so pixels outside
+# the swapped face come back as they went (within rounding)
+_SWS_COLORSPACE = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+
+
+@dataclass
+class VideoReport:
+    """What a video fusion did: frames, faces, speed and where the time went."""
+
+    frames: int
+    frames_swapped: int
+    frames_without_face: int
+    seconds: float
+    fps: float  # frames fused per second of wall time
+    stages_ms: dict[str, float]  # total per stage; decode and encode run beside the fusion
+    codec: str
+    segment: int | None = None
+    frames_in_flight_peak: int = 0  # frames decoded but not yet handed to the encoder, at most
+    queue_frames: int = DEFAULT_QUEUE_FRAMES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ms_per_frame(self) -> dict[str, float]:
+        return {name: round(ms / max(self.frames, 1), 2) for name, ms in self.stages_ms.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["ms_per_frame"] = self.ms_per_frame
+        return out
+
+
+def fuse_video(
+    fuser: Fuser,
+    sources: bytes | list[bytes],
+    input_path: str | Path,
+    output_path: str | Path,
+    options: VideoOptions,
+    segment: Segment | None = None,
+    progress: Callable[[int], None] | None = None,
+    *,
+    info: VideoInfo | None = None,
+    boundaries: Iterable[int] = (),
+    queue_frames: int = DEFAULT_QUEUE_FRAMES,
+) -> VideoReport:
+    """Fuse the clip (or one segment of it) at `input_path` into `output_path`.
+
+    `progress` is called with the number of frames fused so far, after each frame. `info` saves a
+    second probe where the caller has one. The output is written in place (the caller writes to a
+    temporary name and renames, for atomicity); it is removed again when the fusion fails.
+    """
+    started = time.perf_counter()
+    info = info or probe(input_path)
+    fmt = container_of(output_path)
+    codec = codec_for(output_path, options)
+    whole = segment is None
+    if whole:
+        check_audio(fmt, info.audio_codec)
+    if Path(output_path).resolve() == Path(input_path).resolve():
+        raise UnsupportedVideoOutput("the output would overwrite the input")
+    # TODO(issue 11, multi-source identity): embed every source and average once the Fuser has its
+    # multi-source entry (Fuser.source_face over a list); until then the first source is used.
+    source = sources[0] if isinstance(sources, list) else sources
+    fuse_timer = StageTimer()
+    with fuse_timer.stage("decode_source"):
+        source_image = fuser.decode(source, "source")
+    key = hashlib.sha256(source).hexdigest()
+    fuser.source_face(source_image, fuse_timer, key)  # embedded once here; each frame finds it by key
+    first = segment.start_frame if segment is not None else 0
+    last = segment.end_frame if segment is not None else info.frames
+    resets = {first, *boundaries}
+    try:
+        report = _run(fuser, source_image, key, info, Path(input_path), Path(output_path), fmt, codec, options,
+                      first, last, resets, whole, progress, queue_frames, fuse_timer)
+    except BaseException:
+        Path(output_path).unlink(missing_ok=True)
+        raise
+    report.segment = segment.index if segment is not None else None
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.fps = round(report.frames / report.seconds, 2) if report.seconds > 0 else 0.0
+    return report
+
+
+def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, input_path: Path, output_path: Path,
+         fmt: str, codec: str, options: VideoOptions, first: int, last: int, resets: set[int], whole: bool,
+         progress: Callable[[int], None] | None, queue_frames: int, fuse_timer: StageTimer) -> VideoReport:
+    pipeline = Pipeline()
+    decoded_q = Channel(pipeline, queue_frames)
+    fused_q = Channel(pipeline, queue_frames)
+    decode_timer, encode_timer = StageTimer(), StageTimer()
+    counts = {"decoded": 0, "encoded": 0, "peak": 0}
+    colorspace = _SWS_COLORSPACE.get(info.colorspace, "DEFAULT")
+    with av.open(str(input_path), metadata_errors="ignore") as source_file, \
+            av.open(str(output_path), "w", format=fmt) as out:
+        video = source_file.streams.video[0]
+        video.thread_type = "AUTO"
+        audio_in = source_file.streams.audio[0] if whole and source_file.streams.audio else None
+        stream = add_video_stream(out, codec, info, options, forced_keyframes=len(resets) > 1)
+        audio_out = out.add_stream_from_template(audio_in) if audio_in is not None else None
+        pix_fmt = stream.codec_context.pix_fmt
+
+        def decode() -> None:
+            if first > 0:  # seek to the keyframe the segment starts at (or the one before it)
+                source_file.seek(info.pts_of(first) - int(info.frame_ticks / 2), stream=video, backward=True)
+            streams = [video] + ([audio_in] if audio_in is not None else [])
+            try:
+                for packet in source_file.demux(*streams):
+                    if packet.stream is audio_in:
+                        if packet.size:
+                            decoded_q.put(("audio", packet))
+                        continue
+                    with decode_timer.stage("decode"):
+                        frames = packet.decode()
+                    for frame in frames:
+                        index = info.index_of(frame.pts)
+                        if index < first:
+                            continue
+                        if index >= last:
+                            if audio_in is None:
+                                decoded_q.put(_END)
+                                return
+                            continue
+                        decoded_q.put(("frame", index, frame))
+                        counts["decoded"] += 1
+                        counts["peak"] = max(counts["peak"], counts["decoded"] - counts["encoded"])
+            except av.error.FFmpegError as exc:
+                raise UndecodableVideo(f"the video could not be decoded: {exc}") from exc
+            decoded_q.put(_END)
+
+        def encode() -> None:
+            while True:
+                item = fused_q.get()
+                if item is _END:
+                    break
+                if item[0] == "audio":
+                    packet = item[1]
+                    packet.stream = audio_out
+                    with encode_timer.stage("mux"):
+                        out.mux(packet)
+                    continue
+                _, index, frame = item
+                frame.pict_type = av.video.frame.PictureType.I if index in resets else av.video.frame.PictureType.NONE
+                with encode_timer.stage("encode"):
+                    packets = stream.encode(frame)
+                counts["encoded"] += 1
+                with encode_timer.stage("mux"):
+                    out.mux(packets)
+            with encode_timer.stage("encode"):
+                out.mux(stream.encode(None))
+
+        pipeline.start("video-decode", decode)
+        pipeline.start("video-encode", encode)
+        tracker = FaceTracker(float(info.fps))
+        swapped = without = done = 0
+        try:
+            while True:
+                item = decoded_q.get()
+                if item is _END or item[0] == "audio":
+                    fused_q.put(item)
+                    if item is _END:
+                        break
+                    continue
+                _, index, frame = item
+                if index in resets:
+                    tracker.reset()
+                fused, changed = _fuse_frame(fuser, source_image, key, frame, options, tracker, fuse_timer,
+                                             colorspace, pix_fmt)
+                swapped += changed
+                without += not changed
+                fused_q.put(("frame", index, fused))
+                done += 1
+                if progress is not None:
+                    progress(done)
+        except BaseException as exc:
+            pipeline.fail(exc)
+        pipeline.join()
+    if done != last - first:
+        raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
+    stages = {**decode_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
+    return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
+                       stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames)
+
+
+def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, options: VideoOptions,
+                tracker: FaceTracker, timer: StageTimer, colorspace: str, pix_fmt: str) -> tuple[av.VideoFrame, bool]:
+    """The fused frame, and whether a face was swapped; a frame without one is returned as it came."""
+    with timer.stage("convert"):
+        bgr = frame.to_ndarray(format="bgr24", src_colorspace=colorspace)
+    image = DecodedImage(bgr=bgr)
+    with timer.stage("detect"):
+        faces = tracker.update(fuser.detect(image))
+    selection = options.fuse.selection
+    candidates = eligible(faces, selection.min_face_size)
+    if not candidates or (selection.mode == "index" and selection.index not in candidates):
+        return frame, False
+    try:
+        result = fuser.fuse(source_image, image, options.fuse, timer, source_key=key, faces=faces)
+    except NoMatchingFace:  # faces=reference: none of this frame's faces is the one asked for
+        return frame, False
+    if result.report.faces_swapped == 0:
+        return frame, False
+    with timer.stage("convert"):
+        out = _to_frame(result.image.bgr, colorspace, pix_fmt)
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out, True
+
+
+def _to_frame(bgr: np.ndarray, colorspace: str, pix_fmt: str) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(
+        format=pix_fmt, dst_colorspace=colorspace)
