@@ -30,13 +30,12 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import ConfigError
 from pipeline.config import VideoLimits
-from pipeline.video import Segment, fuse_video, plan_segments, probe, stitch
+from pipeline.video import Segment, VideoInfo, fuse_video, plan_segments, probe, stitch
 
 from . import leases, sink, storage, video_files, video_options
 from .events import FUSION_COMPLETED, SEGMENT_REQUESTED
@@ -48,17 +47,14 @@ from .video_store import JobStore
 
 log = logging.getLogger("facefusion.fanout")
 INPUTS = video_files.InputCache()
-_limits: list[VideoLimits] = []
 
 
 def video_limits() -> VideoLimits:
-    """VIDEO_MAX_SECONDS, VIDEO_MAX_PIXELS, VIDEO_SEGMENT_SECONDS, read once."""
-    if not _limits:
-        try:
-            _limits.append(VideoLimits.from_env())
-        except ConfigError as exc:
-            raise Problem(503, "misconfigured", str(exc), retry_after=30) from exc
-    return _limits[0]
+    """VIDEO_MAX_SECONDS, VIDEO_MAX_PIXELS, VIDEO_SEGMENT_SECONDS (a bad value: 503, the operator's to fix)."""
+    try:
+        return VideoLimits.from_env()
+    except ConfigError as exc:
+        raise Problem(503, "misconfigured", str(exc), retry_after=30) from exc
 
 
 def store(rt: Runtime) -> JobStore:
@@ -72,10 +68,6 @@ def store(rt: Runtime) -> JobStore:
 def job_id_for(identity: str) -> str:
     """One input version (or one request event) is one job: a redelivery finds the job it started."""
     return hashlib.sha256(identity.encode()).hexdigest()[:24]
-
-
-def _plain(value: Any) -> Any:
-    return asdict(value) if is_dataclass(value) else dict(value)
 
 
 # -- planning ------------------------------------------------------------------------------------------
@@ -106,8 +98,8 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str, o
     segments = plan_segments(info, limits.segment_seconds)
     doc = {"id": job_id, "identity": identity, "input": target_uri, "source": source_uri, "output": output_uri,
            "options": raw_options, "event_id": event_id, "created_at": time.time(), "revision": rt.config.revision,
-           "info": _plain(info), "frames": int(info.frames), "fps": float(info.fps), "duration_s": float(info.duration_s),
-           "has_audio": bool(info.has_audio), "segments": [_plain(s) for s in segments]}
+           "info": info.as_dict(), "frames": int(info.frames), "fps": float(info.fps), "duration_s": float(info.duration_s),
+           "has_audio": bool(info.has_audio), "segments": [s.as_dict() for s in segments]}
     if not jobs.create(job_id, doc):  # planned at the same moment by another delivery
         doc = jobs.job(job_id) or doc
     dispatch(rt, jobs, doc)
@@ -176,7 +168,7 @@ def run_segment(rt: Runtime, data: Any) -> dict[str, Any]:
 
 def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str) -> dict[str, Any]:
     fuser = rt.fuser()
-    seg = Segment(**job["segments"][index])
+    seg = Segment.from_dict(job["segments"][index])
     options = video_options.build({k: v for k, v in job["options"].items() if k != "reference"})
     with rt.limiter.slot():
         with about("source"):
@@ -191,21 +183,19 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
         try:
             started = time.perf_counter()
             with about("target"):
-                report = fuse_video(fuser, source, local, out, options, segment=seg)
+                report = fuse_video(fuser, source, local, out, options, segment=seg, info=VideoInfo.from_dict(job["info"]))
             seconds = time.perf_counter() - started
             video_files.publish(part_uri, out, rt.config.storage_timeout_s)
         finally:
             video_files.remove(out)
-    record = {"segment": index, "frames": seg.end_frame - seg.start_frame, "seconds": round(seconds, 3),
+    record = {"segment": index, "frames": seg.frames, "seconds": round(seconds, 3),
               "report": _report(report), "revision": rt.config.revision, "written_at": time.time()}
     jobs.write(jobs.part_record_uri(job["id"], index), record)  # after the part: a record means a whole part
     return record
 
 
 def _report(report: Any) -> dict[str, Any]:
-    if hasattr(report, "as_dict"):
-        return report.as_dict()
-    return asdict(report) if is_dataclass(report) else {}
+    return report.as_dict()
 
 
 # -- stitching -----------------------------------------------------------------------------------------

@@ -134,18 +134,16 @@ def _fuse(rt: Runtime, refs: dict[str, ImageRef], clip: Path, raw: dict[str, Any
                 with about("reference"):
                     options.fuse.reference = refs["reference"].fetch(rt)
             with about("target"):
-                report = fuse_video(fuser, source, clip, out, options)
+                report = fuse_video(fuser, source, clip, out, options, info=info)
             data = out.read_bytes()
-        headers = {"X-Frames": str(getattr(report, "frames", info.frames)),
-                   "X-Model-Version": fuser.model_version}
-        for name, attr in (("X-Faces-Swapped", "faces_swapped"), ("X-Frames-Without-Face", "frames_without_face")):
-            if hasattr(report, attr):
-                headers[name] = str(getattr(report, attr))
+        headers = {"X-Frames": str(report.frames), "X-Frames-Swapped": str(report.frames_swapped),
+                   "X-Frames-Without-Face": str(report.frames_without_face), "X-Model-Version": fuser.model_version,
+                   "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in report.stages_ms.items())}
         if out_uri is None:
             return flask.Response(data, status=200, mimetype=video_media.media_type(ext), headers=headers)
         storage.write_atomic(out_uri, data, video_files.deadline(rt.config.storage_timeout_s, len(data)))
         return json_response({"output": out_uri, "media_type": video_media.media_type(ext),
                               "revision": rt.config.revision, "frames": info.frames, "duration_s": info.duration_s,
-                              "report": fanout._report(report)}, headers=headers)
+                              "report": report.as_dict()}, headers=headers)
     finally:
         video_files.remove(out)

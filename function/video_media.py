@@ -41,5 +41,6 @@ def looks_like_video(head: bytes) -> bool:
     return head[:4] == b"\x1a\x45\xdf\xa3"
 
 
-def media_type(uri_or_name: str) -> str:
-    return MEDIA_TYPES.get(extension(uri_or_name), "video/mp4")
+def media_type(uri_or_extension: str) -> str:
+    ext = uri_or_extension if uri_or_extension.startswith(".") else extension(uri_or_extension)
+    return MEDIA_TYPES.get(ext.lower(), "video/mp4")

@@ -11,18 +11,20 @@ from typing import Any
 
 from pipeline import FuseOptions, InvalidOptions
 from pipeline.video import VideoOptions
+from pipeline.video.output import CODECS_BY_CONTAINER, X264_PRESETS
 
 from .fusion import parse_options
 from .options import BY_NAME as IMAGE_OPTIONS
 from .options import Option, validate
 
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+CODECS = tuple(sorted({codec for codecs in CODECS_BY_CONTAINER.values() for codec in codecs}))
 VIDEO_OPTIONS: tuple[Option, ...] = (
-    Option("crf", "integer", "video: constant rate factor of the encoder (lower is better and larger)", default=18,
-           minimum=0, maximum=51),
-    Option("preset", "string", "video: the encoder's speed preset (x264 names)", default="veryfast", enum=PRESETS),
-    Option("codec", "string", "video: the output codec; default by container (H.264 in mp4, mov and mkv, VP9 in "
-                              "webm; NVENC where the GPU has it)", enum=("h264", "hevc", "vp9", "av1")),
+    Option("crf", "integer", "video: constant rate factor of the encoder (lower is better and larger; 0 to 51, to 63 "
+                             "for VP9)", default=18, minimum=0, maximum=63),
+    Option("preset", "string", "video: the encoder's speed preset (x264 names; mapped for NVENC and VP9)",
+           default="veryfast", enum=X264_PRESETS),
+    Option("codec", "string", "video: the output encoder; default by the output's container (libx264 in mp4, mov "
+                              "and mkv, libvpx-vp9 in webm)", enum=CODECS),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in VIDEO_OPTIONS}
 

@@ -33,7 +33,7 @@ class LocalRunner:
         self._queued: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._scanner: threading.Thread | None = None
+        self._scanners: dict[int, threading.Thread] = {}  # one per Runtime (tests load the function twice)
 
     def submit(self, rt: Any, job_id: str) -> None:
         with self._lock:
@@ -50,10 +50,11 @@ class LocalRunner:
         if rt.config.k_sink or not rt.config.video_jobs_uri:
             return
         with self._lock:
-            if self._scanner is not None:
+            if id(rt) in self._scanners:
                 return
-            self._scanner = threading.Thread(target=self._scan_loop, args=(rt,), name="video-rescan", daemon=True)
-            self._scanner.start()
+            scanner = self._scanners[id(rt)] = threading.Thread(target=self._scan_loop, args=(rt,), name="video-rescan",
+                                                                daemon=True)
+            scanner.start()
 
     def _scan_loop(self, rt: Any) -> None:
         while not shutdown.DRAINING.is_set():
