@@ -91,6 +91,7 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str, o
         raw_options = {**raw_options, "reference": rt.allow.check(raw_options["reference"])}
     rt.fuser()  # not ready: a retryable 503 before anything is read
     limits = video_limits()
+    started = time.perf_counter()
     local = INPUTS.get(identity, target_uri, extension(target_uri) or ".mp4", rt.config.max_video_bytes,
                        rt.config.storage_timeout_s)
     with about("target"):
@@ -99,7 +100,8 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str, o
     doc = {"id": job_id, "identity": identity, "input": target_uri, "source": source_uri, "output": output_uri,
            "options": raw_options, "event_id": event_id, "created_at": time.time(), "revision": rt.config.revision,
            "info": info.as_dict(), "frames": int(info.frames), "fps": float(info.fps), "duration_s": float(info.duration_s),
-           "has_audio": bool(info.has_audio), "segments": [s.as_dict() for s in segments]}
+           "has_audio": bool(info.has_audio), "segments": [s.as_dict() for s in segments],
+           "plan_seconds": round(time.perf_counter() - started, 3)}  # fetch, probe and plan: the fan-out's overhead
     if not jobs.create(job_id, doc):  # planned at the same moment by another delivery
         doc = jobs.job(job_id) or doc
     dispatch(rt, jobs, doc)
@@ -226,6 +228,7 @@ def finish(rt: Runtime, jobs: JobStore, job: dict) -> str:
 def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
     job_id, out_uri, timeout = job["id"], job["output"], rt.config.storage_timeout_s
     marker = storage.read_json(out_uri + MARKER_SUFFIX, timeout)
+    stitched: dict[str, Any] = {}
     if not (marker and marker.get("job") == job_id and storage.exists(out_uri, timeout)):
         folder = Path(tempfile.mkdtemp(prefix="stitch-", dir=video_files.work_dir()))
         try:
@@ -239,7 +242,7 @@ def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
                 audio = INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4",
                                    rt.config.max_video_bytes, timeout)
             out = folder / f"out{extension(out_uri) or '.mp4'}"
-            stitch(parts, out, audio_from=audio)
+            stitched = stitch(parts, out, audio_from=audio).as_dict()
             video_files.publish(out_uri, out, timeout)
         finally:
             video_files.remove(folder)
@@ -248,7 +251,8 @@ def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
             "written_at": time.time()}).encode(), timeout)
     records = jobs.part_records(job_id)
     summary = {"job": job_id, "output": out_uri, "input": job["input"], "frames": sum(r["frames"] for r in records.values()),
-               "segments": len(job["segments"]), "duration_s": job["duration_s"], "revision": rt.config.revision}
+               "segments": len(job["segments"]), "duration_s": job["duration_s"], "revision": rt.config.revision,
+               "stitch_seconds": stitched.get("seconds")}
     if rt.config.k_sink:  # before the done record: a crash in between emits again (at least once), never not at all
         emit(rt, {"type": FUSION_COMPLETED, "id": f"{job_id}-completed", "subject": out_uri}, summary)
     jobs.write(jobs.done_uri(job_id), {**summary, "finished_at": time.time()})
