@@ -24,9 +24,6 @@ from .inprocess import InProcessServer
 from .video_clips import audio_only, decoded_frames, make_clip, stream_info
 from .video_sink import RecordingSink
 
-JOBS = "memory://vout/.facefusion-jobs/"
-
-
 @pytest.fixture(scope="module")
 def sink():
     recorder = RecordingSink()
@@ -258,3 +255,24 @@ def test_sink_that_keeps_failing_makes_the_request_retryable(server, sink, clip2
     job_id = r.headers["Location"].rsplit("/", 1)[-1]
     handed = sorted(e.data["segment"] for e in sink.of_type(SEGMENT_REQUESTED) if e.data["job"] == job_id)
     assert handed == list(range(job_status(server, job_id)["segments"]["total"]))
+
+
+def test_openapi_documents_the_video_routes_and_answers(server, sink, clip2):
+    import jsonschema
+    from openapi_spec_validator import validate
+
+    spec = requests.get(server.url + "/openapi.json", timeout=10).json()
+    validate(spec)
+    post = spec["paths"]["/"]["post"]
+    assert {"video/mp4", "video/x-matroska", "video/webm", "video/quicktime"} <= set(post["responses"]["200"]["content"])
+    assert {"crf", "preset", "codec"} <= set(post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"])
+    r = requests.post(server.url + "/", json={"source": "memory://vfaces/obama.jpg", "target": "memory://vin/uploads/holiday.mp4",
+                                              "output": "memory://vout/none/x.gif"}, timeout=30)
+    assert r.status_code == 400 and ".mp4" in r.json()["detail"]  # a video's output must name a video container
+    job_id, segments = _request_job(server, sink, clip2, "openapi", "openapi-1")
+    schema = {**spec["components"]["schemas"]["VideoJob"], "components": spec["components"]}
+    jsonschema.validate(job_status(server, job_id), schema)  # planned
+    for event in segments:
+        deliver(server, event)
+    jsonschema.validate(job_status(server, job_id), schema)  # done
+    assert "/jobs/{id}" in spec["paths"] and "/dead-letter" in spec["paths"]
