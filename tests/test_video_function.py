@@ -24,6 +24,7 @@ from .inprocess import InProcessServer
 from .video_clips import audio_only, decoded_frames, make_clip, stream_info
 from .video_sink import RecordingSink
 
+
 @pytest.fixture(scope="module")
 def sink():
     recorder = RecordingSink()
