@@ -1,6 +1,8 @@
 """Command line: `python -m pipeline fuse|detect`.
 
     fuse SOURCE TARGET -o OUT [options]   swap SOURCE's largest face into TARGET, write OUT, print the report
+                                          (a TARGET ending in .mp4, .mov, .mkv or .webm is a video: every
+                                          frame is fused, the audio copied; --crf, --preset, --codec)
     detect IMAGE                          print the faces found in IMAGE as JSON
 
 Models come from $MODEL_PATH/$MODEL_VERSION (default ./models/current, relative to the current
@@ -13,7 +15,8 @@ Exit codes (every failure prints one `error: ...` line on stderr, no traceback):
      has, --faces reference without --reference, an unknown output format, --mask-regions without
      region in --mask, --mask occlusion or region with no such model in the set, a --pixel-boost the
      swapper's size does not divide), an invalid environment variable
-  3  an image or face problem: not an image, undecodable, too large, no face in the source or target
+  3  an image, video or face problem: not an image or video, undecodable, too large or long, a variable
+     frame rate, an unsupported codec, no face in the source or target
   4  a model set problem: no set where MODEL_PATH/MODEL_VERSION point, or a missing or corrupt file
   5  file I/O: an input that cannot be read, an output that cannot be written (checked before the
      fusion runs; the output is written atomically, so OUT is either untouched or complete)
@@ -29,8 +32,15 @@ from pathlib import Path
 
 from .boost import PIXEL_BOOSTS
 from .config import DEFAULT_MODEL_PATH, ConfigError, EnvReader, Settings
-from .errors import ImageError, InvalidOptions, ModelSetInvalid, PipelineError, RuntimeFailure
-from .files import atomic_write
+from .errors import (
+    ImageError,
+    InvalidOptions,
+    ModelSetInvalid,
+    PipelineError,
+    RuntimeFailure,
+    UnsupportedVideoOutput,
+)
+from .files import atomic_write, fsync_dir, temp_name
 from .fuser import Fuser
 from .fusion_types import FuseOptions
 from .loader import load_fuser
@@ -97,9 +107,18 @@ def _settings() -> Settings:
         raise CliError(str(exc), EXIT_USAGE) from exc
 
 
+def _is_video(path: str) -> bool:
+    # imported here, like every video import: PyAV costs ~80 ms at start-up that image runs need not pay
+    from .video import CONTAINERS
+
+    return Path(path).suffix.lower() in CONTAINERS
+
+
 def _fuse(args: argparse.Namespace) -> int:
     if Path(args.output).is_dir():  # before its name is read as a format
         raise CliError(f"cannot write the output {args.output}: it is a folder", EXIT_IO)
+    if _is_video(args.target) or _is_video(args.output):
+        return _fuse_video(args)
     try:
         selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                               **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
@@ -121,6 +140,54 @@ def _fuse(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write the output {args.output}: {exc.strerror or exc}", EXIT_IO) from exc
     print(json.dumps(result.report.as_dict(), indent=2))
+    return EXIT_OK
+
+
+def _fuse_video(args: argparse.Namespace) -> int:
+    """A video target: every frame fused through `pipeline.video`, written atomically under OUT's name."""
+    from .config import VideoLimits
+    from .video import VideoOptions, fuse_video, probe
+
+    try:
+        selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
+                              **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
+        masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
+        fuse = FuseOptions(selection=selection, enhance=args.enhance, pixel_boost=args.pixel_boost, masks=masks)
+        options = VideoOptions(fuse=fuse, crf=args.crf, preset=args.preset, codec=args.codec)
+        if not _is_video(args.output):
+            raise UnsupportedVideoOutput(f"the output of a video must end in .mp4, .mov, .mkv or .webm, got {args.output}")
+    except (InvalidOptions, UnsupportedVideoOutput) as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    if args.faces == "reference" and not args.reference:
+        raise CliError("--faces reference needs --reference IMAGE", EXIT_USAGE)
+    settings = _settings()
+    try:
+        limits = VideoLimits.from_env()
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    source = _read(args.source, "source")
+    fuse.reference = _read(args.reference, "reference") if args.reference else None
+    if not Path(args.target).is_file():
+        _read(args.target, "target")  # the same message as for an image: missing, a folder, unreadable
+    _check_writable(args.output)
+    try:
+        info = probe(args.target, limits)
+    except OSError as exc:
+        raise CliError(f"cannot read the target {args.target}: {exc.strerror or exc}", EXIT_IO) from exc
+    out = Path(args.output)
+    fuser = _load(settings)
+    partial = out.parent / (temp_name(out) + out.suffix)  # the suffix picks the container
+    try:
+        report = fuse_video(fuser, source, args.target, partial, options, info=info)
+        partial.replace(out)
+    except UnsupportedVideoOutput as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    except OSError as exc:
+        raise CliError(f"cannot write the output {args.output}: {exc.strerror or exc}", EXIT_IO) from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    fsync_dir(out.parent)
+    print(json.dumps({"video": info.as_dict(), **report.as_dict()}, indent=2))
     return EXIT_OK
 
 
@@ -174,6 +241,10 @@ def parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mask-padding", help="percent cut off the box: TOP,RIGHT,BOTTOM,LEFT (default 0,0,0,0)")
     fuse.add_argument("--mask-regions", help=f"with --mask region: comma-separated regions of {', '.join(REGIONS)} "
                                              "(default all)")
+    fuse.add_argument("--crf", type=int, default=18, help="video: encoder quality, 0 (lossless) to 51 (default 18)")
+    fuse.add_argument("--preset", default="veryfast", help="video: encoder speed, ultrafast .. veryslow (default veryfast)")
+    fuse.add_argument("--codec", help="video: libx264, libx265, libvpx-vp9, h264_nvenc or hevc_nvenc "
+                                      "(default: by OUT's extension, H.264 for .mp4/.mov/.mkv, VP9 for .webm)")
     fuse.set_defaults(run=_fuse)
     detect = sub.add_parser("detect", help="print the faces found in an image as JSON")
     detect.add_argument("image")

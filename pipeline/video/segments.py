@@ -38,25 +38,25 @@ class Segment:
 def plan_segments(info: VideoInfo, seconds: float) -> list[Segment]:
     """Segments of about `seconds` each, cut at keyframes, covering every frame exactly once.
 
-    Each cut is the keyframe nearest to one segment length after the previous cut; a tail shorter than
-    half a segment joins the segment before it. A clip whose only keyframe is its first frame is one
-    segment whatever its length (re-encode it with shorter GOPs to fan it out).
+    Each cut is the keyframe nearest to one segment length after the previous cut, with no segment
+    shorter than half that length (so a segment is longer where keyframes are sparse). A clip whose
+    only keyframe is its first frame is one segment whatever its length (re-encode it with shorter
+    GOPs to fan it out).
     """
     if seconds <= 0:
         raise ValueError(f"segment seconds must be positive, got {seconds}")
     target = max(float(seconds * info.fps), 1.0)
     keys = sorted(k for k in set(info.keyframes) if 0 < k < info.frames)
     cuts = [0]
-    while True:
+    while info.frames - cuts[-1] >= 1.5 * target:  # else the rest is one segment (at most 1.5 long)
         aim = cuts[-1] + target
-        at = bisect.bisect_left(keys, aim)
-        near = [keys[i] for i in (at - 1, at) if 0 <= i < len(keys) and keys[i] > cuts[-1]]
-        if not near:
+        lo = bisect.bisect_left(keys, cuts[-1] + target / 2)  # no segment shorter than half the length,
+        hi = bisect.bisect_right(keys, info.frames - target / 2)  # the last one neither
+        if lo >= hi:
             break
-        cut = min(near, key=lambda k: (abs(k - aim), k))
-        if info.frames - cut < target / 2:
-            break
-        cuts.append(cut)
+        at = bisect.bisect_left(keys, aim, lo, hi)
+        near = [keys[i] for i in (at - 1, at) if lo <= i < hi]
+        cuts.append(min(near, key=lambda k: (abs(k - aim), k)))
     bounds = [*cuts, info.frames]
     return [
         Segment(index=i, start_frame=a, end_frame=b, start_s=float(a / info.fps), end_s=float(b / info.fps))
