@@ -30,6 +30,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
             video_files.publish(part_uri, out, rt.config.storage_timeout_s)
         finally:
             video_files.remove(out)
-    record = {"segment": index, "frames": seg.frames, "seconds": round(seconds, 3),
+    record = {"segment": index, "fusion_id": uuid.uuid4().hex, "frames": seg.frames, "seconds": round(seconds, 3),
               "report": _report(report), "revision": rt.config.revision, "written_at": time.time()}
     jobs.write(jobs.part_record_uri(job["id"], index), record)  # after the part: a record means a whole part
     return record
@@ -229,6 +230,7 @@ def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
     job_id, out_uri, timeout = job["id"], job["output"], rt.config.storage_timeout_s
     marker = storage.read_json(out_uri + MARKER_SUFFIX, timeout)
     stitched: dict[str, Any] = {}
+    stitch_id = marker.get("stitch_id") if marker else None
     if not (marker and marker.get("job") == job_id and storage.exists(out_uri, timeout)):
         folder = Path(tempfile.mkdtemp(prefix="stitch-", dir=video_files.work_dir()))
         try:
@@ -243,16 +245,17 @@ def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
                                    rt.config.max_video_bytes, timeout)
             out = folder / f"out{extension(out_uri) or '.mp4'}"
             stitched = stitch(parts, out, audio_from=audio).as_dict()
+            stitch_id = uuid.uuid4().hex  # one per stitch that ran: an audit shows how many there were
             video_files.publish(out_uri, out, timeout)
         finally:
             video_files.remove(folder)
         storage.write_atomic(out_uri + MARKER_SUFFIX, json.dumps({
-            "input": job["identity"], "job": job_id, "event_id": job.get("event_id", ""), "revision": rt.config.revision,
-            "written_at": time.time()}).encode(), timeout)
+            "input": job["identity"], "job": job_id, "stitch_id": stitch_id, "event_id": job.get("event_id", ""),
+            "revision": rt.config.revision, "written_at": time.time()}).encode(), timeout)
     records = jobs.part_records(job_id)
     summary = {"job": job_id, "output": out_uri, "input": job["input"], "frames": sum(r["frames"] for r in records.values()),
                "segments": len(job["segments"]), "duration_s": job["duration_s"], "revision": rt.config.revision,
-               "stitch_seconds": stitched.get("seconds")}
+               "stitch_seconds": stitched.get("seconds"), "stitch_id": stitch_id}
     if rt.config.k_sink:  # before the done record: a crash in between emits again (at least once), never not at all
         emit(rt, {"type": FUSION_COMPLETED, "id": f"{job_id}-completed", "subject": out_uri}, summary)
     jobs.write(jobs.done_uri(job_id), {**summary, "finished_at": time.time()})
