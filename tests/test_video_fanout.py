@@ -185,7 +185,7 @@ def test_a_worker_killed_mid_segment_leaves_no_part_and_the_redelivery_completes
         for event in [segments[0], *segments[1:], segments[0]]:
             assert deliver(server.url, event).status_code == 202
         status = requests.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
-        assert status["state"] == "done" and status["segments"]["done"] == status["segments"]["total"] == 4
+        assert status["state"] == "done" and status["segments"]["done"] == status["segments"]["total"] == len(segments)
         info = stream_info(store / "out" / "clip.mp4")
         assert info["frames"] == 30 and info["audio"]
     finally:
@@ -211,7 +211,8 @@ def test_without_k_sink_a_process_killed_mid_job_is_resumed_by_the_next(model_ro
             time.sleep(0.02)
         _kill(server)
         done_before = len(list(folder.glob("part-*.json")))
-        assert 1 <= done_before < 4 and not (store / "out" / "clip.mp4").exists()
+        total = len(json.loads((folder.parent / f"{job_id}.json").read_text())["segments"])
+        assert 1 <= done_before < total and not (store / "out" / "clip.mp4").exists()
         server = FunctionServer(env)  # resumes unfinished jobs once ready
         deadline = time.time() + 90
         status = {}

@@ -41,7 +41,7 @@ def server(model_root, tmp_path_factory, sink):
         "SOURCE_FACE_URI": "memory://vfaces/obama.jpg", "INPUT_URI_TEMPLATE": "memory://vin/{bucket}/{name}",
         "OUTPUT_URI": "memory://vout/{stem}.jpg", "ALLOWED_URI_PREFIXES": "memory://",
         "VIDEO_SEGMENT_SECONDS": "1", "VIDEO_MAX_SYNC_SECONDS": "2.5", "VIDEO_MAX_SECONDS": "6",
-        "K_SINK": sink.url, "K_REVISION": "video-1"})
+        "K_SINK": sink.url, "SINK_RETRIES": "2", "K_REVISION": "video-1"})
     yield srv
     srv.stop()
 
@@ -164,18 +164,20 @@ def _request_job(server, sink, clip: Path, name: str, event_id: str) -> tuple[st
 
 def test_fusion_requested_fans_out_and_any_order_of_segments_finishes_once(server, sink, clip3):
     job_id, segments = _request_job(server, sink, clip3, "ordered", "fan-1")
-    assert len(segments) == 4 and sorted(e.data["segment"] for e in segments) == [0, 1, 2, 3]
+    segments.sort(key=lambda e: e.data["segment"])
+    count = len(segments)
+    assert count >= 3 and [e.data["segment"] for e in segments] == list(range(count))
     status = job_status(server, job_id)
-    assert status["state"] == "planned" and status["segments"] == {"done": 0, "total": 4}
+    assert status["state"] == "planned" and status["segments"] == {"done": 0, "total": count}
     assert status["frames"] == {"done": 0, "total": 30} and status["output"] == "memory://vout/fan/ordered.mp4"
 
-    order = [segments[3], segments[1], segments[1], segments[0]]  # reordered, one duplicated
+    order = [segments[-1], segments[1], segments[1], *segments[2:-1]]  # reordered, one duplicated, the first last
     for event in order:
         assert deliver(server, event).status_code == 202
     status = job_status(server, job_id)
-    assert status["state"] == "running" and status["segments"] == {"done": 3, "total": 4}
+    assert status["state"] == "running" and status["segments"] == {"done": count - 1, "total": count}
     assert not mem().exists("/vout/fan/ordered.mp4")
-    assert deliver(server, segments[2]).status_code == 202  # the last part: this delivery stitches
+    assert deliver(server, segments[0]).status_code == 202  # the last part: this delivery stitches
     status = job_status(server, job_id)
     assert status["state"] == "done" and status["frames"] == {"done": 30, "total": 30} and status["frames_per_second"] > 0
     data = mem().cat("/vout/fan/ordered.mp4")
