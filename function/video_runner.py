@@ -116,7 +116,8 @@ class LocalRunner:
         """'ok', 'failed' (recorded in the job), 'busy' (another delivery holds the part: the next scan
         looks again) or 'stopped' (draining)."""
         data = {"job": job_id, "segment": index}
-        for attempt in range(TRANSIENT_TRIES):
+        attempt = 0
+        while attempt < TRANSIENT_TRIES:
             try:
                 outcome = fanout.run_segment(rt, data)
                 return "failed" if outcome["status"] == "ignored" else "ok"
@@ -124,15 +125,21 @@ class LocalRunner:
                 problem = as_problem(exc)
                 if problem is not None and problem.code == "in-progress":
                     return "busy"
+                if problem is not None and problem.code in ("too-many-inflight", "not-ready"):
+                    # direct requests hold every fusion slot, or the models are reloading: wait, never fail
+                    if shutdown.DRAINING.wait(problem.retry_after or 1):
+                        return "stopped"
+                    continue
+                attempt += 1
                 status = problem.status if problem else 503
                 reason = problem.detail if problem else f"unexpected {type(exc).__name__}"
                 if problem is None:
                     log.exception("video job %s segment %d", job_id, index)
-                if not (status >= 500 or status in (408, 429)) or attempt == TRANSIENT_TRIES - 1:
+                if not (status >= 500 or status in (408, 429)) or attempt == TRANSIENT_TRIES:
                     fanout.fail_segment(rt, data, status, reason)  # what a dead letter would record
                     return "failed"
                 retry = problem.retry_after if problem and problem.retry_after else 1
-                if shutdown.DRAINING.wait(min(retry, 2 ** attempt)):
+                if shutdown.DRAINING.wait(min(retry, 2 ** (attempt - 1))):
                     return "stopped"
         return "failed"
 

@@ -41,7 +41,8 @@ def server(model_root, tmp_path_factory, sink):
         "SOURCE_FACE_URI": "memory://vfaces/obama.jpg", "INPUT_URI_TEMPLATE": "memory://vin/{bucket}/{name}",
         "OUTPUT_URI": "memory://vout/{stem}.jpg", "ALLOWED_URI_PREFIXES": "memory://",
         "VIDEO_SEGMENT_SECONDS": "1", "VIDEO_MAX_SYNC_SECONDS": "2.5", "VIDEO_MAX_SECONDS": "6",
-        "K_SINK": sink.url, "SINK_RETRIES": "2", "K_REVISION": "video-1"})
+        "K_SINK": sink.url, "SINK_RETRIES": "2", "K_REVISION": "video-1",
+        "K_CE_OVERRIDES": json.dumps({"extensions": {"cluster": "test-east"}})})
     yield srv
     srv.stop()
 
@@ -167,6 +168,7 @@ def test_fusion_requested_fans_out_and_any_order_of_segments_finishes_once(serve
     segments.sort(key=lambda e: e.data["segment"])
     count = len(segments)
     assert count >= 3 and [e.data["segment"] for e in segments] == list(range(count))
+    assert all(e["cluster"] == "test-east" for e in segments)  # the SinkBinding's K_CE_OVERRIDES
     status = job_status(server, job_id)
     assert status["state"] == "planned" and status["segments"] == {"done": 0, "total": count}
     assert status["frames"] == {"done": 0, "total": 30} and status["output"] == "memory://vout/fan/ordered.mp4"
