@@ -10,7 +10,7 @@ of the fan-out, as a share of the single-process (N = 1) wall time: planning (fe
 whole clip's fusion seconds through the direct path) and stitching (`stitch_seconds`).
 
 Run: python -m bench.video_fanout [--seconds 60 --fps 10 --width 640 --height 360 --workers 1,2,4]
-(the merger's `python -m bench.video` calls `fanout_table`); CI runs a reduced form (a few seconds).
+(`python -m bench.video` prints `fanout_report()`); CI runs a reduced form (a few seconds).
 """
 
 from __future__ import annotations
@@ -195,6 +195,11 @@ def fanout_table(result: dict) -> str:
     lines.append(f"overhead, share of the single-process (N = 1) wall time: planning {o['plan_pct']:.2f} %, "
                  f"segment boundaries {o['boundaries_pct']:.2f} %, stitching {o['stitch_pct']:.2f} %")
     return "\n".join(lines)
+
+
+def fanout_report(**kwargs) -> str:
+    """The table alone, for `python -m bench.video` (kwargs as for `run`)."""
+    return fanout_table(run(quiet=True, **kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
