@@ -83,6 +83,8 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str, o
     if existing is not None:
         if jobs.read(jobs.done_uri(job_id)) is not None:
             return {"status": "duplicate", "job": job_id, "output": existing["output"]}
+        if jobs.read(jobs.failed_uri(job_id)) is not None:  # GET /jobs/<id> says which segment and why
+            return {"status": "ignored", "reason": "the job has failed", "job": job_id, "output": existing["output"]}
         dispatch(rt, jobs, existing)
         return {"status": "accepted", "job": job_id, "output": existing["output"], "segments": len(existing["segments"])}
     video_options.check({k: v for k, v in raw_options.items() if k != "reference"})
