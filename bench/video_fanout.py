@@ -135,7 +135,11 @@ def run_one(models: Path, root: Path, clip: Path, count: int, segment_seconds: f
             raise RuntimeError(f"job {job_id} did not complete")
         jobs = root / "out" / ".facefusion-jobs"
         doc = json.loads((jobs / f"{job_id}.json").read_text())
-        done = json.loads((jobs / job_id / "done.json").read_text())
+        done_path = jobs / job_id / "done.json"  # written just after fusion.completed is sent
+        deadline = time.time() + 60
+        while not done_path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        done = json.loads(done_path.read_text())
         parts = [json.loads(p.read_text()) for p in sorted((jobs / job_id).glob("part-*.json"))]
         row = {"workers": count, "segments": len(doc["segments"]), "wall_s": wall, "cpu_s": cpu,
                "plan_s": doc["plan_seconds"], "stitch_s": done["stitch_seconds"] or 0.0,
@@ -161,7 +165,11 @@ def run(seconds: float = 60.0, fps: int = 10, width: int = 640, height: int = 36
         folder = Path(tmp)
         models = standin_models(folder / "models", enhancer=False)
         clip = make_clip(folder / "clip.mp4", seconds, fps, width, height)
-        rows = [run_one(models, folder / f"n{n}", clip, n, segment_seconds, whole=(n == workers[0])) for n in workers]
+        rows = []
+        for n in workers:
+            rows.append(run_one(models, folder / f"n{n}", clip, n, segment_seconds, whole=(n == workers[0])))
+            if not quiet:
+                print({k: v for k, v in rows[-1].items() if k != "output"}, flush=True)
         reference = frames_of(rows[0]["output"])
         base = rows[0]
         single = base["wall_s"]
