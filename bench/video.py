@@ -11,12 +11,14 @@ same clip with the same models in the same run:
 - naive loop (the baseline): decode every frame into memory, fuse each one as `fuse_bytes` does (the
   source looked up by its hash, detection inside the fusion, no smoothing), then encode them all, one
   stage after the other in one thread;
-- pipeline: `pipeline.video.fuse_video`, decode and encode in their own threads beside the fusion,
-  bounded queues, landmark smoothing, audio copied.
+- pipeline: `pipeline.video.fuse_video`, decode, detect and encode in their own threads beside the
+  fusion, bounded queues, landmark smoothing, audio copied.
 
-Per-stage figures are ms per frame. In the pipeline, decode and encode overlap the fusion, so its
-wall time per frame is about the slowest thread's; the table names that thread and its largest stage
-as the bottleneck. `frame_pipeline_table` is the function other benches call for these rows.
+Per-stage figures are ms per frame; CPU s is the process's CPU time for the run (all threads). In
+the pipeline, decode, detect and encode overlap the fusion, so its wall time per frame is about the
+slowest thread's; the table names that thread and its largest stage as the bottleneck. The two paths
+run alternately (`--repeat`, default 3) and each row is its median run. `frame_pipeline_table` is
+the function other benches call for these rows.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from devtools.clips import ClipSpec, make_clip
 from pipeline import DecodedImage, FuseOptions, Fuser, Settings, StageTimer, load_fuser
 from pipeline.video import VideoOptions, fuse_video, probe
 
-STAGES = ("decode", "convert", "detect", "swap", "paste", "encode", "mux")
-# which thread each stage of the pipeline runs in
-THREADS = {"decode": "decode", "encode": "encode", "mux": "encode"}
+STAGES = ("decode", "to_bgr", "detect", "swap", "paste", "convert", "encode", "mux")
+# which thread each stage of the pipeline runs in (the rest: the fuse thread)
+THREADS = {"decode": "decode", "to_bgr": "decode", "detect": "detect", "encode": "encode", "mux": "encode"}
 
 
 def bench_clip(folder: Path, frames: int = 60, fps: int = 25, width: int = 1920, height: int = 1080) -> Path:
@@ -54,8 +56,16 @@ def run_naive(fuser: Fuser, source: bytes, clip: Path, out: Path, options: Video
     info = probe(clip)
     timer = StageTimer()
     started = time.perf_counter()
-    with timer.stage("decode"), av.open(str(clip)) as container:
-        frames = [(f.pts, f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
+    frames = []
+    with av.open(str(clip)) as container:
+        decoding = container.decode(video=0)
+        while True:
+            with timer.stage("decode"):
+                frame = next(decoding, None)
+            if frame is None:
+                break
+            with timer.stage("to_bgr"):
+                frames.append((frame.pts, frame.to_ndarray(format="bgr24")))
     key = hashlib.sha256(source).hexdigest()
     fused = []
     for pts, bgr in frames:
@@ -90,30 +100,40 @@ def _bottleneck(stages_ms: dict[str, float]) -> str:
 
 
 def frame_pipeline_rows(fuser: Fuser, source: bytes, clip: Path, folder: Path,
-                        options: VideoOptions | None = None) -> tuple[list[str], list[list]]:
-    """Headers and rows: the naive loop and the pipeline on `clip`, with stages in ms per frame."""
+                        options: VideoOptions | None = None, repeat: int = 3) -> tuple[list[str], list[list]]:
+    """Headers and rows: the naive loop and the pipeline on `clip`, with stages in ms per frame.
+
+    The two are run alternately `repeat` times and each row is its median run by wall time, so a
+    change in the machine's load during the bench falls on both."""
     options = options or VideoOptions()
-    naive = run_naive(fuser, source, clip, folder / "naive.mp4", options)
-    report = fuse_video(fuser, source, clip, folder / "pipeline.mp4", options)
-    headers = ["path", "frames", "wall s", "frames/s", *[f"{s} ms" for s in STAGES], "frames held", "bottleneck"]
+    naive_runs, pipeline_runs = [], []
+    for _ in range(repeat):
+        cpu = time.process_time()
+        naive_runs.append({**run_naive(fuser, source, clip, folder / "naive.mp4", options),
+                           "cpu": time.process_time() - cpu})
+        cpu = time.process_time()
+        report = fuse_video(fuser, source, clip, folder / "pipeline.mp4", options)
+        pipeline_runs.append({"frames": report.frames, "seconds": report.seconds, "stages_ms": report.stages_ms,
+                              "held": report.frames_in_flight_peak, "cpu": time.process_time() - cpu})
+    naive = sorted(naive_runs, key=lambda r: r["seconds"])[len(naive_runs) // 2]
+    piped = sorted(pipeline_runs, key=lambda r: r["seconds"])[len(pipeline_runs) // 2]
+    headers = ["path", "frames", "wall s", "CPU s", "frames/s", *[f"{s} ms" for s in STAGES], "frames held",
+               "bottleneck"]
 
-    def row(name: str, frames: int, seconds: float, stages: dict[str, float], held: int, neck: str) -> list:
-        return [name, frames, seconds, frames / seconds, *[stages.get(s, 0.0) / frames for s in STAGES], held, neck]
+    def row(name: str, run: dict, neck: str) -> list:
+        frames, seconds, stages = run["frames"], run["seconds"], run["stages_ms"]
+        return [name, frames, seconds, run["cpu"], frames / seconds, *[stages.get(s, 0.0) / frames for s in STAGES],
+                run["held"], neck]
 
-    rows = [
-        row("naive loop (baseline)", naive["frames"], naive["seconds"], naive["stages_ms"], naive["held"],
-            "serial: every stage"),
-        row("pipeline", report.frames, report.seconds, report.stages_ms, report.frames_in_flight_peak,
-            _bottleneck(report.stages_ms)),
-    ]
-    return headers, rows
+    return headers, [row("naive loop (baseline)", naive, "serial: every stage"),
+                     row("pipeline", piped, _bottleneck(piped["stages_ms"]))]
 
 
 def frame_pipeline_table(fuser: Fuser, source: bytes, clip: Path, folder: Path,
-                         options: VideoOptions | None = None) -> str:
+                         options: VideoOptions | None = None, repeat: int = 3) -> str:
     """The frame pipeline's table, with the speed-up over the naive loop under it."""
-    headers, rows = frame_pipeline_rows(fuser, source, clip, folder, options)
-    speedup = rows[1][3] / rows[0][3]
+    headers, rows = frame_pipeline_rows(fuser, source, clip, folder, options, repeat)
+    speedup = rows[1][4] / rows[0][4]
     return f"{table(headers, rows)}\npipeline / naive loop: {speedup:.2f}x frames/s"
 
 
@@ -132,6 +152,7 @@ def main(argv: list[str] | None = None, extra: Callable[[Fuser, Path, Path], str
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--repeat", type=int, default=3, help="alternate runs of each path; the median is shown")
     parser.add_argument("--gpu", action="store_true", help="compute-realistic proxies on CUDA (a GPU machine)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ff-bench-video-") as tmp:
@@ -144,7 +165,7 @@ def main(argv: list[str] | None = None, extra: Callable[[Fuser, Path, Path], str
         print(f"clip: 1920x1080, {args.frames} frames at {args.fps} fps, one face, AAC audio; "
               f"models: {'proxies on CUDA' if args.gpu else 'stand-ins with the real SCRFD on the CPU'}; "
               f"encoder libx264 crf {VideoOptions().crf} preset {VideoOptions().preset}")
-        print(frame_pipeline_table(fuser, source, clip, folder, VideoOptions(fuse=FuseOptions())))
+        print(frame_pipeline_table(fuser, source, clip, folder, VideoOptions(fuse=FuseOptions()), args.repeat))
         if extra is not None:
             print(extra(fuser, clip, folder))
 

@@ -37,6 +37,8 @@ class ClipSpec:
     bt709: bool = False
     sample_aspect_ratio: Fraction | None = None
     sample_rate: int = 16000
+    still: bool = False  # the face does not move (with `noise`: a still face whose detections jitter)
+    noise: float = 0.0  # grey levels of random noise added to every frame (a camera's sensor noise)
 
 
 def _face_frame(face: np.ndarray, width: int, height: int, shift: int) -> np.ndarray:
@@ -55,11 +57,15 @@ def frames_of(spec: ClipSpec, photo: Path) -> list[np.ndarray]:
     scale = spec.height * spec.face_height / face.shape[0]
     face = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     out = []
+    rng = np.random.default_rng(0)
     for i in range(spec.frames):
         if i in spec.blank:
-            out.append(np.full((spec.height, spec.width, 3), 110, np.uint8))
+            frame = np.full((spec.height, spec.width, 3), 110, np.uint8)
         else:
-            out.append(_face_frame(face, spec.width, spec.height, abs(i % 8 - 4)))
+            frame = _face_frame(face, spec.width, spec.height, 0 if spec.still else abs(i % 8 - 4))
+        if spec.noise:
+            frame = np.clip(frame + rng.normal(0, spec.noise, frame.shape), 0, 255).astype(np.uint8)
+        out.append(frame)
     return out
 
 

@@ -3,8 +3,10 @@
 The source's face is embedded once per call; every frame is detected (SCRFD's file has a fixed batch
 of 1, so frames are detected one by one), its faces are followed and smoothed across frames
 (`smoothing.FaceTracker`) and the smoothed faces are handed to `Fuser.fuse`, which then skips its own
-detection. Frames run through a bounded pipeline (`stages`): a decode thread, the fusion in the
-caller's thread (ONNX Runtime parallelises inside each run), an encode thread.
+detection. Frames run through a bounded pipeline (`stages`): decode (and turn into BGR), detect,
+track-swap-paste (in the caller's thread), encode, each in its own thread with a few frames between
+them, so the detector's run on one frame overlaps the swap of the frame before (ONNX Runtime's `run`
+is thread-safe and releases the GIL, as do OpenCV and FFmpeg).
 
 A frame with no face to swap is passed to the encoder as it was decoded (the very same pixels, no
 colour conversion) and counted. Timestamps are the input's (each output frame carries its input
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,9 @@ import cv2
 import numpy as np
 
 from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
+from ..faces import Face
 from ..fuser import Fuser
+from ..fuser import _runtime_failures as runtime_failures
 from ..images import DecodedImage
 from ..selection import eligible
 from ..timing import StageTimer
@@ -63,6 +67,8 @@ class VideoReport:
     segment: int | None = None
     frames_in_flight_peak: int = 0  # frames decoded but not yet handed to the encoder, at most
     queue_frames: int = DEFAULT_QUEUE_FRAMES
+    # mean frame-to-frame landmark movement of tracked faces, as detected and after smoothing
+    landmark_jitter_px: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,17 +93,22 @@ def fuse_video(
     info: VideoInfo | None = None,
     boundaries: Iterable[int] = (),
     queue_frames: int = DEFAULT_QUEUE_FRAMES,
+    suffix: str | None = None,
 ) -> VideoReport:
     """Fuse the clip (or one segment of it) at `input_path` into `output_path`.
 
-    `progress` is called with the number of frames fused so far, after each frame. `info` saves a
-    second probe where the caller has one. The output is written in place (the caller writes to a
-    temporary name and renames, for atomicity); it is removed again when the fusion fails.
+    The container and codec follow `output_path`'s extension, or `suffix` (".mp4") where that path is
+    a temporary name. Write parts as .mp4 or .mov: they keep the input's timestamps exactly (Matroska
+    rounds them to milliseconds). `progress` is called with the number of frames fused so far, after
+    each frame. `info` saves a second probe where the caller has one. The output is written in place
+    (the caller writes to a temporary name and renames, for atomicity); it is removed again when the
+    fusion fails.
     """
     started = time.perf_counter()
     info = info or probe(input_path)
-    fmt = container_of(output_path)
-    codec = codec_for(output_path, options)
+    named = f"output{suffix}" if suffix else output_path
+    fmt = container_of(named)
+    codec = codec_for(named, options)
     whole = segment is None
     if whole:
         check_audio(fmt, info.audio_codec)
@@ -111,6 +122,12 @@ def fuse_video(
         source_image = fuser.decode(source, "source")
     key = hashlib.sha256(source).hexdigest()
     fuser.source_face(source_image, fuse_timer, key)  # embedded once here; each frame finds it by key
+    if isinstance(options.fuse.reference, bytes):  # decoded once, not per frame
+        # TODO: the reference face is still detected and embedded on every frame (Fuser._reference_embedding);
+        # a cache of it in the Fuser, like the source's, would save one detection per frame with faces=reference
+        with fuse_timer.stage("decode_source"):
+            reference = fuser.decode(options.fuse.reference, "reference")
+        options = replace(options, fuse=replace(options.fuse, reference=reference))
     first = segment.start_frame if segment is not None else 0
     last = segment.end_frame if segment is not None else info.frames
     resets = {first, *boundaries}
@@ -131,8 +148,9 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
          progress: Callable[[int], None] | None, queue_frames: int, fuse_timer: StageTimer) -> VideoReport:
     pipeline = Pipeline()
     decoded_q = Channel(pipeline, queue_frames)
+    detected_q = Channel(pipeline, queue_frames)
     fused_q = Channel(pipeline, queue_frames)
-    decode_timer, encode_timer = StageTimer(), StageTimer()
+    decode_timer, detect_timer, encode_timer = StageTimer(), StageTimer(), StageTimer()
     counts = {"decoded": 0, "encoded": 0, "peak": 0}
     colorspace = _SWS_COLORSPACE.get(info.colorspace, "DEFAULT")
     with av.open(str(input_path), metadata_errors="ignore") as source_file, \
@@ -165,12 +183,27 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                                 decoded_q.put(_END)
                                 return
                             continue
-                        decoded_q.put(("frame", index, frame))
+                        with decode_timer.stage("to_bgr"):  # here, not in the fuse thread, the busiest one
+                            bgr = frame.to_ndarray(format="bgr24", src_colorspace=colorspace)
+                        decoded_q.put(("frame", index, frame, bgr))
                         counts["decoded"] += 1
                         counts["peak"] = max(counts["peak"], counts["decoded"] - counts["encoded"])
             except av.error.FFmpegError as exc:
                 raise UndecodableVideo(f"the video could not be decoded: {exc}") from exc
             decoded_q.put(_END)
+
+        def detect() -> None:
+            while True:
+                item = decoded_q.get()
+                if item is _END or item[0] == "audio":
+                    detected_q.put(item)
+                    if item is _END:
+                        return
+                    continue
+                _, index, frame, bgr = item
+                with detect_timer.stage("detect"), runtime_failures():
+                    faces = fuser.detect(DecodedImage(bgr=bgr))
+                detected_q.put(("frame", index, frame, bgr, faces))
 
         def encode() -> None:
             while True:
@@ -194,21 +227,24 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
                 out.mux(stream.encode(None))
 
         pipeline.start("video-decode", decode)
+        pipeline.start("video-detect", detect)
         pipeline.start("video-encode", encode)
         tracker = FaceTracker(float(info.fps))
         swapped = without = done = 0
         try:
             while True:
-                item = decoded_q.get()
+                item = detected_q.get()
                 if item is _END or item[0] == "audio":
                     fused_q.put(item)
                     if item is _END:
                         break
                     continue
-                _, index, frame = item
+                _, index, frame, bgr, faces = item
                 if index in resets:
                     tracker.reset()
-                fused, changed = _fuse_frame(fuser, source_image, key, frame, options, tracker, fuse_timer,
+                with fuse_timer.stage("track"):
+                    faces = tracker.update(faces)
+                fused, changed = _fuse_frame(fuser, source_image, key, frame, bgr, faces, options, fuse_timer,
                                              colorspace, pix_fmt, info.color_range == 2)
                 swapped += changed
                 without += not changed
@@ -221,20 +257,18 @@ def _run(fuser: Fuser, source_image: DecodedImage, key: str, info: VideoInfo, in
         pipeline.join()
     if done != last - first:
         raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
-    stages = {**decode_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
+    stages = {**decode_timer.rounded(), **detect_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
     return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
-                       stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames)
+                       stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames,
+                       landmark_jitter_px=tracker.jitter_px)
 
 
-def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, options: VideoOptions,
-                tracker: FaceTracker, timer: StageTimer, colorspace: str, pix_fmt: str,
+def _fuse_frame(fuser: Fuser, source_image: DecodedImage, key: str, frame: av.VideoFrame, bgr: np.ndarray,
+                faces: list[Face], options: VideoOptions, timer: StageTimer, colorspace: str, pix_fmt: str,
                 full_range: bool = False) -> tuple[av.VideoFrame, bool]:
-    """The fused frame, and whether a face was swapped; a frame without one is returned as it came."""
-    with timer.stage("convert"):
-        bgr = frame.to_ndarray(format="bgr24", src_colorspace=colorspace)
+    """The fused frame (`bgr` is `frame` as BGR, `faces` its smoothed faces), and whether a face was
+    swapped; a frame without one is returned as it came."""
     image = DecodedImage(bgr=bgr)
-    with timer.stage("detect"):
-        faces = tracker.update(fuser.detect(image))
     selection = options.fuse.selection
     candidates = eligible(faces, selection.min_face_size)
     if not candidates or (selection.mode == "index" and selection.index not in candidates):

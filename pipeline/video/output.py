@@ -97,7 +97,9 @@ def encoder_options(codec: str, options: VideoOptions, forced_keyframes: bool) -
     """The encoder's private options for crf and preset (their names differ per encoder)."""
     if codec in ("libx264", "libx265"):
         opts = {"crf": str(options.crf), "preset": options.preset}
-        if forced_keyframes and codec == "libx264":
+        if codec == "libx265":
+            opts["x265-params"] = "log-level=error"  # x265 logs every encode's summary to stderr otherwise
+        if forced_keyframes:
             opts["forced-idr"] = "1"  # a frame marked I starts a closed GOP the stitcher can cut at
         return opts
     if codec == "libvpx-vp9":

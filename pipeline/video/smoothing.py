@@ -46,6 +46,12 @@ def _alpha(cutoff_hz: float, period_s: float) -> float:
 class _Track:
     value: np.ndarray  # (14,) float64: box (4) then landmarks (10), smoothed
     speed: np.ndarray  # (14,) float64: smoothed derivative, pixels per second
+    raw: np.ndarray  # (14,) float64: the last detection, as detected
+
+
+def _movement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance the five landmarks moved between two frames."""
+    return float(np.linalg.norm((b - a).reshape(5, 2), axis=1).mean())
 
 
 class OneEuro:
@@ -73,6 +79,15 @@ class FaceTracker:
         self.filter = OneEuro(fps, min_cutoff, beta)
         self.iou_threshold = iou_threshold
         self.tracks: list[_Track] = []
+        self._moves = np.zeros(2)  # summed frame-to-frame landmark movement: detected, smoothed
+        self._steps = 0
+
+    @property
+    def jitter_px(self) -> dict[str, float]:
+        """Mean frame-to-frame landmark movement of tracked faces, as detected and as smoothed (px):
+        on a still face the first is the detector's noise and the second what is left of it."""
+        detected, smoothed = self._moves / max(self._steps, 1)
+        return {"detected": round(float(detected), 3), "smoothed": round(float(smoothed), 3)}
 
     def reset(self) -> None:
         """Forget every face: the next frame's faces start new tracks."""
@@ -97,9 +112,13 @@ class FaceTracker:
         for fi, (face, values) in enumerate(zip(faces, raw, strict=True)):
             if fi in match:
                 track = self.tracks[match[fi]]
+                before = track.value[4:].copy()
                 self.filter.step(track, values, float(values[3] - values[1]))
+                self._moves += (_movement(track.raw[4:], values[4:]), _movement(before, track.value[4:]))
+                self._steps += 1
+                track.raw = values
             else:
-                track = _Track(value=values.copy(), speed=np.zeros_like(values))
+                track = _Track(value=values.copy(), speed=np.zeros_like(values), raw=values)
             tracks.append(track)
             out.append(Face(bbox=track.value[:4].astype(np.float32), score=face.score,
                             kps=track.value[4:].reshape(5, 2).astype(np.float32), embedding=face.embedding))

@@ -27,7 +27,8 @@ from .output import check_audio, container_of
 
 @dataclass
 class StitchReport:
-    """What was joined: frames and audio packets copied, the output's duration, the time it took."""
+    """What was joined: frames and audio packets copied, the video's duration (first frame shown to
+    last frame's end), the time it took."""
 
     parts: int
     frames: int
@@ -57,16 +58,18 @@ def _audio_packets(path: Path | None) -> tuple[av.container.InputContainer | Non
     return container, stream, (p for p in container.demux(stream) if p.size)
 
 
-def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> StitchReport:
-    """Copy the video packets of `parts` (in order) and the audio of `audio_from` into `output_path`."""
+def stitch(parts: list[Path], output_path: Path, audio_from: Path | None, *, suffix: str | None = None) -> StitchReport:
+    """Copy the video packets of `parts` (in order) and the audio of `audio_from` into `output_path`
+    (its container by its extension, or `suffix` where it is a temporary name)."""
     if not parts:
         raise ValueError("stitch needs at least one part")
     started = time.perf_counter()
-    fmt = container_of(output_path)
+    fmt = container_of(f"output{suffix}" if suffix else output_path)
     audio_file, audio_in, audio_iter = _audio_packets(audio_from)
     frames = audio_count = 0
     last_dts: Fraction | None = None
     end_time = Fraction(0)
+    start_time: Fraction | None = None
     try:
         if audio_in is not None:
             check_audio(fmt, audio_in.codec_context.name)
@@ -104,7 +107,9 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> Sti
                             out.mux(pending)
                             audio_count += 1
                             pending = next(audio_iter, None)
-                        end_time = max(end_time, (Fraction(packet.pts) + (packet.duration or 0)) * packet.time_base)
+                        shown = Fraction(packet.pts) * packet.time_base
+                        start_time = shown if start_time is None else min(start_time, shown)
+                        end_time = max(end_time, shown + (packet.duration or 0) * packet.time_base)
                         packet.stream = video_out
                         out.mux(packet)
                         frames += 1
@@ -119,5 +124,5 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None) -> Sti
     finally:
         if audio_file is not None:
             audio_file.close()
-    return StitchReport(parts=len(parts), frames=frames, audio_packets=audio_count, duration_s=float(end_time),
+    return StitchReport(parts=len(parts), frames=frames, audio_packets=audio_count, duration_s=float(end_time - (start_time or 0)),
                         seconds=round(time.perf_counter() - started, 3), bytes=Path(output_path).stat().st_size)
