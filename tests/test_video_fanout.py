@@ -226,3 +226,28 @@ def test_without_k_sink_a_process_killed_mid_job_is_resumed_by_the_next(model_ro
         assert stream_info(store / "out" / "clip.mp4")["frames"] == 30
     finally:
         server.stop()
+
+
+def test_a_dead_stitchers_claim_expires_and_the_next_delivery_finishes(monkeypatch, model_root, tmp_path):
+    """A stitch claim held by a live delivery elsewhere: the job says `stitching` and nobody else stitches;
+    once that claim has expired (its holder died), the next delivery takes it over and finishes the job."""
+    from function import fanout, leases
+
+    root = f"memory://stale-{os.getpid()}"
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"/stale-{os.getpid()}/faces/obama.jpg", shared_file("images", "obama.jpg").read_bytes())
+    fs.pipe(f"/stale-{os.getpid()}/in/clip.mp4", make_clip(tmp_path / "clip.mp4", seconds=2.0).read_bytes())
+    rt, jobs, job = _planned_job_with_all_parts(monkeypatch, model_root, root, tmp_path)
+    claim_uri = jobs.stitch_uri(job["id"]) + leases.LEASE_SUFFIX
+    held = {"owner": "other-pod.1.x", "host": "other-pod", "pid": 1, "claimed_at": time.time(),
+            "expires_at": time.time() + 600}
+    fs.pipe(claim_uri.removeprefix("memory://"), json.dumps(held).encode())
+    assert fanout.finish(rt, jobs, job) == "claimed"
+    assert jobs.status(job["id"])["state"] == "stitching"
+    assert not fs.exists(f"/stale-{os.getpid()}/out/clip.mp4")
+    fs.pipe(claim_uri.removeprefix("memory://"), json.dumps({**held, "expires_at": time.time() - 1}).encode())
+    assert fanout.finish(rt, jobs, job) == "stitched"
+    assert jobs.status(job["id"])["state"] == "done"
+    local = tmp_path / "out.mp4"
+    local.write_bytes(fs.cat(f"/stale-{os.getpid()}/out/clip.mp4"))
+    assert stream_info(local)["frames"] == 20
