@@ -281,3 +281,17 @@ def test_openapi_documents_the_video_routes_and_answers(server, sink, clip2):
         deliver(server, event)
     jsonschema.validate(job_status(server, job_id), schema)  # done
     assert "/jobs/{id}" in spec["paths"] and "/dead-letter" in spec["paths"]
+
+
+def test_job_status_and_dead_letters_need_the_token(model_root, tmp_path):
+    from .server import FunctionServer
+
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "AUTH_TOKEN": "video-token",
+                          "OUTPUT_URI": "memory://vout/{stem}.jpg"}, wait_ready=False)
+    try:
+        job = f"{srv.url}/jobs/{'a' * 24}"
+        assert problem(requests.get(job, timeout=10), 401)["type"].endswith("unauthorized")
+        assert requests.post(srv.url + "/dead-letter", json={}, timeout=10).status_code == 401
+        assert problem(requests.get(job, headers={"Authorization": "Bearer video-token"}, timeout=10), 404)
+    finally:
+        srv.stop()
