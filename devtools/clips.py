@@ -34,6 +34,7 @@ class ClipSpec:
     face_height: float = 0.8  # of the frame's height
     codec: str = "libx264"
     crf: int = 16
+    preset: str = "veryfast"  # with B-frames, so decode order differs from display order as in real clips
     bt709: bool = False
     sample_aspect_ratio: Fraction | None = None
     sample_rate: int = 16000
@@ -75,7 +76,7 @@ def make_clip(path: Path, photo: Path, spec: ClipSpec = ClipSpec()) -> Path:
     ticks = int(1 / (spec.fps * time_base))
     with av.open(str(path), "w") as out:
         options = {"g": str(spec.gop), "keyint_min": str(spec.gop), "sc_threshold": "0", "crf": str(spec.crf),
-                   "preset": "ultrafast"} if spec.codec == "libx264" else {"g": str(spec.gop)}
+                   "preset": spec.preset} if spec.codec == "libx264" else {"g": str(spec.gop)}
         video = out.add_stream(spec.codec, rate=spec.fps, options=options)
         video.width, video.height = spec.width, spec.height
         video.pix_fmt = "yuv420p"

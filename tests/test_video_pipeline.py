@@ -116,6 +116,14 @@ def test_probe_reads_what_the_clip_is(clip: Path):
     assert VideoInfo.from_dict(json.loads(json.dumps(info.as_dict()))) == info
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_ntsc_rate_is_constant_even_in_milliseconds(suffix: str, photo: Path, tmp_path: Path):
+    """29.97 fps in Matroska's millisecond timestamps (33 or 34 ms apart) is a constant rate, exactly."""
+    spec = ClipSpec(frames=12, fps=Fraction(30000, 1001), width=96, height=64)
+    info = probe(make_clip(tmp_path / f"ntsc{suffix}", photo, spec))
+    assert (info.fps, info.frames, info.duration_s) == (Fraction(30000, 1001), 12, 12 * 1001 / 30000)
+
+
 def _audio_only(path: Path) -> Path:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("aac", rate=16000, layout="mono")
@@ -376,7 +384,7 @@ def test_a_still_face_under_sensor_noise_is_steadied_in_the_fused_clip(fuser: Fu
                                                                         tmp_path: Path):
     """The real detector on a noisy clip of a still face: its landmarks wander from frame to frame;
     the ones the swap is aligned on wander less than half as much."""
-    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=12, still=True, noise=12, crf=30))
+    clip = make_clip(tmp_path / "still.mp4", photo, ClipSpec(frames=12, still=True, noise=12, crf=30, preset="ultrafast"))
     jitter = fuse_video(fuser, source, clip, tmp_path / "out.mp4", VideoOptions()).landmark_jitter_px
     assert jitter["detected"] > 0.05
     assert jitter["smoothed"] < 0.6 * jitter["detected"]

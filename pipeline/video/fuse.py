@@ -31,7 +31,7 @@ import av
 import cv2
 import numpy as np
 
-from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
+from ..errors import InvalidOptions, NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
 from ..faces import Face
 from ..fuser import Fuser
 from ..fuser import _runtime_failures as runtime_failures
@@ -116,6 +116,8 @@ def fuse_video(
         raise UnsupportedVideoOutput("the output would overwrite the input")
     # TODO(issue 11, multi-source identity): embed every source and average once the Fuser has its
     # multi-source entry (Fuser.source_face over a list); until then the first source is used.
+    if isinstance(sources, list) and not sources:
+        raise InvalidOptions("a video fusion needs a source image")
     source = sources[0] if isinstance(sources, list) else sources
     fuse_timer = StageTimer()
     with fuse_timer.stage("decode_source"):
