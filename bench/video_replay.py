@@ -4,8 +4,8 @@ J clips are requested at once from N workers (`python -m function.serve`, MAX_IN
 local sink (bench/video_dispatcher.py), which duplicates segment events, hands them out in random
 order and redelivers every one that is not acknowledged, while a killer SIGKILLs a worker at random
 moments (mostly mid-segment: fusing is what workers spend their time on) and starts it again on its
-port. A reader polls every part and
-output the whole time and counts each read that is not a whole clip. At the end:
+port. A reader polls every part and output the whole time and counts each read that is not a whole
+clip. At the end:
 
 - lost: a requested job that is not done, or a done job missing a part;
 - duplicated: a segment fused more than once (part records carry a fusion id; the reader sees every
