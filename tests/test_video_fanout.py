@@ -251,3 +251,31 @@ def test_a_dead_stitchers_claim_expires_and_the_next_delivery_finishes(monkeypat
     local = tmp_path / "out.mp4"
     local.write_bytes(fs.cat(f"/stale-{os.getpid()}/out/clip.mp4"))
     assert stream_info(local)["frames"] == 20
+
+
+def test_without_k_sink_a_job_waits_for_a_fusion_slot_instead_of_failing(model_root, tmp_path):
+    from .inprocess import InProcessServer
+
+    fs = fsspec.filesystem("memory")
+    base = f"/busy-{os.getpid()}"
+    fs.pipe(f"{base}/faces/obama.jpg", shared_file("images", "obama.jpg").read_bytes())
+    fs.pipe(f"{base}/in/clip.mp4", make_clip(tmp_path / "clip.mp4", seconds=2.0).read_bytes())
+    srv = InProcessServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "MAX_INFLIGHT": "1",
+                           "OUTPUT_URI": f"memory:/{base}/out/{{stem}}.jpg", "ALLOWED_URI_PREFIXES": "memory://",
+                           "VIDEO_SEGMENT_SECONDS": "1"})
+    try:
+        runtime = srv.module.RUNTIME
+        with runtime.limiter.slot():  # a direct fusion holds the only slot
+            r = deliver(srv.url, request_event(f"memory:/{base}", "clip", "busy-1"))
+            assert r.status_code == 202
+            job_id = r.headers["Location"].rsplit("/", 1)[-1]
+            time.sleep(5)  # longer than 5 retries of a transient failure would take
+            status = requests.get(f"{srv.url}/jobs/{job_id}", timeout=10).json()
+            assert status["state"] == "planned", status  # waiting, not failed
+        deadline = time.time() + 60
+        while time.time() < deadline and status["state"] != "done":
+            time.sleep(0.2)
+            status = requests.get(f"{srv.url}/jobs/{job_id}", timeout=10).json()
+        assert status["state"] == "done" and status["frames"]["done"] == status["frames"]["total"] == 20
+    finally:
+        srv.stop()
