@@ -100,11 +100,18 @@ class InputCache:
                 if path is not None and path.exists():
                     self._files.move_to_end(identity)
                     return path
-            path = fetch(uri, temp_path(suffix), max_bytes, timeout)
+            try:
+                path = fetch(uri, temp_path(suffix), max_bytes, timeout)
+            except BaseException:
+                with self._lock:
+                    if identity not in self._files:
+                        self._key_locks.pop(identity, None)
+                raise
             with self._lock:
                 self._files[identity] = path
                 while len(self._files) > self.capacity:
-                    _, old = self._files.popitem(last=False)
+                    gone, old = self._files.popitem(last=False)
+                    self._key_locks.pop(gone, None)
                     with contextlib.suppress(OSError):
                         old.unlink()  # a reader that still has it open keeps its data (POSIX)
             return path
