@@ -16,6 +16,8 @@ from pipeline import EnvReader
 from pipeline.config import DEFAULT_MAX_IMAGE_BYTES
 
 FUSION_BUDGET_S = 120.0  # the longest one fusion is expected to take, for the default LEASE_TTL_S
+DEFAULT_MAX_VIDEO_BYTES = 512 * 1024 * 1024
+JOBS_FOLDER = ".facefusion-jobs"  # video job documents, parts and claims, beside the outputs by default
 
 
 def bucket_prefix(uri: str) -> str:
@@ -24,6 +26,26 @@ def bucket_prefix(uri: str) -> str:
     if parts.scheme in ("file", "local"):
         return f"file://{os.path.dirname(parts.path.rstrip('/') or '/')}/"
     return f"{parts.scheme}://{parts.netloc}/" if parts.netloc else f"{parts.scheme}://"
+
+
+def default_jobs_uri(output_template: str | None) -> str | None:
+    """Where video job documents live when VIDEO_JOBS_URI is unset: a `.facefusion-jobs/` folder in the
+    folder of OUTPUT_URI's fixed part (`s3://out/fused/{stem}.jpg` -> `s3://out/fused/.facefusion-jobs/`)."""
+    if not output_template:
+        return None
+    fixed = output_template.split("{", 1)[0]
+    folder = fixed if fixed.endswith("/") else fixed.rsplit("/", 1)[0] + "/"
+    return folder + JOBS_FOLDER + "/" if "://" in folder else None
+
+
+def default_video_output_uri(output_template: str | None) -> str | None:
+    """VIDEO_OUTPUT_URI when unset: OUTPUT_URI with its extension swapped for `.mp4`
+    (`s3://out/fused/{stem}.jpg` -> `s3://out/fused/{stem}.mp4`)."""
+    if not output_template:
+        return None
+    head, _, last = output_template.rpartition("/")
+    stem = last.rsplit(".", 1)[0] if "." in last and not last.endswith("}") else last
+    return f"{head}/{stem}.mp4"
 
 
 def default_max_request_bytes(max_image_bytes: int) -> int:
@@ -63,7 +85,21 @@ class FunctionConfig:
     keepalive_s: int = 5
     max_connections: int = 1000
     threads: int = 8
+    # video (README, Video; docs/video.md)
+    video_max_sync_seconds: float = 10.0
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+    video_jobs_uri: str | None = None
+    video_output_uri: str | None = None
+    k_sink: str | None = None
+    ce_overrides: str | None = None
+    sink_retries: int = 5
     problems: tuple[str, ...] = ()
+
+    @property
+    def max_multipart_bytes(self) -> int:
+        """A multipart body may carry a video `target` (up to MAX_VIDEO_BYTES) besides the images and
+        fields MAX_REQUEST_BYTES allows for."""
+        return self.max_request_bytes + self.max_video_bytes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionConfig:
@@ -106,5 +142,12 @@ class FunctionConfig:
             keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
             max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
             threads=read.int("THREADS", 8, minimum=1),
+            video_max_sync_seconds=read.float("VIDEO_MAX_SYNC_SECONDS", 10.0, minimum=0),
+            max_video_bytes=read.int("MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES, minimum=1024),
+            video_jobs_uri=read.str("VIDEO_JOBS_URI") or default_jobs_uri(output),
+            video_output_uri=read.str("VIDEO_OUTPUT_URI") or default_video_output_uri(output),
+            k_sink=read.str("K_SINK"),
+            ce_overrides=read.str("K_CE_OVERRIDES"),
+            sink_retries=read.int("SINK_RETRIES", 5, minimum=0),
             problems=tuple(read.problems),
         )

@@ -11,6 +11,7 @@ import flask
 
 from pipeline.sources import MAX_SOURCES
 
+from . import video_direct
 from .front_door import DISCONNECTED
 from .fusion import format_for_uri, fusion_headers, parse_options
 from .inputs import ImageRef, Refs, about, fuse_inputs, image_ref, output_uri, source_refs, write_output
@@ -40,8 +41,11 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
     for name in ("source", "target"):
         if name not in files:
             raise Problem(400, "missing-field", f"multipart field '{name}' (a file) is required", image=name)
+    video = video_direct.is_video_upload(files["target"])  # a clip: the video path (video_direct.py)
     refs: Refs = {}
     for name in IMAGE_FIELDS:
+        if video and name == "target":
+            continue
         uploads = []
         for upload in files.getlist(name):
             data = upload.read(limit + 1)
@@ -51,6 +55,8 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
         if uploads:
             refs[name] = uploads if len(uploads) > 1 else uploads[0]
     options = {k: v for k, v in form.items() if k != "output"}
+    if video:
+        return video_direct.multipart(rt, request, refs, files["target"], options, form.get("output"))
     return Reply(_fuse(rt, request, refs, options, form.get("output"), form=True), "multipart")
 
 
@@ -70,12 +76,15 @@ def json_body(rt: Runtime, body: dict[str, Any], request: flask.Request) -> Repl
     if twice:
         raise Problem(400, "invalid-options", f"{', '.join(map(repr, twice))} given both in 'options' and beside it")
     options = {**beside, **nested}
+    video = video_direct.is_video_value(body["target"])  # a clip: the video path (video_direct.py)
     images = {"source": body["source"], "target": body["target"], "reference": options.get("reference")}
     refs: Refs = {}
     for name, value in images.items():
-        if value is not None or name != "reference":
+        if (value is not None or name != "reference") and not (video and name == "target"):
             with about(name):
                 refs[name] = source_refs(rt, value, image_ref) if name == "source" else image_ref(rt, value, name)
+    if video:
+        return video_direct.json_body(rt, refs, body["target"], options, body.get("output"))
     return Reply(_fuse(rt, request, refs, options, body.get("output")), "json")
 
 

@@ -24,6 +24,8 @@ log = logging.getLogger("facefusion.function")
 
 FUSION_REQUESTED = "dev.facefusion.fusion.requested"
 FUSION_COMPLETED = "dev.facefusion.fusion.completed"
+SEGMENT_REQUESTED = "dev.facefusion.segment.requested"  # one segment of a video job (function/fanout.py)
+DEAD_LETTER_EXTENSIONS = ("knativeerrorcode", "knativeerrordata", "knativeerrordest")
 GCS_PREFIX = "google.cloud.storage.object.v1."
 S3_PREFIX = "com.amazonaws.s3."
 AZURE_PREFIX = "Microsoft.Storage."
@@ -50,6 +52,7 @@ class StorageObject:
     name: str
     version: str  # generation, versionId, sequencer or eTag: one object version, one output
     source_face: str | None = None  # a source face named by the object's own metadata
+    content_type: str | None = None  # as the notification declares it (GCS, Azure), for telling videos apart
 
 
 @dataclass
@@ -62,6 +65,8 @@ class EventJob:
     source: str = ""
     storage: StorageObject | None = None
     request: dict[str, Any] | None = None  # the data of a fusion.requested event
+    segment: Any = None  # the data of a segment.requested event
+    dead_letter: dict[str, Any] | None = None  # Knative's knativeerror* extensions of a dead-lettered delivery
     ignored: str = ""  # why nothing is to be done
     problem: Problem | None = None
 
@@ -104,7 +109,7 @@ def _gcs(ce_type: str, data: Any) -> StorageObject | str:
     if not isinstance(data, dict) or not data.get("bucket") or not data.get("name"):
         raise Problem(400, "malformed-event", "a GCS event needs data.bucket and data.name")
     return StorageObject("gcs", str(data["bucket"]), str(data["name"]), str(data.get("generation") or data.get("etag") or ""),
-                         _metadata_source(data.get("metadata")))
+                         _metadata_source(data.get("metadata")), _text(data.get("contentType")))
 
 
 def _s3(ce_type: str, data: Any) -> StorageObject | str:
@@ -125,7 +130,12 @@ def _azure(ce_type: str, data: Any) -> StorageObject | str:
     container, _, blob = unquote(urlsplit(data["url"]).path).lstrip("/").partition("/")
     if not container or not blob:
         raise Problem(400, "malformed-event", "data.url does not name a container and a blob")
-    return StorageObject("azure", container, blob, str(data.get("eTag") or data.get("sequencer") or ""))
+    return StorageObject("azure", container, blob, str(data.get("eTag") or data.get("sequencer") or ""),
+                         content_type=_text(data.get("contentType")))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 # One parser per storage provider, by CloudEvent type prefix: each returns the created object, or why
@@ -151,6 +161,11 @@ def from_cloudevent(event: CloudEvent) -> EventJob:
     attrs = event.get_attributes()
     ce_type = str(attrs.get("type", ""))
     job = EventJob(event_id=str(attrs.get("id", "")), event_type=ce_type, source=str(attrs.get("source", "")))
+    if any(name in attrs for name in DEAD_LETTER_EXTENSIONS):
+        job.dead_letter = {name: attrs[name] for name in DEAD_LETTER_EXTENSIONS if name in attrs}
+    if ce_type == SEGMENT_REQUESTED:
+        job.segment = _json_data(ce_type, event.get_data())
+        return job
     if ce_type == FUSION_REQUESTED:
         data = _json_data(ce_type, event.get_data())
         if not isinstance(data, dict):

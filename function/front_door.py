@@ -9,7 +9,8 @@ bodies. Before the body is read:
 - request target longer than MAX_REQUEST_LINE -> 414, more than MAX_HEADERS header fields -> 431
   (the whole header block is bounded by MAX_HEADER_BYTES in h11: over it, 400);
 - the route and the token (main.precheck): 401 / 404 / 405 without reading the body;
-- a Content-Length over MAX_REQUEST_BYTES -> 413.
+- a Content-Length over MAX_REQUEST_BYTES -> 413 (multipart bodies, which may carry a video upload:
+  over MAX_REQUEST_BYTES + MAX_VIDEO_BYTES).
 
 Such refusals are answered by the function itself (the same problem document, log line and metric
 as any other answer) with `Connection: close`, and the connection is closed without the body being
@@ -151,8 +152,8 @@ class FrontDoor:
             declared = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:  # h11 has already refused malformed lengths; belt and braces
             raise _Refusal(Problem(400, "bad-request", "malformed Content-Length")) from None
-        if declared > limits.max_request_bytes:
-            raise _Refusal(_too_large(limits.max_request_bytes))
+        if declared > body_limit(limits, environ):
+            raise _Refusal(_too_large(body_limit(limits, environ)))
         return declared
 
     async def _read_body(self, receive: Callable, declared: int | None, environ: dict[str, Any]):
@@ -172,8 +173,8 @@ class FrontDoor:
                     raise _Refusal(Problem(400, "client-disconnected", "the client went away during the body"))
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > self.limits.max_request_bytes:
-                    raise _Refusal(_too_large(self.limits.max_request_bytes))
+                if size > body_limit(self.limits, environ):
+                    raise _Refusal(_too_large(body_limit(self.limits, environ)))
                 body.write(chunk)
                 if not message.get("more_body", False):
                     break
@@ -203,8 +204,17 @@ class FrontDoor:
         return int(started["status"].split(" ", 1)[0]), headers, chunks
 
 
+def body_limit(limits: FunctionConfig, environ: dict[str, Any]) -> int:
+    """MAX_REQUEST_BYTES; for multipart (a video `target` may be in it) MAX_REQUEST_BYTES + MAX_VIDEO_BYTES.
+    The body is spooled to a temporary file beyond 1 MiB, so the larger limit costs disk, not memory."""
+    if environ.get("CONTENT_TYPE", "").lower().startswith("multipart/"):
+        return limits.max_multipart_bytes
+    return limits.max_request_bytes
+
+
 def _too_large(limit: int) -> Problem:
-    return Problem(413, "request-too-large", f"the request body exceeds MAX_REQUEST_BYTES ({limit} bytes)")
+    return Problem(413, "request-too-large", f"the request body exceeds its limit ({limit} bytes: MAX_REQUEST_BYTES, "
+                                             "plus MAX_VIDEO_BYTES for multipart)")
 
 
 class _LingeringTransport:

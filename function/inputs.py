@@ -20,6 +20,7 @@ from pipeline import EncodedFusion, FuseOptions, Fuser, PipelineError, StageTime
 from pipeline.sources import MAX_SOURCES
 
 from . import leases, observe, storage, uris
+from .config import JOBS_FOLDER
 from .fusion import run_fusion
 from .problems import Problem
 from .runtime import Runtime
@@ -85,20 +86,22 @@ OUTPUT_EXTENSIONS = ("", ".jpg", ".jpeg", ".png", ".webp")  # what the encoder w
 
 
 def reserved_name(uri: str) -> bool:
-    """Names of our own bookkeeping: markers, leases, temp folders. Never an input, never an output."""
+    """Names of our own bookkeeping: markers, leases, temp folders, video jobs. Never an input, never an output."""
     path = uri.split("://", 1)[-1]
+    segments = path.split("/")
     return (path.endswith((MARKER_SUFFIX, leases.LEASE_SUFFIX))
-            or storage.TMP_DIR in path.split("/"))
+            or storage.TMP_DIR in segments or JOBS_FOLDER in segments)
 
 
-def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] = (), operator: bool = False) -> str:
+def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] = (), operator: bool = False,
+               extensions: tuple[str, ...] = OUTPUT_EXTENSIONS) -> str:
     """Check an output URI before anything is read or fused, and return it normalised.
 
     It must fall under ALLOWED_URI_PREFIXES (403) and ALLOWED_OUTPUT_PREFIXES (403); it may not name a
     marker, lease or temp folder (400), one of the request's own inputs or SOURCE_FACE_URI (403), a folder
     (400 for a trailing '/', 422 for an existing local folder), a name too long for its marker (400), or an
     extension the encoder does not write (400; `operator=True`, for the OUTPUT_URI template of storage
-    events, makes that a 503 misconfiguration). Direct fusions, fusion.requested and storage events all
+    events, makes that a 503 misconfiguration); `extensions` are those of videos for a video's output. Direct fusions, fusion.requested and storage events all
     check their output here."""
     if not isinstance(value, str) or not value:
         raise Problem(400, "invalid-uri", "'output' must be a non-empty URI")
@@ -108,16 +111,17 @@ def output_uri(rt: Runtime, value: Any, inputs: Iterable[ImageRef | str | None] 
     if unquote(urlsplit(value).path).endswith("/") or not posixpath.basename(path):
         raise Problem(400, "invalid-uri", "the output URI names a folder, not a file")
     if reserved_name(norm):
-        raise Problem(400, "reserved-output-name", "the output URI names a completion marker, a lease or the temp "
-                      f"folder ({MARKER_SUFFIX}, {leases.LEASE_SUFFIX}, {storage.TMP_DIR}/), which only the function writes")
+        raise Problem(400, "reserved-output-name", "the output URI names a completion marker, a lease, the temp "
+                      f"folder or a video job ({MARKER_SUFFIX}, {leases.LEASE_SUFFIX}, {storage.TMP_DIR}/, {JOBS_FOLDER}/), "
+                      "which only the function writes")
     ext = posixpath.splitext(posixpath.basename(path))[1].lower()
-    if ext not in OUTPUT_EXTENSIONS:
-        allowed = ", ".join(e for e in OUTPUT_EXTENSIONS if e)
+    if ext not in extensions:
+        allowed = ", ".join(e for e in extensions if e)
         if operator:
             raise Problem(503, "misconfigured", f"OUTPUT_URI makes an output ending {ext!r}; outputs must end {allowed} "
                           "or have no extension", retry_after=30)
-        raise Problem(400, "unsupported-output-type", f"the output URI ends {ext!r}; outputs must end {allowed} "
-                      "(or have no extension, for JPEG)")
+        raise Problem(400, "unsupported-output-type", f"the output URI ends {ext!r}; outputs must end {allowed}"
+                      + (" (or have no extension, for JPEG)" if "" in extensions else ""))
     uris.check_length(norm, reserve=len(MARKER_SUFFIX))
     others = [ref.uri if isinstance(ref, ImageRef) else ref for ref in _flat(inputs)]
     if rt.source_face:

@@ -20,7 +20,7 @@ import flask
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from . import events, leases, observe, storage
+from . import events, fanout, leases, observe, storage, video_media
 from .fusion import format_for_uri, parse_options
 from .inputs import (
     MARKER_SUFFIX,
@@ -97,8 +97,13 @@ def _storage_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         raise Problem(503, "misconfigured", "the object names no source face and SOURCE_FACE_URI is not set",
                       retry_after=30)
     source = uri_ref(rt, source_uri)
-    out_uri = output_uri(rt, events.render_template(rt.config.output_uri, obj), (source, target), operator=True)
     identity = f"{target.uri}#{obj.version}"
+    if video_media.is_video_name(obj.name) or video_media.is_video_type(obj.content_type):
+        out_uri = output_uri(rt, events.render_template(rt.config.video_output_uri or "", obj), (source, target),
+                             operator=True, extensions=video_media.OUTPUT_EXTENSIONS)
+        return fanout.start_job(rt, identity=identity, target_uri=target.uri, source_uri=source.uri or "",
+                                output_uri=out_uri, raw_options={}, event_id=job.event_id)
+    out_uri = output_uri(rt, events.render_template(rt.config.output_uri, obj), (source, target), operator=True)
     if _already_done(rt, out_uri, identity):
         return {"status": "duplicate", "output": out_uri}
     return _fuse_to_uri(rt, {"source": source, "target": target}, out_uri, {}, identity, job)
@@ -115,6 +120,13 @@ def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data.options must be an object")
     refs: Refs = {"source": source_refs(rt, data["source"], lambda rt, uri, _: uri_ref(rt, uri)),
                   "target": uri_ref(rt, data["target"])}
+    if video_media.is_video_name(refs["target"].uri):  # a video target: the fan-out, answered 202 at once
+        out_uri = output_uri(rt, data["output"], refs.values(), extensions=video_media.OUTPUT_EXTENSIONS)
+        sources = refs["source"]
+        source_uri = [ref.uri or "" for ref in sources] if isinstance(sources, list) else sources.uri or ""
+        return fanout.start_job(rt, identity=f"{refs['target'].uri}#{job.event_id}", target_uri=refs["target"].uri or "",
+                                source_uri=source_uri, output_uri=out_uri, raw_options=options,
+                                event_id=job.event_id)
     if options.get("reference") is not None:
         refs["reference"] = image_ref(rt, options["reference"], "reference")
     out_uri = output_uri(rt, data["output"], refs.values())  # every URI is checked before anything is read
@@ -132,13 +144,30 @@ def run_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         raise job.problem
     if job.ignored:
         return {**base, "status": "ignored", "reason": job.ignored}
+    if job.dead_letter is not None:  # Eventing gave up on this delivery (a deadLetterSink pointing here)
+        return {**base, **_dead_letter(rt, job)}
+    if job.segment is not None:
+        return {**base, **fanout.run_segment(rt, job.segment)}
     if job.request is not None:
         return {**base, **_request_job(rt, job)}
     return {**base, **_storage_job(rt, job)}
 
 
+def _dead_letter(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
+    """A dead-lettered segment fails its job, naming the segment and the last answer's reason; any other
+    dead-lettered event is only logged (its sender learns nothing more from us)."""
+    status, reason = fanout.dead_letter_reason(job.dead_letter or {})
+    if job.event_type == events.SEGMENT_REQUESTED:
+        return fanout.fail_segment(rt, job.segment, status, reason)
+    log.warning("dead-lettered %s event %s: %s %s", job.event_type, job.event_id, status, reason)
+    return {"status": "ignored", "reason": "a dead-lettered event that is not a video segment"}
+
+
 def reply(rt: Runtime, job: events.EventJob, outcome: dict[str, Any]) -> flask.Response:
-    """202 for work without a reply; a `fusion.completed` reply event (binary mode) for a done fusion."""
+    """202 for work without a reply (with `Location: /jobs/<id>` for a video job accepted or already
+    done); a `fusion.completed` reply event (binary mode) for a done image fusion."""
+    if "job" in outcome:
+        return flask.Response(status=202, headers={"Location": f"/jobs/{outcome['job']}"})
     if outcome["status"] != "done" or not rt.config.reply_events:
         return flask.Response(status=202)
     event = CloudEvent({

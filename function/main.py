@@ -27,17 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # functions-framew
 
 import flask  # noqa: E402
 
-from function import demo, direct, events, jobs, metrics, observe, shutdown  # noqa: E402
+from function import demo, direct, events, fanout, jobs, metrics, observe, shutdown  # noqa: E402
 from function.front_door import REFUSED, shown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem, internal_error  # noqa: E402
 from function.reply import Reply, json_response, without_body_type  # noqa: E402
 from function.runtime import Runtime  # noqa: E402
+from function.video_runner import RUNNER as VIDEO_RUNNER  # noqa: E402
 
 log = logging.getLogger("facefusion.function")
 RUNTIME = Runtime.from_env()
 
 os.register_at_fork(after_in_child=RUNTIME.warmup.ensure_started)
+os.register_at_fork(after_in_child=lambda: VIDEO_RUNNER.start_scanning(RUNTIME))
+VIDEO_RUNNER.start_scanning(RUNTIME)  # without K_SINK: resume unfinished video jobs once ready (video_runner.py)
 shutdown.install(lambda: RUNTIME.limiter.active, RUNTIME.config.drain_seconds, RUNTIME.config.drain_max_seconds)
 
 
@@ -64,6 +67,24 @@ def _metrics(request: flask.Request) -> Reply:
 
 def _openapi(request: flask.Request) -> Reply:
     return Reply(json_response(SPEC), "openapi")
+
+
+def _job_status(request: flask.Request) -> Reply:
+    """GET /jobs/<id>: a video job's state, segments and frames done, frames/s, output and any error."""
+    job_id = request.path.rstrip("/").rsplit("/", 1)[-1]
+    return Reply(json_response(fanout.store(RUNTIME).status(job_id)), "job-status")
+
+
+def _dead_letter(request: flask.Request) -> Reply:
+    """POST /dead-letter: the deadLetterSink of the segment Trigger. A segment delivery Eventing gave up
+    on fails its job (segment and reason from the knativeerror* extensions); the answer is 202, so the
+    dead letter itself is never retried."""
+    flask.g.kind = "dead-letter"
+    job = events.from_cloudevent(events.parse_cloudevent(dict(request.headers), request.get_data()))
+    flask.g.event_id = job.event_id
+    job.dead_letter = job.dead_letter or {}
+    jobs.run_job(RUNTIME, job)
+    return Reply(flask.Response(status=202), "dead-letter", job.event_id)
 
 
 def _webhook_handshake(request: flask.Request) -> Reply:
@@ -137,6 +158,8 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/readyz": {m: Route(_readyz, public=True, logged=False) for m in ("GET", "HEAD")},
     "/metrics": {"GET": Route(_metrics, logged=False)},
     "/openapi.json": {"GET": Route(_openapi)},
+    "/jobs/*": {"GET": Route(_job_status)},  # /jobs/<id>: one path segment after /jobs/
+    "/dead-letter": {"POST": Route(_dead_letter)},
     "/": {
         "POST": Route(_post),
         # The handshake only echoes the origin; Event Grid's validation request carries no delivery
@@ -153,7 +176,7 @@ observe.install(RUNTIME, PROBE_PATHS)  # tracing and cold-start metrics for the 
 def _find_route(request: flask.Request) -> tuple[str, Route]:
     """The route of a request; 404 or 405 otherwise, but only after the token check (unless the path
     is public), so that callers without a token learn nothing about what exists."""
-    path = request.path.rstrip("/") or "/"
+    path = _route_key(request.path.rstrip("/") or "/")
     methods = ROUTES.get(path, {})
     route = methods.get(request.method)
     if route is None:
@@ -164,6 +187,14 @@ def _find_route(request: flask.Request) -> tuple[str, Route]:
         raise Problem(405, "method-not-allowed", f"{request.method} is not allowed on {path}",
                       headers={"Allow": _allow(path)})
     return path, route
+
+
+def _route_key(path: str) -> str:
+    """The ROUTES key of a path: itself, or `<prefix>/*` for one segment under a prefix route."""
+    if path in ROUTES:
+        return path
+    head, _, last = path.rpartition("/")
+    return f"{head}/*" if last and head and f"{head}/*" in ROUTES else path
 
 
 def _allow(path: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pipeline.sources import MAX_SOURCES as _MAX_SOURCES
 
-from . import options
+from . import options, video_options
+from .video_media import MEDIA_TYPES
 
 _problem = {"$ref": "#/components/responses/Problem"}
 _not_allowed = {"$ref": "#/components/responses/MethodNotAllowed"}
@@ -13,7 +14,8 @@ _fusion_headers = {
     for name in ("Server-Timing", "X-Faces-Swapped", "X-Faces-Found", "X-Model-Version", "X-Revision")
 }
 # Generated from the one option table that also checks every request and event (function/options.py).
-_options_props = options.properties()
+_options_props = {**options.properties(), **video_options.properties()}  # the video ones: for a video target
+_video_media = {media: {} for media in sorted(set(MEDIA_TYPES.values()))}
 _image_ref = {"oneOf": [
     {"type": "string", "description": "a URI under ALLOWED_URI_PREFIXES, a data: URL or base64"},
     {"type": "object", "properties": {"uri": {"type": "string"}, "base64": {"type": "string"}}},
@@ -56,7 +58,9 @@ SPEC: dict = {
                                        "true/false/1/0/yes/no/on/off; an empty field is not given",
                         "properties": {
                             "source": _source_files,
-                            "target": {"type": "string", "format": "binary"},
+                            "target": {"type": "string", "format": "binary",
+                                       "description": "an image, or a video clip (video/* part or MP4/MOV/Matroska "
+                                                      "bytes) of at most VIDEO_MAX_SYNC_SECONDS"},
                             "reference": {"type": "string", "format": "binary"},
                             "output": {"type": "string"}, **_options_props}}},
                     "application/json": {"schema": {"oneOf": [
@@ -70,13 +74,18 @@ SPEC: dict = {
                     "application/cloudevents-batch+json": {"schema": {"type": "array"}},
                 }},
                 "responses": {
-                    "200": {"description": "the fused image; a JSON report when `output` was given; a reply "
-                                           "CloudEvent (binary mode) for a completed event; batch results",
+                    "200": {"description": "the fused image or clip (a video target: X-Frames, X-Frames-Swapped, "
+                                           "X-Frames-Without-Face instead of the face counts); a JSON report when "
+                                           "`output` was given; a reply CloudEvent (binary mode) for a completed "
+                                           "event; batch results",
                             "headers": _fusion_headers,
-                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {},
+                            "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, **_video_media,
                                         "application/json": {"schema": {"type": "object"}}}},
                     "202": {"description": "event accepted and done (or ignored, or a duplicate), no reply event; "
-                                           "no body"},
+                                           "no body. A video job (planned, or already planned or done) carries "
+                                           "`Location: /jobs/<id>`",
+                            "headers": {"Location": {"schema": {"type": "string"},
+                                                     "description": "with a video job: its status URL"}}},
                     **{str(code): _problem for code in (400, 401, 403, 413, 415, 422, 429, 503, 504)},
                     "405": _not_allowed,
                 },
@@ -93,6 +102,21 @@ SPEC: dict = {
                 },
             },
         },
+        "/jobs/{id}": {"get": {
+            "summary": "a video job's status (the fan-out: storage events and fusion.requested with a video)",
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}],
+            "responses": {
+                "200": {"description": "the job", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/VideoJob"}}}},
+                **{str(code): _problem for code in (401, 404, 503, 504)}}}},
+        "/dead-letter": {"post": {
+            "summary": "Knative deadLetterSink of the segment Trigger: a dead-lettered segment event (with the "
+                       "knativeerrorcode / knativeerrordata extensions) fails its job",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
+                                                          "application/cloudevents+json": {"schema": {"type": "object"}}}},
+            "responses": {"202": {"description": "recorded (or ignored: the segment was done after all)"},
+                          **{str(code): _problem for code in (400, 401, 422, 503)}}}},
         "/healthz": {"get": {"summary": "liveness", "responses": {
             "200": {"description": "serving", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/readyz": {"get": {"summary": "readiness: models loaded and warmed", "responses": {
@@ -111,6 +135,18 @@ SPEC: dict = {
                 "detail": {"type": "string"}, "instance": {"type": "string"},
                 "image": {"type": "string", "enum": ["source", "target", "reference"],
                           "description": "the input an image or face error is about"}}},
+            "VideoJob": {"type": "object", "required": ["id", "state", "segments", "frames", "output"], "properties": {
+                "id": {"type": "string"}, "input": {"type": "string"}, "output": {"type": "string"},
+                "state": {"type": "string", "enum": ["planned", "running", "stitching", "done", "failed"]},
+                "segments": {"type": "object", "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}}},
+                "frames": {"type": "object", "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}}},
+                "frames_per_second": {"type": "number", "description": "frames done per second since the job was planned"},
+                "fusion_frames_per_second": {"type": "number", "description": "frames per second of fusion, summed "
+                                                                              "over the segments done"},
+                "created_at": {"type": "number"}, "finished_at": {"type": "number"}, "duration_s": {"type": "number"},
+                "error": {"type": "object", "description": "a failed job: the segment, the last status and the reason",
+                          "properties": {"segment": {"type": "integer"}, "status": {"type": ["integer", "null"]},
+                                         "reason": {"type": "string"}, "failed_at": {"type": "number"}}}}},
             "Readiness": {"type": "object", "required": ["status"], "properties": {
                 "status": {"type": "string", "enum": ["starting", "loading", "warming", "ready", "failed"]},
                 "reason": {"type": "string"}, "timings_s": {"type": "object"}, "revision": {"type": "string"},

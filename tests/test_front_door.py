@@ -22,12 +22,14 @@ from .server import FunctionServer
 TOKEN = "front-door-token"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
 LIMIT = 1 << 20  # MAX_REQUEST_BYTES for the module's server
+VIDEO_LIMIT = 1 << 19  # MAX_VIDEO_BYTES: multipart bodies may be this much larger (a video target)
 
 
 @pytest.fixture(scope="module")
 def server(model_root, tmp_path_factory):
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path_factory.mktemp("front-door")),
                           "AUTH_TOKEN": TOKEN, "MAX_REQUEST_BYTES": str(LIMIT), "HEADER_TIMEOUT_S": "1",
+                          "MAX_VIDEO_BYTES": str(VIDEO_LIMIT),
                           "BODY_TIMEOUT_S": "2"})
     yield srv
     srv.stop()
@@ -96,8 +98,9 @@ def test_expect_100_continue_is_granted_with_a_token(server):
 @pytest.mark.parametrize("ctype", ["application/json", "application/cloudevents+json",
                                    "application/cloudevents-batch+json", "multipart/form-data; boundary=x"])
 def test_content_length_over_the_limit_is_413_before_the_body(server, ctype):
+    limit = LIMIT + VIDEO_LIMIT if ctype.startswith("multipart/") else LIMIT
     with connect(server) as sock:
-        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n{AUTH}Content-Length: {LIMIT + 1}\r\n\r\n"
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n{AUTH}Content-Length: {limit + 1}\r\n\r\n"
                      .encode())
         status, headers, body = _read_status(sock, 10)  # not one byte of the body was sent
         assert status == 413 and headers["connection"] == "close"
