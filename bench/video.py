@@ -3,6 +3,8 @@
     python -m bench.video                   # this CPU, the small stand-ins with the real SCRFD
     python -m bench.video --gpu             # a GPU machine: compute-realistic proxies, EXECUTION_PROVIDERS=cuda
     python -m bench.video --frames 120 --fps 30
+    python -m bench.video --fanout --replay  # and the fan-out (bench/video_fanout.py) and replay
+                                             # (bench/video_replay.py) tables, in the same run
 
 The clip is synthetic: a real photograph (../shared/images/obama.jpg) on a grey 1920x1080 frame,
 moved a few pixels each frame, with an AAC tone as audio (devtools/clips.py). Both rows fuse the
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None, extra: Callable[[Fuser, Path, Path], str
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--repeat", type=int, default=3, help="alternate runs of each path; the median is shown")
     parser.add_argument("--gpu", action="store_true", help="compute-realistic proxies on CUDA (a GPU machine)")
+    parser.add_argument("--fanout", action="store_true", help="also the fan-out over N = 1, 2, 4 worker processes")
+    parser.add_argument("--fanout-seconds", type=float, default=60.0, help="length of the fan-out's clip")
+    parser.add_argument("--replay", action="store_true", help="also segment events redelivered, duplicated, "
+                                                              "reordered and killed: lost/duplicated/partial")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ff-bench-video-") as tmp:
         folder = Path(tmp)
@@ -168,6 +174,14 @@ def main(argv: list[str] | None = None, extra: Callable[[Fuser, Path, Path], str
         print(frame_pipeline_table(fuser, source, clip, folder, VideoOptions(fuse=FuseOptions()), args.repeat))
         if extra is not None:
             print(extra(fuser, clip, folder))
+    if args.fanout:  # worker processes of the real function behind a local sink (bench/video_fanout.py)
+        from bench.video_fanout import fanout_report
+
+        print(fanout_report(seconds=args.fanout_seconds))
+    if args.replay:  # prints its own table; every count should be 0
+        from bench.video_replay import run as replay
+
+        replay()
 
 
 if __name__ == "__main__":

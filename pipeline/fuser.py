@@ -109,10 +109,11 @@ class Fuser:
         `index` refers to)."""
         return order_faces(detect_at_angles(self.detector.detect, image.bgr, angles))
 
-    def _largest_face(self, image: DecodedImage, timer: StageTimer, missing: type[FaceError], what: str) -> Face:
-        """Detect, take the largest face and embed it: the source face and the reference face alike."""
+    def _largest_face(self, image: DecodedImage, timer: StageTimer, missing: type[FaceError], what: str,
+                      angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> Face:
+        """Detect (on copies rotated by `angles`), take the largest face and embed it (the reference face)."""
         with timer.stage("detect"):
-            faces = self.detector.detect(image.bgr)
+            faces = detect_at_angles(self.detector.detect, image.bgr, angles)
         if not faces:
             raise missing(f"no face was found in the {what} image")
         face = max(faces, key=lambda f: f.area)
@@ -138,19 +139,21 @@ class Fuser:
         return swapper
 
     def source_face(self, source: SourceInput | Sequence[SourceInput], timer: StageTimer, key: str | None = None,
-                    swapper: str = "swapper") -> tuple[SourceFaces, np.ndarray]:
+                    swapper: str = "swapper", angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES,
+                    ) -> tuple[SourceFaces, np.ndarray]:
         """The source faces (one or several images, averaged: pipeline/sources.py) and the `swapper`
         role's source input for them; cached by `key` (a content hash of the whole list) and the role.
 
         A source may be a callable that decodes the image, so a cached source is never decoded.
         """
         model = self.swapper_for(swapper)
-        cache_key = None if key is None else f"{swapper}:{key}"
+        cache_key = None if key is None else f"{swapper}:{','.join(map(str, angles))}:{key}"
         hit = self._cached_source(cache_key)
         if hit is not None:
             return hit
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
-        identity, faces = identify(sources, self.detector, self.embedder, timer)
+        identity, faces = identify(sources, lambda bgr: detect_at_angles(self.detector.detect, bgr, angles),
+                                   self.embedder, timer)
         with timer.stage("embed"):
             prepared = model.prepare_source(identity)
         if cache_key is not None:
@@ -187,7 +190,7 @@ class Fuser:
         boost = self.check_quality_options(options)
         swapper = self.swapper_for(options.swapper)
         selection = options.selection
-        src_faces, latent = self.source_face(source, timer, source_key, options.swapper)
+        src_faces, latent = self.source_face(source, timer, source_key, options.swapper, options.detector_angles)
         if faces is None:
             with timer.stage("detect"):
                 faces = self.detect(target, options.detector_angles)
@@ -197,7 +200,7 @@ class Fuser:
             raise NoTargetFace(f"no face{detail} was found in the target image ({len(faces)} detected)")
         reference = None
         if selection.mode == "reference":
-            reference = self._reference_embedding(options.reference, timer)
+            reference = self._reference_embedding(options.reference, timer, options.detector_angles)
             with timer.stage("embed"):  # every candidate in one run when the graph has a batch axis
                 embeddings = self.embedder.embed_many(target.bgr, [faces[i] for i in candidates])
                 for i, embedding in zip(candidates, embeddings, strict=True):
@@ -279,13 +282,14 @@ class Fuser:
             with timer.stage("paste"):
                 paste_back(frame, out, matrix, masks, crop_masks)
 
-    def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer) -> np.ndarray:
+    def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer,
+                             angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> np.ndarray:
         if reference is None:
             raise InvalidOptions("faces=reference needs a reference image")
         if isinstance(reference, bytes):
             with timer.stage("decode"):
                 reference = self.decode(reference, "reference")
-        face = self._largest_face(reference, timer, NoReferenceFace, "reference")
+        face = self._largest_face(reference, timer, NoReferenceFace, "reference", angles)
         assert face.embedding is not None
         return face.embedding
 

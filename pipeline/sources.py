@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, InvalidOptions, NoSourceFace
+from .faces import Face
 from .identity import SourceIdentity
 from .images import DecodedImage
-from .models import ArcFaceEmbedder, ScrfdDetector
+from .models import ArcFaceEmbedder
 from .timing import StageTimer
 
 MAX_SOURCES = 8
@@ -66,15 +67,18 @@ def _decoded(source: SourceInput, position: int, count: int, timer: StageTimer) 
         raise
 
 
-def identify(sources: Sequence[SourceInput], detector: ScrfdDetector, embedder: ArcFaceEmbedder,
+def identify(sources: Sequence[SourceInput], detect: Callable[[np.ndarray], list[Face]], embedder: ArcFaceEmbedder,
              timer: StageTimer) -> tuple[SourceIdentity, SourceFaces]:
-    """The averaged identity of the largest face of each source and what the report says of them."""
+    """The averaged identity of the largest face of each source and what the report says of them.
+
+    `detect` finds the faces of a BGR image (the Fuser's detector, on the copies `detector_angles` asks
+    for, so a source lying sideways is found as a target would be)."""
     check_count(len(sources))
     found, report, skipped = [], [], []
     for position, source in enumerate(sources):
         image = _decoded(source, position, len(sources), timer)
         with timer.stage("detect"):
-            faces = detector.detect(image.bgr)
+            faces = detect(image.bgr)
         if not faces:
             skipped.append(position)
             continue

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import DecodedImage, FuseOptions, InvalidOptions, NoTargetFace
+from pipeline import DecodedImage, FuseOptions, InvalidOptions, NoReferenceFace, NoSourceFace, NoTargetFace
+from pipeline.selection import Selection
 from pipeline.angles import check_angles, to_frame
 
 from .conftest import shared_file
@@ -79,3 +80,25 @@ def test_bad_angles_are_refused_by_name():
     for bad in ([], [45], [0, 360], "90", [True]):
         with pytest.raises(InvalidOptions, match="detector_angles"):
             FuseOptions(detector_angles=bad)
+
+
+def test_an_upside_down_source_and_reference_are_found_with_detector_angles(fuser):
+    """The angles apply to every image of the request: a source (and a reference) lying upside down
+    gives the same identity as upright, instead of 422."""
+    upright = fuser.decode(shared_file("images", "biden.jpg").read_bytes())
+    turned = DecodedImage(bgr=cv2.rotate(upright.bgr, cv2.ROTATE_180))
+    other = fuser.decode(shared_file("images", "obama.jpg").read_bytes())
+    target = fuser.decode(shared_file("images", "two_people.jpg").read_bytes())
+    with pytest.raises(NoSourceFace):
+        fuser.fuse(turned, target, FuseOptions())
+    angles = (0, 180)
+    base = fuser.fuse(upright, target, FuseOptions(detector_angles=angles)).image.bgr.astype(np.int16)
+    rotated = fuser.fuse(turned, target, FuseOptions(detector_angles=angles)).image.bgr.astype(np.int16)
+    different = fuser.fuse(other, target, FuseOptions(detector_angles=angles)).image.bgr.astype(np.int16)
+    # the same identity: far closer to the upright source's swap than another person's swap is
+    assert np.abs(rotated - base).mean() < np.abs(different - base).mean() / 4
+    reference = Selection(mode="reference", reference_threshold=0.0)
+    with pytest.raises(NoReferenceFace):
+        fuser.fuse(upright, target, FuseOptions(selection=reference, reference=turned))
+    found = fuser.fuse(upright, target, FuseOptions(selection=reference, reference=turned, detector_angles=angles))
+    assert found.report.faces_swapped >= 1

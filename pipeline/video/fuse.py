@@ -122,7 +122,7 @@ def fuse_video(
         source_images = [fuser.decode(source, "source") for source in sources]
     key = list_key([hashlib.sha256(source).hexdigest() for source in sources])
     # embedded once here; each frame finds it by key (and the swapper role)
-    fuser.source_face(source_images, fuse_timer, key, options.fuse.swapper)
+    fuser.source_face(source_images, fuse_timer, key, options.fuse.swapper, options.fuse.detector_angles)
     if isinstance(options.fuse.reference, bytes):  # decoded once, not per frame
         # TODO: the reference face is still detected and embedded on every frame (Fuser._reference_embedding);
         # a cache of it in the Fuser, like the source's, would save one detection per frame with faces=reference
