@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import DecodedImage, FuseOptions, InvalidOptions, NoReferenceFace, NoSourceFace, NoTargetFace
-from pipeline.selection import Selection
 from pipeline.angles import check_angles, to_frame
+from pipeline.selection import Selection
 
 from .conftest import shared_file
 
