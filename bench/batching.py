@@ -5,7 +5,9 @@
     python -m bench.batching --providers cuda   # the same on a GPU
 
 1. Frame batching: the 29-face Solvay photograph (`faces=all`) fused with BATCH_MAX=32 (all faces in one
-   swapper run) and BATCH_MAX=1 (one run per face, the old loop): median swap-stage and total ms.
+   swapper run) and BATCH_MAX=1 (one run per face, the old loop): median swap-stage and total ms. With
+   `enhance=true` too: the enhancer's runs per frame (faces whose regions meet wait for a later run,
+   pipeline/models/enhancer.py) and the enhance stage's ms (restoring, pasting and blending).
 2. Micro-batching: threads fusing a 1080p one-face frame at concurrency 1, 8 and 32, with BATCH_WAIT_MS=2
    and 0 (off): fusions/s, p50, and how many session runs served how many calls (runs < calls: merged).
 
@@ -33,8 +35,9 @@ def _fuser(models: Path, cache: Path, providers: str, env: dict[str, str]):
                                          "EXECUTION_PROVIDERS": providers, **env}))
 
 
-def frame_batching(models: Path, cache: Path, providers: str, reps: int) -> list[list]:
-    """Solvay, faces=all: swap-stage and total ms with all faces in one run and with one run per face.
+def frame_batching(models: Path, cache: Path, providers: str, reps: int, enhance: bool = False) -> list[list]:
+    """Solvay, faces=all: swap-stage (or, with `enhance`, enhance-stage) and total ms with all faces in one
+    run and with one run per face; with `enhance`, the enhancer's runs per frame too.
 
     The two fusers take turns, so that load from elsewhere on the machine hits both alike."""
     from pipeline import FuseOptions, StageTimer
@@ -46,7 +49,9 @@ def frame_batching(models: Path, cache: Path, providers: str, reps: int) -> list
     any_fuser = next(iter(fusers.values()))
     target = any_fuser.decode((SHARED / "images" / "solvay_conference_1927.png").read_bytes())
     source = any_fuser.decode((SHARED / "images" / "obama.jpg").read_bytes())
-    options = FuseOptions(selection=Selection("all"))
+    options = FuseOptions(selection=Selection("all"), enhance=enhance)
+    stage = "enhance" if enhance else "swap"
+    runs = {label: _RunCounter.wrap(fuser.enhancer) if enhance else None for label, fuser in fusers.items()}
     swap: dict[str, list[float]] = {label: [] for label in fusers}
     total: dict[str, list[float]] = {label: [] for label in fusers}
     swapped = {}
@@ -58,8 +63,30 @@ def frame_batching(models: Path, cache: Path, providers: str, reps: int) -> list
             swapped[label] = result.report.faces_swapped
             if i:  # the first round warms up
                 total[label].append((time.perf_counter() - start) * 1000)
-                swap[label].append(timer.rounded().get("swap", 0.0))
+                swap[label].append(timer.rounded().get(stage, 0.0))
+    if enhance:
+        return [[label, swapped[label], runs[label].runs // (reps + 1), statistics.median(swap[label]),
+                 statistics.median(total[label])] for label in fusers]
     return [[label, swapped[label], statistics.median(swap[label]), statistics.median(total[label])] for label in fusers]
+
+
+class _RunCounter:
+    """Counts the runs of a model's session (the enhancer's runs per frame)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    @classmethod
+    def wrap(cls, model) -> _RunCounter:
+        model.session = cls(model.session)
+        return model.session
 
 
 def _drive(fuser, source, target, concurrency: int, count: int) -> tuple[float, float]:
@@ -115,13 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         models = build_models(work / "models", cpu=False)
     else:
-        models = standin_models(work / "models", enhancer=False)
+        models = standin_models(work / "models")
     frame = frame_batching(models, work / "cache", args.providers, args.reps)
     print(table(["Solvay, faces=all", "faces", "swap ms (p50)", "fusion ms (p50)"], frame), flush=True)
+    enhanced: list[list] = []
+    if not args.proxies:  # the proxies have no enhancer
+        enhanced = frame_batching(models, work / "cache", args.providers, args.reps, enhance=True)
+        print(table(["Solvay, faces=all, enhance=true", "faces", "enhancer runs", "enhance ms (p50)",
+                     "fusion ms (p50)"], enhanced), flush=True)
     micro = micro_batching(models, work / "cache", args.providers, [int(c) for c in args.concurrency.split(",")],
                            args.requests)
     print(table(["1080p, one face", "concurrency", "fusions/s", "p50 ms", "session runs/calls"], micro))
-    return {"frame": frame, "micro": micro}
+    return {"frame": frame, "enhanced": enhanced, "micro": micro}
 
 
 if __name__ == "__main__":

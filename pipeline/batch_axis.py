@@ -120,7 +120,7 @@ def probe_feeds(inputs: Sequence[ort.NodeArg], batch: int, seed: int = 0) -> dic
     feeds = {}
     for arg in inputs:
         shape = [batch] + [d if isinstance(d, int) else 1 for d in arg.shape[1:]]
-        dtype = np.float16 if arg.type == "tensor(float16)" else np.float32
+        dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(arg.type, np.float32)
         feeds[arg.name] = rng.uniform(-1.0, 1.0, shape).astype(dtype)
     return feeds
 

@@ -40,6 +40,14 @@ def _region(inverse: np.ndarray, crop_size: int, frame_shape: tuple[int, ...],
     return int(x0), int(y0), int(x1), int(y1)
 
 
+def paste_region(matrix: np.ndarray, crop_size: int, frame_shape: tuple[int, ...],
+                 masks: MaskOptions = DEFAULT_MASKS) -> tuple[int, int, int, int] | None:
+    """The frame box `paste_back` may touch for a crop aligned with `matrix` (frame -> crop): the crop's
+    footprint plus the feather's margin. It also holds every pixel a bilinear warp of the crop out of the
+    frame reads, so two faces whose regions are disjoint neither read nor write each other's pixels."""
+    return _region(cv2.invertAffineTransform(matrix), crop_size, frame_shape, masks.blur)
+
+
 def _sampling_maps(crop_to_frame: np.ndarray, region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Source coordinates in the crop for every frame pixel of `region`, as warpAffine computes them."""
     x0, y0, x1, y1 = region

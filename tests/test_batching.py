@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from devtools import standins
+from devtools.enhancer_standins import enhancer_standin
 from pipeline import Settings, load_fuser, load_models
 from pipeline.artefacts import GraphRecipe, build_optimised, graph_notes
 from pipeline.batch_axis import batch_matches, free_batch_axis, has_free_batch, probe_feeds
@@ -86,6 +87,17 @@ def test_prepared_graphs_have_a_batch_axis_only_where_the_probe_agrees(tmp_path)
     assert occluder.get_inputs()[0].shape[0] == 1
     notes = graph_notes(graphs["occluder"])
     assert notes["batch"] is False and "differs from two single runs" in notes["batch_why"]
+
+
+def test_codeformers_weight_keeps_its_graph_at_batch_1_with_the_true_reason(tmp_path):
+    """The rewrite gives the (1,) float64 `weight` the batch axis too; 2 weights no longer broadcast
+    over the image, and the note says so (not a complaint about the probe's own input type)."""
+    entry = _entry(tmp_path, enhancer_standin("codeformer"), "codeformer", "codeformer-standin")
+    graph = build_optimised(entry, CPU, tmp_path / "cache", GraphRecipe())
+    assert [i.shape[0] for i in _session(graph).get_inputs()] == [1, 1]
+    notes = graph_notes(graph)
+    assert notes["batch"] is False and "running Mul node" in notes["batch_why"]
+    assert "data type" not in notes["batch_why"]
 
 
 def test_batch_max_1_prepares_graphs_as_published(tmp_path):
@@ -246,6 +258,89 @@ def test_batch_max_1_swaps_face_by_face_and_gives_the_same_image(solvay_runs):
     diff = np.abs(a - b)
     # float summation order only: measured 27 of 19.5 million channel values off, by 1 or 2 levels
     assert diff.max() <= 2 and (diff > 0).mean() < 1e-4
+
+
+# -- the enhancer: faces whose regions do not meet in one run ----------------------------------------
+def _enhancing(model_root: Path, cache: Path, batch_max: int, optimised: bool = True):
+    """A fuser with BATCH_MAX `batch_max` whose enhancer's session counts its runs' rows."""
+    fuser = load_fuser(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
+                                optimised_graphs=optimised,
+                                batching=Settings.from_env({"BATCH_MAX": str(batch_max)}).batching))
+    counter = CountingSession(fuser.enhancer.session)
+    fuser.enhancer.session = counter
+    return fuser, counter
+
+
+def _enhance_all(fuser, source: bytes, target: bytes) -> tuple[int, np.ndarray]:
+    options = FuseOptions(selection=Selection("all"), enhance=True, output_format="png")
+    result = fuser.fuse_bytes(source, target, options)
+    assert result.report.enhanced
+    return result.report.faces_swapped, cv2.imdecode(np.frombuffer(result.data, np.uint8), -1).astype(int)
+
+
+def _same_image(a: np.ndarray, b: np.ndarray, max_levels: int = 2) -> None:
+    diff = np.abs(a - b)
+    assert diff.max() <= max_levels and (diff > 0).mean() < 1e-4  # the swapper's batching tolerance (above)
+
+
+@pytest.fixture(scope="module")
+def face_grid() -> bytes:
+    """Six copies of a portrait, 60 px apart: six faces whose enhancer regions do not meet."""
+    tile = cv2.resize(cv2.imread(str(shared_file("images", "obama.jpg"))), None, fx=0.5, fy=0.5)
+    h, w, gap = *tile.shape[:2], 60
+    canvas = np.full((2 * h + 3 * gap, 3 * w + 4 * gap, 3), 128, np.uint8)
+    for r in range(2):
+        for c in range(3):
+            canvas[gap + r * (h + gap):gap + r * (h + gap) + h, gap + c * (w + gap):gap + c * (w + gap) + w] = tile
+    return cv2.imencode(".png", canvas)[1].tobytes()
+
+
+def test_solvay_is_enhanced_in_a_few_runs_with_the_face_by_face_image(model_root, tmp_path_factory):
+    """Neighbouring faces' regions meet in this photo; the per-face loop enhances a face from the frame
+    its earlier neighbour was pasted into, so those faces go in later runs and the image stays the same."""
+    target = shared_file("images", "solvay_conference_1927.png").read_bytes()
+    source = shared_file("images", "obama.jpg").read_bytes()
+    cache = tmp_path_factory.mktemp("enh-batch-cache")
+    batched, batched_runs = _enhancing(model_root, cache, 32)
+    faces, image = _enhance_all(batched, source, target)
+    assert faces >= 20 and sum(batched_runs.rows) == faces
+    assert max(batched_runs.rows) > 1 and len(batched_runs.rows) < faces // 2
+    # the same swapped frame enhanced face by face, as the fuser's loop did: the very same pixels
+    swapped = batched.fuse_bytes(source, target, FuseOptions(selection=Selection("all"), output_format="png"))
+    frame = cv2.imdecode(np.frombuffer(swapped.data, np.uint8), -1)
+    detected = batched.detect(batched.decode(target))
+    for entry in swapped.report.faces:
+        if entry["swapped"]:
+            batched.enhancer.enhance_into(frame, detected[entry["index"]])
+    assert np.array_equal(frame.astype(int), image)
+    # and BATCH_MAX=1 end to end: the swapper's rows differ by up to 2 levels (above), which the stand-in
+    # enhancer's sharpening (centre weight 2, blend 0.8) carries to up to 3 on those few pixels
+    single, single_runs = _enhancing(model_root, cache, 1)
+    single_faces, single_image = _enhance_all(single, source, target)
+    assert single_faces == faces and single_runs.rows == [1] * faces
+    _same_image(image, single_image, max_levels=3)
+
+
+def test_faces_apart_are_enhanced_in_one_run_per_chunk_of_batch_max(model_root, tmp_path_factory, face_grid):
+    source = shared_file("images", "obama.jpg").read_bytes()
+    cache = tmp_path_factory.mktemp("enh-grid-cache")
+    images = {}
+    for batch_max, runs in ((32, [6]), (4, [4, 2]), (1, [1] * 6)):
+        fuser, counter = _enhancing(model_root, cache, batch_max)
+        faces, images[batch_max] = _enhance_all(fuser, source, face_grid)
+        assert faces == 6 and counter.rows == runs
+    _same_image(images[32], images[1])
+    _same_image(images[4], images[1])
+
+
+def test_an_enhancer_graph_with_batch_1_enhances_face_by_face(model_root, tmp_path_factory, face_grid):
+    source = shared_file("images", "obama.jpg").read_bytes()
+    fuser, counter = _enhancing(model_root, tmp_path_factory.mktemp("enh-plain-cache"), 32, optimised=False)
+    assert fuser.enhancer.session.get_inputs()[0].shape[0] == 1  # the stand-in as published
+    faces, image = _enhance_all(fuser, source, face_grid)
+    assert counter.rows == [1] * faces
+    batched, _ = _enhancing(model_root, tmp_path_factory.mktemp("enh-grid-cache-2"), 32)
+    _same_image(image, _enhance_all(batched, source, face_grid)[1])
 
 
 def test_reference_mode_embeds_every_candidate_in_one_run(model_root, tmp_path):

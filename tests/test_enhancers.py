@@ -27,6 +27,7 @@ from pipeline.masks import MaskOptions
 from pipeline.models import KINDS, FaceEnhancer
 from pipeline.models.enhancer import EnhancerOptions
 from pipeline.paste import paste_back
+from pipeline.selection import Selection
 
 from .conftest import REPO, shared_file
 from .server import FunctionServer
@@ -153,6 +154,37 @@ def test_the_enhancer_option_picks_a_role_of_the_set(fuser, images):
         _enhanced(fuser, images, weight=0.3)
     with pytest.raises(InvalidOptions, match="enhancer_blend applies when enhance is true"):
         FuseOptions(enhancement=EnhancerOptions(blend=50))
+
+
+class _RowCounter:
+    """A real session that records the rows of each run."""
+
+    def __init__(self, session) -> None:
+        self.session, self.rows = session, []
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feeds, options=None):
+        self.rows.append(len(feeds["input"]))
+        return self.session.run(names, feeds, options)
+
+
+def test_codeformer_enhances_face_by_face_and_the_others_together(fuser, images):
+    """CodeFormer's (1,) weight cannot share the batch axis the prepared graph would give its input (the
+    probe refuses that rewrite: tests/test_batching.py), so its faces run one by one; gfpgan's together."""
+    two = fuser.decode(shared_file("images", "two_people.jpg").read_bytes())
+    rows = {}
+    for role in ("enhancer", "codeformer"):
+        enhancer = fuser.models.role(role)
+        counter = enhancer.session = _RowCounter(enhancer.session)
+        try:
+            options = FuseOptions(selection=Selection("all"), enhance=True, enhancement=EnhancerOptions(role=role))
+            assert fuser.fuse(images["obama"], two, options).report.faces_swapped == 2
+        finally:
+            enhancer.session = counter.session
+        rows[role] = counter.rows
+    assert rows == {"enhancer": [2], "codeformer": [1, 1]}
 
 
 def test_the_options_parse_into_the_enhancer_choice():

@@ -10,6 +10,7 @@ CodeFormer 0 restores the most and 1 keeps the most of the input face. Our optio
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from .enhancer import EnhancerOptions, FaceEnhancer
 
@@ -17,7 +18,20 @@ WEIGHT_INPUT = "weight"
 
 
 class CodeFormerEnhancer(FaceEnhancer):
-    """CodeFormer restoration with its fidelity weight."""
+    """CodeFormer restoration with its fidelity weight.
+
+    Several faces share one run only when the graph declares a free batch on `input` and keeps
+    `weight` at (1,), one scalar for every row (FaceFusion feeds it so). The published file has batch 1
+    on both; the loader's rewrite (pipeline/batch_axis.py) gives `weight` the batch axis too, a batch of
+    2 weights then no longer broadcasts over the image (the stand-in's Mul fails), the probe refuses the
+    rewrite, and CodeFormer runs one face per run.
+    """
+
+    def __init__(self, session: ort.InferenceSession, input_size: tuple[int, int] | None = None) -> None:
+        super().__init__(session, input_size)
+        weight = next((i for i in session.get_inputs() if i.name == WEIGHT_INPUT), None)
+        if weight is not None and weight.shape and not isinstance(weight.shape[0], int):
+            self.batched = False  # a batch axis on the weight: per-row weights the graph was not proven for
 
     kind = "codeformer"
     template_name = "ffhq_512"
