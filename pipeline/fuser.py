@@ -200,7 +200,7 @@ class Fuser:
             raise NoTargetFace(f"no face{detail} was found in the target image ({len(faces)} detected)")
         reference = None
         if selection.mode == "reference":
-            reference = self._reference_embedding(options.reference, timer, options.detector_angles)
+            reference = self.reference_embedding(options.reference, timer, options.detector_angles)
             with timer.stage("embed"):  # every candidate in one run when the graph has a batch axis
                 embeddings = self.embedder.embed_many(target.bgr, [faces[i] for i in candidates])
                 for i, embedding in zip(candidates, embeddings, strict=True):
@@ -282,10 +282,14 @@ class Fuser:
             with timer.stage("paste"):
                 paste_back(frame, out, matrix, masks, crop_masks)
 
-    def _reference_embedding(self, reference: bytes | DecodedImage | None, timer: StageTimer,
-                             angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> np.ndarray:
+    def reference_embedding(self, reference: bytes | DecodedImage | np.ndarray | None, timer: StageTimer,
+                            angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> np.ndarray:
+        """The normalised embedding of the reference image's largest face (faces=reference). An
+        embedding given is returned as it is: a video computes it once for all its frames."""
         if reference is None:
             raise InvalidOptions("faces=reference needs a reference image")
+        if isinstance(reference, np.ndarray):
+            return reference
         if isinstance(reference, bytes):
             with timer.stage("decode"):
                 reference = self.decode(reference, "reference")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .angles import DEFAULT_DETECTOR_ANGLES, check_angles
 from .boost import PIXEL_BOOSTS
 from .errors import InvalidOptions
@@ -32,7 +34,7 @@ class FuseOptions:
 
     selection: Selection = field(default_factory=Selection)
     enhance: bool = False
-    reference: bytes | DecodedImage | None = None
+    reference: bytes | DecodedImage | np.ndarray | None = None  # an embedding: computed once (video)
     output_format: str = "jpeg"
     quality: int = 92
     pixel_boost: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from devtools.clips import ClipSpec, make_clip
 from devtools.standins import write_test_models
 from function.problems import as_problem
-from pipeline import Fuser, NoSourceFace, Settings, VideoLimits, load_fuser
+from pipeline import FuseOptions, Fuser, NoSourceFace, Settings, VideoLimits, load_fuser
 from pipeline.errors import (
     NotAVideo,
     NoVideoStream,
@@ -27,6 +28,7 @@ from pipeline.errors import (
     VideoTooLong,
 )
 from pipeline.faces import Face
+from pipeline.selection import Selection
 from pipeline.video import (
     FaceTracker,
     Segment,
@@ -353,7 +355,7 @@ def test_a_failing_stage_stops_every_thread_and_leaves_no_output(fixed_face_fuse
         fuse_video(fixed_face_fuser, source, clip, tmp_path / "out.mp4", VideoOptions(), progress=progress)
     assert seen == [1, 2, 3, 4, 5]
     assert not (tmp_path / "out.mp4").exists()
-    assert not [t for t in threading.enumerate() if t.name.startswith("video-")]
+    assert not [t for t in threading.enumerate() if t.name in ("video-decode", "video-detect", "video-encode")]
 
 
 # -- smoothing ----------------------------------------------------------------------------------------
@@ -420,3 +422,42 @@ def test_cli_fuses_a_video(tmp_path: Path, clip: Path, photo: Path):
     assert_one_line_error(run(["fuse", source, str(junk), "-o", str(tmp_path / "x.mp4")], env), 3, "not a video")
     assert_one_line_error(run(["fuse", source, str(clip), "-o", str(tmp_path / "x.mp4"), "--crf", "70"], env), 2, "crf")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_the_report_times_every_frames_detection_apart_from_the_sources(tmp_path: Path, photo: Path, source: bytes,
+                                                                         tmp_path_factory: pytest.TempPathFactory):
+    """`detect` in the report is the frames' detection (summed over the clip), not the source's, whose
+    decode, detect and embed are one `source` stage: the report once showed the source's 5 ms as the
+    whole clip's detection."""
+    root = tmp_path_factory.mktemp("slow-detector-models")
+    write_test_models(root, detector=None)
+    fuser = load_fuser(Settings(model_path=root, cache_path=tmp_path_factory.mktemp("cache")))
+    real_detect = fuser.detector.detect
+    calls = []
+
+    def slow_detect(bgr: np.ndarray):
+        calls.append(bgr.shape)
+        time.sleep(0.02)  # at least 20 ms a call, whatever the machine
+        return real_detect(bgr)
+
+    fuser.detector.detect = slow_detect  # type: ignore[method-assign]
+    clip = make_clip(tmp_path / "clip.mp4", photo, ClipSpec(frames=10, width=96, height=64))
+    report = fuse_video(fuser, source, clip, tmp_path / "out.mp4", VideoOptions())
+    frame_calls = sum(1 for shape in calls if shape[:2] == (64, 96))
+    assert frame_calls == 10 and len(calls) == 11  # every frame, and the source once
+    assert report.stages_ms["detect"] >= 10 * 20
+    assert report.stages_ms["source"] >= 20
+
+
+def test_faces_reference_swaps_only_frames_whose_face_matches(fuser: Fuser, source: bytes, clip: Path, photo: Path,
+                                                              tmp_path: Path):
+    """faces=reference on a video: the reference face is embedded once for the clip; frames whose face
+    matches it are swapped, a reference of someone else leaves every frame as it was."""
+    same = VideoOptions(fuse=FuseOptions(selection=Selection(mode="reference", reference_threshold=0.5),
+                                         reference=photo.read_bytes()))
+    report = fuse_video(fuser, source, clip, tmp_path / "same.mp4", same)
+    assert report.frames_swapped == 16 - len(BLANK)
+    other = VideoOptions(fuse=FuseOptions(selection=Selection(mode="reference", reference_threshold=0.99),
+                                          reference=source))
+    report = fuse_video(fuser, source, clip, tmp_path / "other.mp4", other)
+    assert report.frames_swapped == 0 and report.frames_without_face == 16

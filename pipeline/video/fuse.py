@@ -117,18 +117,17 @@ def fuse_video(
         raise UnsupportedVideoOutput("the output would overwrite the input")
     sources = sources if isinstance(sources, list) else [sources]
     check_count(len(sources))  # 1..8 images, averaged as for a still image (pipeline/sources.py)
-    fuse_timer = StageTimer()
-    with fuse_timer.stage("decode_source"):
-        source_images = [fuser.decode(source, "source") for source in sources]
+    source_started = time.perf_counter()
+    source_timer = StageTimer()  # its detect and embed are not the frames': reported as one `source` stage
+    source_images = [fuser.decode(source, "source") for source in sources]
     key = list_key([hashlib.sha256(source).hexdigest() for source in sources])
     # embedded once here; each frame finds it by key (and the swapper role)
-    fuser.source_face(source_images, fuse_timer, key, options.fuse.swapper, options.fuse.detector_angles)
-    if isinstance(options.fuse.reference, bytes):  # decoded once, not per frame
-        # TODO: the reference face is still detected and embedded on every frame (Fuser._reference_embedding);
-        # a cache of it in the Fuser, like the source's, would save one detection per frame with faces=reference
-        with fuse_timer.stage("decode_source"):
-            reference = fuser.decode(options.fuse.reference, "reference")
-        options = replace(options, fuse=replace(options.fuse, reference=reference))
+    fuser.source_face(source_images, source_timer, key, options.fuse.swapper, options.fuse.detector_angles)
+    if options.fuse.selection.mode == "reference":  # the reference face too: embedded once, not per frame
+        embedding = fuser.reference_embedding(options.fuse.reference, source_timer, options.fuse.detector_angles)
+        options = replace(options, fuse=replace(options.fuse, reference=embedding))
+    fuse_timer = StageTimer()
+    fuse_timer.add("source", (time.perf_counter() - source_started) * 1000.0)
     first = segment.start_frame if segment is not None else 0
     last = segment.end_frame if segment is not None else info.frames
     resets = {first, *boundaries}
@@ -258,7 +257,11 @@ def _run(fuser: Fuser, source_images: list[DecodedImage], key: str, info: VideoI
         pipeline.join()
     if done != last - first:
         raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
-    stages = {**decode_timer.rounded(), **detect_timer.rounded(), **fuse_timer.rounded(), **encode_timer.rounded()}
+    stages: dict[str, float] = {}  # a stage timed in two threads (or for the source and the frames) adds up
+    for timer in (decode_timer, detect_timer, fuse_timer, encode_timer):
+        for name, ms in timer.ms.items():
+            stages[name] = stages.get(name, 0.0) + ms
+    stages = {name: round(ms, 2) for name, ms in stages.items()}
     return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
                        stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames,
                        landmark_jitter_px=tracker.jitter_px)
