@@ -36,11 +36,14 @@ from typing import Any
 
 from pipeline import ConfigError
 from pipeline.config import VideoLimits
+from pipeline.sources import list_key
+from pipeline.timing import StageTimer
 from pipeline.video import Segment, VideoInfo, fuse_video, plan_segments, probe, stitch
+from pipeline.video.output import check_audio, codec_for, container_of
 
 from . import leases, sink, storage, video_files, video_options
 from .events import FUSION_COMPLETED, SEGMENT_REQUESTED
-from .inputs import MARKER_SUFFIX, about
+from .inputs import MARKER_SUFFIX, about, about_clip
 from .problems import Problem
 from .runtime import Runtime
 from .video_media import extension
@@ -92,13 +95,22 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
         raise Problem(400, "invalid-options", "a video job's 'reference' must be a URI", image="reference")
     if raw_options.get("reference"):
         raw_options = {**raw_options, "reference": rt.allow.check(raw_options["reference"])}
-    rt.fuser()  # not ready: a retryable 503 before anything is read
+    fuser = rt.fuser()  # not ready: a retryable 503 before anything is read
+    checked = video_options.build({k: v for k, v in raw_options.items() if k != "reference"})
+    fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
+    codec_for(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     limits = video_limits()
     started = time.perf_counter()
     local = INPUTS.get(identity, target_uri, extension(target_uri) or ".mp4", rt.config.max_video_bytes,
                        rt.config.storage_timeout_s)
     with about("target"):
         info = probe(local, limits)
+    check_audio(container_of(output_uri), info.audio_codec)  # an audio stream the output's container cannot hold
+    sources = _read_sources(rt, source_uri)
+    with about("source"):  # a source without a face is a 422 now, not a failed segment later (and is cached)
+        fuser.source_face([fuser.decode(data, "source") for data in sources], StageTimer(),
+                          list_key([hashlib.sha256(data).hexdigest() for data in sources]), checked.fuse.swapper,
+                          checked.fuse.detector_angles)
     segments = plan_segments(info, limits.segment_seconds)
     doc = {"id": job_id, "identity": identity, "input": target_uri, "source": source_uri, "output": output_uri,
            "options": raw_options, "event_id": event_id, "created_at": time.time(), "revision": rt.config.revision,
@@ -109,6 +121,14 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
         doc = jobs.job(job_id) or doc
     dispatch(rt, jobs, doc)
     return {"status": "accepted", "job": job_id, "output": output_uri, "segments": len(segments)}
+
+
+def _read_sources(rt: Runtime, source: str | list[str]) -> list[bytes]:
+    """The job's source image or images (several are averaged), each read behind the allow-list."""
+    uris = source if isinstance(source, list) else [source]
+    with about("source"):
+        return [storage.read_bytes(rt.allow.check(uri), rt.max_image_bytes(), rt.config.storage_timeout_s)
+                for uri in uris]
 
 
 def dispatch(rt: Runtime, jobs: JobStore, doc: dict) -> None:
@@ -176,10 +196,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
     seg = Segment.from_dict(job["segments"][index])
     options = video_options.build({k: v for k, v in job["options"].items() if k != "reference"})
     with rt.limiter.slot():
-        with about("source"):
-            uris = job["source"] if isinstance(job["source"], list) else [job["source"]]  # several: averaged
-            source = [storage.read_bytes(rt.allow.check(uri), rt.max_image_bytes(), rt.config.storage_timeout_s)
-                      for uri in uris]
+        source = _read_sources(rt, job["source"])
         if job["options"].get("reference"):
             with about("reference"):
                 options.fuse.reference = storage.read_bytes(rt.allow.check(job["options"]["reference"]),
@@ -189,7 +206,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
         out = video_files.temp_path(".mp4")
         try:
             started = time.perf_counter()
-            with about("target"):
+            with about_clip():
                 report = fuse_video(fuser, source, local, out, options, segment=seg, info=VideoInfo.from_dict(job["info"]))
             seconds = time.perf_counter() - started
             video_files.publish(part_uri, out, rt.config.storage_timeout_s)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pipeline import EncodedFusion, FuseOptions, Fuser, PipelineError, StageTimer
+from pipeline.errors import UnsupportedVideoOutput, VideoError
 from pipeline.sources import MAX_SOURCES
 
 from . import leases, observe, storage, uris
@@ -144,6 +145,19 @@ def about(image: str) -> Iterator[None]:
         raise
     except PipelineError as exc:
         exc.about(image)
+        raise
+
+
+@contextmanager
+def about_clip() -> Iterator[None]:
+    """Failures while fusing a target clip: those about the clip itself name it ("target video: ...");
+    an option's problem or the output's is left as it is, for it is not about the target."""
+    try:
+        yield
+    except UnsupportedVideoOutput:
+        raise
+    except VideoError as exc:
+        exc.about("target")
         raise
 
 

@@ -72,6 +72,9 @@ def _openapi(request: flask.Request) -> Reply:
 def _job_status(request: flask.Request) -> Reply:
     """GET /jobs/<id>: a video job's state, segments and frames done, frames/s, output and any error."""
     job_id = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if not RUNTIME.config.video_jobs_uri:  # no store, so no job: the 404 says why (a 503 would be retried)
+        raise Problem(404, "job-not-found", f"no video job {job_id[:40]!r}: this service keeps none (set VIDEO_JOBS_URI, "
+                                          "or OUTPUT_URI, whose folder holds them by default)")
     return Reply(json_response(fanout.store(RUNTIME).status(job_id)), "job-status")
 
 

@@ -21,7 +21,7 @@ from werkzeug.datastructures import FileStorage
 from pipeline.video import fuse_video, probe
 
 from . import events, fanout, storage, video_files, video_media, video_options
-from .inputs import Refs, about, output_uri, uri_ref
+from .inputs import Refs, about, about_clip, output_uri, uri_ref
 from .problems import Problem
 from .reply import Reply, json_response
 from .runtime import Runtime
@@ -134,7 +134,7 @@ def _fuse(rt: Runtime, refs: Refs, clip: Path, raw: dict[str, Any], out_uri: str
             if "reference" in refs:
                 with about("reference"):
                     options.fuse.reference = refs["reference"].fetch(rt)
-            with about("target"):
+            with about_clip():
                 report = fuse_video(fuser, source, clip, out, options, info=info)
             data = out.read_bytes()
         headers = {"X-Frames": str(report.frames), "X-Frames-Swapped": str(report.frames_swapped),

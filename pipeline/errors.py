@@ -15,6 +15,7 @@ class PipelineError(Exception):
 
     code = "pipeline-error"
     image: str | None = None  # source | target | reference, when the failure is about one input
+    noun = "image"  # what the input is called in the message ("target image: ...")
 
     def __init__(self, message: str, image: str | None = None) -> None:
         super().__init__(message)
@@ -26,7 +27,7 @@ class PipelineError(Exception):
         """Name the input this failure is about (once: the innermost caller knows best)."""
         if self.image is None:
             self.image = image
-            self.message = f"{image} image: {self.message}"
+            self.message = f"{image} {self.noun}: {self.message}"
             self.args = (self.message,)
         return self
 
@@ -129,6 +130,7 @@ class VideoError(PipelineError):
 
     code = "video-error"
     status = 422
+    noun = "video"
 
 
 class NotAVideo(VideoError):

@@ -186,8 +186,8 @@ class Fuser:
         self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
         source_key: str | None, faces: list[Face] | None = None,
     ) -> FusionResult:
+        boost = self.check_options(options)
         enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
-        boost = self.check_quality_options(options)
         swapper = self.swapper_for(options.swapper)
         selection = options.selection
         src_faces, latent = self.source_face(source, timer, source_key, options.swapper, options.detector_angles)
@@ -235,8 +235,12 @@ class Fuser:
         )
         return FusionResult(image=DecodedImage(bgr=frame, alpha=target.alpha, source_format=target.source_format), report=report)
 
-    def check_quality_options(self, options: FuseOptions) -> int:
-        """The boost factor; InvalidOptions for a boost or mask this model set cannot serve."""
+    def check_options(self, options: FuseOptions) -> int:
+        """The boost factor; InvalidOptions for what this model set cannot serve: a swapper or enhancer
+        role it lacks, a boost the swapper's size does not divide, a mask without its model. A video job
+        asks this before it answers 202, so its segments cannot fail on it later."""
+        if options.enhance:
+            pick_enhancer(self.models.models, options.enhancement)
         boost = boost_factor(options.pixel_boost, self.swapper_for(options.swapper).input_size)
         types = options.masks.types
         if "occlusion" in types and self.occluder is None:

@@ -340,9 +340,9 @@ def test_pixel_boost_must_be_a_multiple_of_the_chosen_swappers_size(fuser, role,
         options = FuseOptions(swapper=role, pixel_boost=boost)
         if boost % native:
             with pytest.raises(InvalidOptions, match=f"pixel_boost must be a multiple of the swapper's size {native}"):
-                fuser.check_quality_options(options)
+                fuser.check_options(options)
         else:
-            assert fuser.check_quality_options(options) == boost // native
+            assert fuser.check_options(options) == boost // native
 
 
 def test_the_averaged_identity_is_the_mean_of_the_single_ones(fuser):

@@ -10,6 +10,7 @@ import base64
 import json
 from pathlib import Path
 
+import cv2
 import fsspec
 import numpy as np
 import pytest
@@ -131,8 +132,11 @@ def test_a_clip_over_the_sync_limit_is_413_naming_the_fan_out(server, clip3):
 
 @pytest.mark.parametrize("case, status, code", [
     ("image-as-video", 415, "not-a-video"), ("audio-only", 422, "no-video-stream"), ("vfr", 422, "variable-frame-rate"),
-    ("too-long", 413, "video-too-long"), ("bad-crf", 400, "invalid-options")])
-def test_bad_video_input_is_a_clear_4xx_and_writes_nothing(server, tmp_path, case, status, code):
+    ("too-long", 413, "video-too-long"), ("bad-crf", 400, "invalid-options"),
+    # what only the model set can tell is checked before the 202 too, not left to fail every segment
+    ("unknown-swapper", 400, "invalid-options"), ("unknown-enhancer", 400, "invalid-options"),
+    ("crf-over-x264", 400, "unsupported-video-output"), ("faceless-source", 422, "no-source-face")])
+def test_bad_video_input_is_a_clear_4xx_and_writes_nothing(server, sink, tmp_path, case, status, code):
     if case == "image-as-video":
         data = shared_file("images", "obama.jpg").read_bytes()
     elif case == "audio-only":
@@ -142,12 +146,18 @@ def test_bad_video_input_is_a_clear_4xx_and_writes_nothing(server, tmp_path, cas
                          size=(64, 48), fps=5).read_bytes()
     target = put(f"/vin/bad/{case}.mp4", data)
     before = set(mem().find("/vout"))
-    options = {"crf": 99} if case == "bad-crf" else {}
+    options = {"bad-crf": {"crf": 99}, "unknown-swapper": {"swapper": "nosuch"}, "crf-over-x264": {"crf": 60},
+               "unknown-enhancer": {"enhance": True, "enhancer": "nosuch"}}.get(case, {})
+    source = "memory://vfaces/obama.jpg"
+    if case == "faceless-source":
+        source = put("/vfaces/grey.png", cv2.imencode(".png", np.full((240, 320, 3), 128, np.uint8))[1].tobytes())
+    sent = len(sink.of_type(SEGMENT_REQUESTED))
     event = CloudEvent({"type": FUSION_REQUESTED, "source": "/tests", "id": f"bad-{case}"},
-                       {"source": "memory://vfaces/obama.jpg", "target": target, "output": f"memory://vout/bad/{case}.mp4",
+                       {"source": source, "target": target, "output": f"memory://vout/bad/{case}.mp4",
                         "options": options})
     body = problem(deliver(server, event), status)
     assert body["type"].endswith(code), body
+    assert len(sink.of_type(SEGMENT_REQUESTED)) == sent  # no segment handed out
     assert set(mem().find("/vout")) == before  # no job document, no part, no output
 
 
@@ -293,5 +303,18 @@ def test_job_status_and_dead_letters_need_the_token(model_root, tmp_path):
         assert problem(requests.get(job, timeout=10), 401)["type"].endswith("unauthorized")
         assert requests.post(srv.url + "/dead-letter", json={}, timeout=10).status_code == 401
         assert problem(requests.get(job, headers={"Authorization": "Bearer video-token"}, timeout=10), 404)
+    finally:
+        srv.stop()
+
+
+def test_job_status_without_a_job_store_is_404_not_a_retryable_503(model_root, tmp_path):
+    """A service with neither VIDEO_JOBS_URI nor OUTPUT_URI keeps no jobs: asking for one is a 404 that
+    says so (a 503 would tell clients to retry what can never succeed)."""
+    from .server import FunctionServer
+
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c")}, wait_ready=False)
+    try:
+        body = problem(requests.get(f"{srv.url}/jobs/{'b' * 24}", timeout=10), 404)
+        assert body["type"].endswith("job-not-found") and "VIDEO_JOBS_URI" in body["detail"]
     finally:
         srv.stop()
