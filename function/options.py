@@ -246,6 +246,13 @@ def schema() -> dict[str, Any]:
     return {"type": "object", "properties": properties(), "additionalProperties": False}
 
 
+# the encoder's options of a video target (function/video_options.py holds them; named here so an image
+# request that carries one is told it is for videos, and a video request that carries an image-only one
+# is told the reverse)
+VIDEO_ONLY = frozenset({"crf", "preset", "codec"})
+IMAGE_ONLY = frozenset({"format", "quality"})
+
+
 def validate(raw: Mapping[str, Any], form: bool = False) -> dict[str, Any]:
     """The options given, checked and typed; InvalidOptions naming every unknown or bad one.
 
@@ -253,6 +260,11 @@ def validate(raw: Mapping[str, Any], form: bool = False) -> dict[str, Any]:
     """
     errors = []
     unknown = sorted(str(name) for name in raw if name not in BY_NAME)
+    for_video = [name for name in unknown if name in VIDEO_ONLY]
+    if for_video:  # documented options, just not for an image: say so rather than "unknown"
+        errors.append(f"{', '.join(for_video)} appl{'ies' if len(for_video) == 1 else 'y'} to video targets only "
+                      "(the target is an image)")
+        unknown = [name for name in unknown if name not in VIDEO_ONLY]
     if unknown:
         errors.append(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(_show(n) for n in unknown)} "
                       f"(options are {', '.join(BY_NAME)})")

@@ -15,7 +15,7 @@ from pipeline.video.output import CODECS_BY_CONTAINER, X264_PRESETS
 
 from .fusion import parse_options
 from .options import BY_NAME as IMAGE_OPTIONS
-from .options import Option, validate
+from .options import IMAGE_ONLY, VIDEO_ONLY, Option, validate
 
 CODECS = tuple(sorted({codec for codecs in CODECS_BY_CONTAINER.values() for codec in codecs}))
 VIDEO_OPTIONS: tuple[Option, ...] = (
@@ -27,6 +27,7 @@ VIDEO_OPTIONS: tuple[Option, ...] = (
                               "and mkv, libvpx-vp9 in webm)", enum=CODECS),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in VIDEO_OPTIONS}
+assert set(BY_NAME) == VIDEO_ONLY, "function/options.py's VIDEO_ONLY names this table's options"
 
 
 def properties() -> dict[str, dict[str, Any]]:
@@ -44,6 +45,10 @@ def build(raw: Mapping[str, Any], form: bool = False) -> VideoOptions:
     """VideoOptions from raw JSON or multipart values."""
     video_raw = {k: v for k, v in raw.items() if k in BY_NAME}
     face_raw = {k: v for k, v in raw.items() if k not in BY_NAME}
+    image_only = sorted(k for k, v in face_raw.items() if k in IMAGE_ONLY and not (form and v == ""))
+    if image_only:  # a clip's output is encoded by crf, preset and codec; silently ignoring these would mislead
+        raise InvalidOptions(f"{', '.join(image_only)} appl{'ies' if len(image_only) == 1 else 'y'} to image targets "
+                             f"only; a video's output takes {', '.join(BY_NAME)} (its format is the output's extension)")
     errors = []
     try:
         fuse: FuseOptions = parse_options(face_raw, form=form)

@@ -110,6 +110,18 @@ def test_multipart_video_target_answers_with_the_fused_clip(server, clip2, tmp_p
     assert fused_differs(clip2, out)
 
 
+def test_image_options_on_a_clip_and_video_options_on_an_image_are_refused_by_name(server, clip2):
+    """format and quality do not apply to a video (its encoder takes crf, preset, codec), nor crf to an
+    image: a 400 naming the option and where it applies, rather than a silently ignored option."""
+    obama = ("obama.jpg", shared_file("images", "obama.jpg").read_bytes(), "image/jpeg")
+    clip = ("clip.mp4", clip2.read_bytes(), "video/mp4")
+    for target, fields, needle in ((clip, {"format": "png"}, "format applies to image targets only"),
+                                   (clip, {"quality": "10"}, "quality applies to image targets only"),
+                                   (obama, {"crf": "20"}, "crf applies to video targets only")):
+        r = requests.post(server.url + "/", timeout=60, files={"source": obama, "target": target}, data=fields)
+        assert needle in problem(r, 400)["detail"], (fields, r.text[:300])
+
+
 def test_json_with_uris_writes_the_clip_and_reports(server, clip2):
     target = put("/vin/direct/two.mp4", clip2.read_bytes())
     r = requests.post(server.url + "/", timeout=120, json={
