@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         message, code = exc.message, EXIT_RUNTIME
     except (ImageError, PipelineError) as exc:
         message, code = exc.message, EXIT_IMAGE
+    except BrokenPipeError:  # `... | head`: the reader has gone, which is not our failure
+        sys.stdout = None  # type: ignore[assignment]  # nothing more to flush at exit
+        return EXIT_OK
     print(f"error: {message}", file=sys.stderr)
     return code
 

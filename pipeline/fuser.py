@@ -26,6 +26,7 @@ from .errors import (
     ImageError,
     InvalidOptions,
     NoReferenceFace,
+    NoSourceFace,
     NoTargetFace,
     PipelineError,
     RuntimeFailure,
@@ -152,8 +153,14 @@ class Fuser:
         if hit is not None:
             return hit
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
-        identity, faces = identify(sources, lambda bgr: detect_at_angles(self.detector.detect, bgr, angles),
-                                   self.embedder, timer)
+        try:
+            identity, faces = identify(sources, lambda bgr: detect_at_angles(self.detector.detect, bgr, angles),
+                                       self.embedder, timer)
+        except NoSourceFace as exc:
+            if angles != DEFAULT_DETECTOR_ANGLES:  # the source was searched as asked, perhaps not upright
+                exc.message += f" (searched at detector_angles {','.join(map(str, angles))}; 0 is upright)"
+                exc.args = (exc.message,)
+            raise
         with timer.stage("embed"):
             prepared = model.prepare_source(identity)
         if cache_key is not None:

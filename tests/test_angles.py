@@ -91,6 +91,8 @@ def test_an_upside_down_source_and_reference_are_found_with_detector_angles(fuse
     target = fuser.decode(shared_file("images", "two_people.jpg").read_bytes())
     with pytest.raises(NoSourceFace):
         fuser.fuse(turned, target, FuseOptions())
+    with pytest.raises(NoSourceFace, match="searched at detector_angles 180"):  # the upright one, turned over
+        fuser.fuse(upright, target, FuseOptions(detector_angles=(180,)))
     angles = (0, 180)
     base = fuser.fuse(upright, target, FuseOptions(detector_angles=angles)).image.bgr.astype(np.int16)
     rotated = fuser.fuse(turned, target, FuseOptions(detector_angles=angles)).image.bgr.astype(np.int16)

@@ -139,7 +139,9 @@ def test_prefetch_cli_refuses_a_name_without_a_hash_and_a_wrong_hash(mirror, tmp
     assert not list((tmp_path / "models").rglob("gfpgan_1.2.onnx"))
     assert not list((tmp_path / "models").rglob("manifest.json"))
     for args, needle in ((["gfpgan_9"], "gfpgan_9"), (["gfpgan_1.4", "--sha256", "gfpgan_1.4=xyz"], "--sha256 takes"),
-                         (["gfpgan_1.4", "--sha256", f"nope={'0' * 64}"], "--sha256 names nope")):
+                         (["gfpgan_1.4", "--sha256", f"nope={'0' * 64}"], "--sha256 names nope"),
+                         (["nosuchmodel"], "neither a catalogue name"),
+                         (["gfpgan_1.4", "--sha256", f"simswap_256={'0' * 64}"], "which this set does not fetch")):
         bad = _prefetch_cli(args, tmp_path / "other")
         assert bad.returncode == 1 and needle in bad.stderr, (args, bad.stderr)
 

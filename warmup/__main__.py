@@ -33,6 +33,11 @@ def _prefetch_source(args: argparse.Namespace) -> str | dict:
         for line in planned.lines:
             print(line, file=sys.stderr)
         return planned.manifest
+    name = args.source[0]
+    if len(args.source) == 1 and name != "default" and "://" not in name and "/" not in name \
+            and not Path(name).exists():  # a bare word: a mistyped catalogue name, not a folder
+        raise CatalogueError(f"{name} is neither a catalogue name nor a folder or URI holding a manifest.json; "
+                             f"the catalogue has {', '.join(CATALOGUE)}")
     if len(args.source) > 1 or args.sha256 or args.mirror:
         raise CatalogueError(f"{' '.join(args.source)}: several sources, --sha256 and --mirror are for catalogue "
                              f"names only; unknown names: {', '.join(n for n in args.source if n not in CATALOGUE)}")

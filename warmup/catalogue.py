@@ -201,6 +201,10 @@ def plan(names: list[str], hashes: Mapping[str, str] | None = None, mirror: str 
         wanted += [need for need in catalogue[name].needs if need not in wanted]
     roles_named = {catalogue[name].role for name in wanted}
     wanted = [IMPLIED[role] for role in IMPLIED if role not in roles_named and IMPLIED[role] in catalogue] + wanted
+    unused = sorted(set(hashes) - set(wanted))
+    if unused:  # a hash for a file not fetched is a typo or a forgotten name: never silently ignored
+        raise CatalogueError(f"--sha256 names {', '.join(unused)}, which this set does not fetch "
+                             f"(it fetches {', '.join(wanted)}). Nothing was copied")
     unpinned = [name for name in wanted if catalogue[name].sha256 is None and name not in hashes]
     if unpinned:
         raise CatalogueError(
