@@ -143,6 +143,7 @@ class VideoLimits:
             max_pixels=read.int("VIDEO_MAX_PIXELS", DEFAULT_VIDEO_MAX_PIXELS, minimum=1),
             segment_seconds=read.float("VIDEO_SEGMENT_SECONDS", DEFAULT_VIDEO_SEGMENT_SECONDS, minimum=0.001),
         )
+        read.bool("VIDEO_NVENC", True)  # read where the encoder is chosen (video/output.py); checked here too
         read.raise_problems()
         return limits
 

@@ -17,7 +17,7 @@ import pytest
 from devtools.clips import ClipSpec, make_clip
 from devtools.standins import write_test_models
 from function.problems import as_problem
-from pipeline import FuseOptions, Fuser, NoSourceFace, Settings, VideoLimits, load_fuser
+from pipeline import ConfigError, FuseOptions, Fuser, NoSourceFace, Settings, VideoLimits, load_fuser
 from pipeline.errors import (
     NotAVideo,
     NoVideoStream,
@@ -461,3 +461,23 @@ def test_faces_reference_swaps_only_frames_whose_face_matches(fuser: Fuser, sour
                                           reference=source))
     report = fuse_video(fuser, source, clip, tmp_path / "other.mp4", other)
     assert report.frames_swapped == 0 and report.frames_without_face == 16
+
+
+def test_h264_goes_to_nvenc_by_default_only_where_it_opens(monkeypatch: pytest.MonkeyPatch):
+    """H.264 outputs without a codec use NVENC on a machine that opens it (the GPU encodes while the CPU
+    fuses), libx264 elsewhere or with VIDEO_NVENC=false; a codec asked for by name is kept."""
+    from pipeline.video import output
+
+    monkeypatch.delenv("VIDEO_NVENC", raising=False)
+    monkeypatch.setattr(output, "_nvenc_opens", lambda: False)  # this machine: no NVIDIA driver
+    assert output.codec_for("out.mp4", VideoOptions()) == "libx264"
+    monkeypatch.setattr(output, "_nvenc_opens", lambda: True)  # a GPU node
+    assert output.codec_for("out.mp4", VideoOptions()) == "h264_nvenc"
+    assert output.codec_for("out.mkv", VideoOptions()) == "h264_nvenc"
+    assert output.codec_for("out.webm", VideoOptions()) == "libvpx-vp9"
+    assert output.codec_for("out.mp4", VideoOptions(codec="libx264")) == "libx264"
+    monkeypatch.setenv("VIDEO_NVENC", "false")
+    assert output.codec_for("out.mp4", VideoOptions()) == "libx264"
+    monkeypatch.setenv("VIDEO_NVENC", "perhaps")
+    with pytest.raises(ConfigError, match="VIDEO_NVENC"):
+        VideoLimits.from_env()

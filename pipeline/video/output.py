@@ -1,20 +1,26 @@
 """The output side of a video: which container and encoder an output path and the options pick, and
 an encoder stream set up to keep the input's frame rate, timestamps, rotation, pixel aspect and colour.
 
-Codec by extension: .mp4, .mov, .mkv -> H.264 (libx264); .webm -> VP9 (libvpx-vp9). `codec` picks
-another where the container holds it: libx265, or NVENC (h264_nvenc, hevc_nvenc) only when asked for
-by name, and refused with a clear error when this machine cannot open it (no NVIDIA GPU or driver):
-never a silent fall-back to the CPU, whose speed is a different promise.
+Codec by extension: .mp4, .mov, .mkv -> H.264; .webm -> VP9 (libvpx-vp9). H.264 is encoded by NVENC
+(h264_nvenc) where this machine opens it (an NVIDIA GPU with its driver; `VIDEO_NVENC=false` turns that
+off), else by libx264: the GPU encodes while the CPU fuses. `codec` picks another encoder where the
+container holds it: libx264, libx265, or NVENC by name, which is then refused with a clear error when
+this machine cannot open it (no NVIDIA GPU or driver): asked for by name, never a silent fall-back to the
+CPU, whose speed is a different promise. Every pod of one revision runs on the same kind of node, so the
+parts of one job share their encoder (the stitcher refuses parts whose encoders differ).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
+from ..config import EnvReader
 from ..errors import UnsupportedVideoOutput
 from ..fusion_types import FuseOptions
 from .info import VideoInfo
@@ -69,6 +75,8 @@ def codec_for(path: str | Path, options: VideoOptions) -> str:
     """The encoder for this output and options, checked against the container and this machine."""
     fmt = container_of(path)
     codec = options.codec or DEFAULT_CODECS[fmt]
+    if options.codec is None and codec == "libx264" and nvenc_by_default():
+        codec = "h264_nvenc"
     if codec not in CODECS_BY_CONTAINER[fmt]:
         raise UnsupportedVideoOutput(f"{Path(path).suffix} cannot hold {codec}; it holds {', '.join(CODECS_BY_CONTAINER[fmt])}")
     limit = MAX_CRF.get(codec, 51)
@@ -76,9 +84,27 @@ def codec_for(path: str | Path, options: VideoOptions) -> str:
         raise UnsupportedVideoOutput(f"crf for {codec} must be from 0 to {limit}, got {options.crf}")
     if codec not in av.codecs_available:
         raise UnsupportedVideoOutput(f"this FFmpeg build has no {codec} encoder")
-    if "nvenc" in codec:
+    if options.codec is not None and "nvenc" in codec:  # asked for by name (the default one was tried already)
         _check_opens(codec)
     return codec
+
+
+@functools.cache
+def _nvenc_opens() -> bool:
+    """Whether h264_nvenc opens here (asked once per process: a trial open costs a few hundred ms)."""
+    try:
+        _check_opens("h264_nvenc")
+    except UnsupportedVideoOutput:
+        return False
+    return True
+
+
+def nvenc_by_default(env: Mapping[str, str] | None = None) -> bool:
+    """H.264 outputs without a `codec` go to NVENC: VIDEO_NVENC (default true) and the encoder opens."""
+    read = EnvReader(env)
+    wanted = read.bool("VIDEO_NVENC", True)
+    read.raise_problems()
+    return wanted and _nvenc_opens()
 
 
 def _check_opens(codec: str) -> None:
