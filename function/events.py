@@ -66,7 +66,10 @@ class EventJob:
     storage: StorageObject | None = None
     request: dict[str, Any] | None = None  # the data of a fusion.requested event
     segment: Any = None  # the data of a segment.requested event
-    dead_letter: dict[str, Any] | None = None  # Knative's knativeerror* extensions of a dead-lettered delivery
+    # Knative's knativeerror* extensions, as the event carries them: a dead-lettered delivery has them, and
+    # so does such an event replayed to POST / for recovery, which must be processed, not failed again
+    knative_error: dict[str, Any] | None = None
+    dead_letter: dict[str, Any] | None = None  # set only by the /dead-letter route: fail the job it names
     ignored: str = ""  # why nothing is to be done
     problem: Problem | None = None
 
@@ -162,7 +165,7 @@ def from_cloudevent(event: CloudEvent) -> EventJob:
     ce_type = str(attrs.get("type", ""))
     job = EventJob(event_id=str(attrs.get("id", "")), event_type=ce_type, source=str(attrs.get("source", "")))
     if any(name in attrs for name in DEAD_LETTER_EXTENSIONS):
-        job.dead_letter = {name: attrs[name] for name in DEAD_LETTER_EXTENSIONS if name in attrs}
+        job.knative_error = {name: attrs[name] for name in DEAD_LETTER_EXTENSIONS if name in attrs}
     if ce_type == SEGMENT_REQUESTED:
         job.segment = _json_data(ce_type, event.get_data())
         return job

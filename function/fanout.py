@@ -31,15 +31,19 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline import ConfigError
 from pipeline.config import VideoLimits
+from pipeline.errors import UnsupportedVideoOutput
 from pipeline.sources import list_key
 from pipeline.timing import StageTimer
-from pipeline.video import Segment, VideoInfo, fuse_video, plan_segments, probe, stitch
-from pipeline.video.output import check_audio, codec_for, container_of
+from pipeline.video import Segment, VideoInfo, VideoOptions, fuse_video, plan_segments, probe, stitch
+from pipeline.video.output import CODECS_BY_CONTAINER, check_audio, codec_for, container_of
 
 from . import leases, sink, storage, video_files, video_options
 from .events import FUSION_COMPLETED, SEGMENT_REQUESTED
@@ -90,16 +94,16 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
             return {"status": "ignored", "reason": "the job has failed", "job": job_id, "output": existing["output"]}
         dispatch(rt, jobs, existing)
         return {"status": "accepted", "job": job_id, "output": existing["output"], "segments": len(existing["segments"])}
-    video_options.check({k: v for k, v in raw_options.items() if k != "reference"})
+    video_options.check(raw_options)
     if raw_options.get("reference") is not None and not isinstance(raw_options["reference"], str):
         raise Problem(400, "invalid-options", "a video job's 'reference' must be a URI", image="reference")
     if raw_options.get("reference"):
         raw_options = {**raw_options, "reference": rt.allow.check(raw_options["reference"])}
     fuser = rt.fuser()  # not ready: a retryable 503 before anything is read
-    checked = video_options.build({k: v for k, v in raw_options.items() if k != "reference"})
-    fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
-    codec_for(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     limits = video_limits()
+    checked = video_options.build(raw_options)
+    fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
+    codec = part_codec(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     started = time.perf_counter()
     local = INPUTS.get(identity, target_uri, extension(target_uri) or ".mp4", rt.config.max_video_bytes,
                        rt.config.storage_timeout_s)
@@ -113,7 +117,7 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
                           checked.fuse.detector_angles)
     segments = plan_segments(info, limits.segment_seconds)
     doc = {"id": job_id, "identity": identity, "input": target_uri, "source": source_uri, "output": output_uri,
-           "options": raw_options, "event_id": event_id, "created_at": time.time(), "revision": rt.config.revision,
+           "options": raw_options, "codec": codec, "event_id": event_id, "created_at": time.time(), "revision": rt.config.revision,
            "info": info.as_dict(), "frames": int(info.frames), "fps": float(info.fps), "duration_s": float(info.duration_s),
            "has_audio": bool(info.has_audio), "segments": [s.as_dict() for s in segments],
            "plan_seconds": round(time.perf_counter() - started, 3)}  # fetch, probe and plan: the fan-out's overhead
@@ -121,6 +125,30 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
         doc = jobs.job(job_id) or doc
     dispatch(rt, jobs, doc)
     return {"status": "accepted", "job": job_id, "output": output_uri, "segments": len(segments)}
+
+
+def part_codec(output_uri: str, options: VideoOptions) -> str:
+    """The one encoder of every part of a job, chosen at planning. Parts are .mp4 files stitched by
+    stream copy, so the fan-out takes the codecs MP4 holds (H.264, H.265, NVENC); a VP9 output (.webm,
+    or codec libvpx-vp9) is for direct requests."""
+    codec = codec_for(output_uri, options)
+    if codec not in CODECS_BY_CONTAINER["mp4"]:
+        raise UnsupportedVideoOutput(f"the fan-out writes H.264 or H.265 (to .mp4, .mov or .mkv), not {codec}; "
+                                     "send a clip of at most VIDEO_MAX_SYNC_SECONDS directly for a .webm output")
+    return codec
+
+
+@contextmanager
+def _encoder_here(codec: str | None) -> Iterator[None]:
+    """A job planned on a pod that opened NVENC, fused on one that cannot: retry elsewhere (503), for
+    the request itself was fine."""
+    try:
+        yield
+    except UnsupportedVideoOutput as exc:
+        if codec and "nvenc" in codec:
+            raise Problem(503, "encoder-unavailable", f"this pod cannot encode the job's {codec}: {exc.message}",
+                          retry_after=5) from exc
+        raise
 
 
 def _read_sources(rt: Runtime, source: str | list[str]) -> list[bytes]:
@@ -194,7 +222,8 @@ def run_segment(rt: Runtime, data: Any) -> dict[str, Any]:
 def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str) -> dict[str, Any]:
     fuser = rt.fuser()
     seg = Segment.from_dict(job["segments"][index])
-    options = video_options.build({k: v for k, v in job["options"].items() if k != "reference"})
+    # every part with the job's encoder (chosen once, at planning), or the stitcher could not join them
+    options = replace(video_options.build(job["options"]), codec=job.get("codec"))
     with rt.limiter.slot():
         source = _read_sources(rt, job["source"])
         if job["options"].get("reference"):
@@ -206,7 +235,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
         out = video_files.temp_path(".mp4")
         try:
             started = time.perf_counter()
-            with about_clip():
+            with about_clip(), _encoder_here(options.codec):
                 report = fuse_video(fuser, source, local, out, options, segment=seg, info=VideoInfo.from_dict(job["info"]))
             seconds = time.perf_counter() - started
             video_files.publish(part_uri, out, rt.config.storage_timeout_s)

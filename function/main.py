@@ -80,12 +80,13 @@ def _job_status(request: flask.Request) -> Reply:
 
 def _dead_letter(request: flask.Request) -> Reply:
     """POST /dead-letter: the deadLetterSink of the segment Trigger. A segment delivery Eventing gave up
-    on fails its job (segment and reason from the knativeerror* extensions); the answer is 202, so the
-    dead letter itself is never retried."""
+    on fails its job (segment and reason from the knativeerror* extensions) and is answered 202; only a
+    malformed dead letter (4xx) or a store that cannot be written (503, retried) is answered otherwise.
+    Only this route reads the extensions as a failure: the same event replayed to POST / is processed."""
     flask.g.kind = "dead-letter"
     job = events.from_cloudevent(events.parse_cloudevent(dict(request.headers), request.get_data()))
     flask.g.event_id = job.event_id
-    job.dead_letter = job.dead_letter or {}
+    job.dead_letter = job.knative_error or {}
     jobs.run_job(RUNTIME, job)
     return Reply(flask.Response(status=202), "dead-letter", job.event_id)
 

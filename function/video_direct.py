@@ -71,7 +71,7 @@ def multipart(rt: Runtime, request: flask.Request, refs: Refs, target: FileStora
               options: dict[str, Any], output: str | None) -> Reply:
     """multipart: `source` (and `reference`) images already read into `refs`; `target` a video upload."""
     raw = video_options.check(options, form=True)
-    out_uri = _output(rt, output, refs)
+    out_uri = _output(rt, output, list(refs.values()))
     dest = video_files.temp_path(".video")
     try:
         _save_upload(target, dest, rt.config.max_video_bytes)
@@ -82,14 +82,16 @@ def multipart(rt: Runtime, request: flask.Request, refs: Refs, target: FileStora
 
 def json_body(rt: Runtime, refs: Refs, target: Any, options: dict[str, Any], output: Any) -> Reply:
     """JSON: `target` a video URI (fetched, bounded) or base64; images in `refs` as for image fusions."""
-    video_options.check({k: v for k, v in options.items() if k != "reference"})
-    out_uri = _output(rt, output, refs)
+    video_options.check(options)
+    if isinstance(target, dict):
+        target = target.get("uri") or target.get("base64")
+    uri = None
+    if isinstance(target, str) and "://" in target and not target.startswith("data:"):
+        uri = uri_ref(rt, target).uri or ""
+    out_uri = _output(rt, output, [*refs.values(), uri])  # never the clip itself: the output may not overwrite it
     dest = video_files.temp_path(".video")
     try:
-        if isinstance(target, dict):
-            target = target.get("uri") or target.get("base64")
-        if isinstance(target, str) and "://" in target and not target.startswith("data:"):
-            uri = uri_ref(rt, target).uri or ""
+        if uri is not None:
             video_files.fetch(uri, dest, rt.config.max_video_bytes, rt.config.storage_timeout_s)
         else:
             text = str(target).partition(",")[2] if str(target).startswith("data:") else str(target)
@@ -99,17 +101,18 @@ def json_body(rt: Runtime, refs: Refs, target: Any, options: dict[str, Any], out
                 dest.write_bytes(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError) as exc:
                 raise Problem(400, "invalid-base64", "'target' is neither a URI nor valid base64", image="target") from exc
-        return Reply(_fuse(rt, refs, dest, {k: v for k, v in options.items() if k != "reference"}, out_uri), "json-video")
+        return Reply(_fuse(rt, refs, dest, options, out_uri), "json-video")
     finally:
         video_files.remove(dest)
 
 
-def _output(rt: Runtime, output: Any, refs: Refs) -> str | None:
+def _output(rt: Runtime, output: Any, inputs: list[Any]) -> str | None:
+    """The checked output URI (None: answer with the clip); it may overwrite none of `inputs`."""
     if output is None or output == "":
         return None
     if not isinstance(output, str):
         raise Problem(400, "invalid-uri", "'output' must be a URI")
-    return output_uri(rt, output, refs.values(), extensions=video_media.OUTPUT_EXTENSIONS)
+    return output_uri(rt, output, inputs, extensions=video_media.OUTPUT_EXTENSIONS)
 
 
 def _fuse(rt: Runtime, refs: Refs, clip: Path, raw: dict[str, Any], out_uri: str | None,

@@ -41,8 +41,14 @@ def check(raw: Mapping[str, Any], form: bool = False) -> dict[str, Any]:
     return dict(raw)
 
 
+def _without_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`reference` is an input (an image URI or upload the caller reads), not an option to check here."""
+    return {k: v for k, v in raw.items() if k != "reference"}
+
+
 def build(raw: Mapping[str, Any], form: bool = False) -> VideoOptions:
-    """VideoOptions from raw JSON or multipart values."""
+    """VideoOptions from raw JSON or multipart values (a `reference` among them is left to the caller)."""
+    raw = _without_reference(raw)
     video_raw = {k: v for k, v in raw.items() if k in BY_NAME}
     face_raw = {k: v for k, v in raw.items() if k not in BY_NAME}
     image_only = sorted(k for k, v in face_raw.items() if k in IMAGE_ONLY and not (form and v == ""))

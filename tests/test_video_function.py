@@ -241,6 +241,34 @@ def test_dead_lettered_segment_fails_the_job_naming_segment_and_reason(server, s
     assert job_status(server, job_id)["segments"]["done"] == 1
 
 
+def test_a_webm_fan_out_and_a_clip_overwriting_itself_are_refused_before_any_work(server, sink, clip2):
+    """The fan-out's parts are MP4 joined by stream copy, so a .webm output is a 400 at planning (not a
+    job failing at its stitch); a direct request may not name its own clip as the output."""
+    target = put("/vin/refuse/clip.mp4", clip2.read_bytes())
+    sent = len(sink.of_type(SEGMENT_REQUESTED))
+    event = CloudEvent({"type": FUSION_REQUESTED, "source": "/tests", "id": "webm-out"},
+                       {"source": "memory://vfaces/obama.jpg", "target": target, "output": "memory://vout/refuse/out.webm"})
+    body = problem(deliver(server, event), 400)
+    assert body["type"].endswith("unsupported-video-output") and "fan-out" in body["detail"]
+    assert len(sink.of_type(SEGMENT_REQUESTED)) == sent and not mem().exists("/vout/refuse/out.webm")
+    inside = put("/vout/refuse/clip.mp4", clip2.read_bytes())  # where outputs may go, so only the new check stops it
+    r = requests.post(server.url + "/", timeout=60, json={"source": "memory://vfaces/obama.jpg", "target": inside,
+                                                          "output": inside})
+    assert problem(r, 403)["type"].endswith("output-is-input")
+    assert mem().cat("/vout/refuse/clip.mp4") == clip2.read_bytes()
+
+
+def test_a_dead_letter_replayed_to_the_main_route_is_processed_not_failed_again(server, sink, clip3):
+    """Recovering dead letters means sending them again to POST /: the knativeerror* extensions they
+    still carry must not fail their job there (only POST /dead-letter reads them as a failure)."""
+    job_id, segments = _request_job(server, sink, clip3, "replayed", "fan-replayed")
+    replay = CloudEvent({**segments[0].get_attributes(), "knativeerrorcode": "503",
+                         "knativeerrordata": base64.b64encode(b"GPU out of memory").decode()}, segments[0].data)
+    assert deliver(server, replay).status_code == 202
+    status = job_status(server, job_id)
+    assert status["state"] == "running" and status["segments"]["done"] == 1 and not status.get("error")
+
+
 def test_job_status_of_an_unknown_or_malformed_id_is_404(server):
     for job_id in ("0" * 24, "not-an-id", "../../etc"):
         r = requests.get(f"{server.url}/jobs/{job_id}", timeout=10)

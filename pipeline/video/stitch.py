@@ -21,7 +21,7 @@ from typing import Any
 
 import av
 
-from ..errors import UndecodableVideo
+from ..errors import UndecodableVideo, UnsupportedVideoOutput
 from .output import check_audio, container_of
 
 
@@ -118,6 +118,9 @@ def stitch(parts: list[Path], output_path: Path, audio_from: Path | None, *, suf
                 out.mux(pending)
                 audio_count += 1
                 pending = next(audio_iter, None)
+    except (ValueError, av.error.FFmpegError) as exc:  # a container that cannot hold the parts' codec, say
+        Path(output_path).unlink(missing_ok=True)
+        raise UnsupportedVideoOutput(f"cannot stitch the parts into a {fmt} file: {exc}") from exc
     except BaseException:
         Path(output_path).unlink(missing_ok=True)
         raise
