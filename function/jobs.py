@@ -41,7 +41,7 @@ log = logging.getLogger("facefusion.function")
 
 
 def _own_output(rt: Runtime, in_uri: str) -> bool:
-    return reserved_name(in_uri) or bool(rt.output_prefix and in_uri.startswith(rt.output_prefix))
+    return reserved_name(in_uri) or any(in_uri.startswith(prefix) for prefix in rt.own_prefixes)
 
 
 def _already_done(rt: Runtime, out_uri: str, identity: str) -> bool:

@@ -55,6 +55,9 @@ class Runtime:
     output_prefix: str | None
     allow_output: AllowList
     source_face: str | None  # SOURCE_FACE_URI normalised once (an output may never overwrite it)
+    # where this function writes on its own (OUTPUT_URI's, VIDEO_OUTPUT_URI's fixed parts, VIDEO_JOBS_URI):
+    # a storage event for an object there is one of our outputs, never new work (no loops)
+    own_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Runtime:
@@ -63,7 +66,9 @@ class Runtime:
         # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
         return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
                    allow=AllowList(config.allowed_prefixes), output_prefix=prefix,
-                   allow_output=output_allow_list(config, prefix), source_face=_normalised(config.source_face_uri))
+                   allow_output=output_allow_list(config, prefix), source_face=_normalised(config.source_face_uri),
+                   own_prefixes=tuple(p for p in (prefix, output_prefix(config.video_output_uri),
+                                                  output_prefix(config.video_jobs_uri)) if p))
 
     def fuser(self) -> Fuser:
         """The loaded Fuser, or a 503 problem saying why there is none yet."""

@@ -358,3 +358,18 @@ def test_job_status_without_a_job_store_is_404_not_a_retryable_503(model_root, t
         assert body["type"].endswith("job-not-found") and "VIDEO_JOBS_URI" in body["detail"]
     finally:
         srv.stop()
+
+
+def test_objects_under_every_output_prefix_are_our_own_never_new_work(monkeypatch):
+    """A trigger on a bucket that also holds VIDEO_OUTPUT_URI or VIDEO_JOBS_URI must not loop: their
+    outputs and parts are our own objects, as those under OUTPUT_URI are."""
+    from function import jobs
+    from function.runtime import Runtime
+
+    monkeypatch.setenv("OUTPUT_URI", "memory://bucket/images/{stem}.jpg")
+    monkeypatch.setenv("VIDEO_OUTPUT_URI", "memory://bucket/clips/{stem}.mp4")
+    monkeypatch.setenv("VIDEO_JOBS_URI", "memory://bucket/work/")
+    rt = Runtime.from_env()
+    for own in ("memory://bucket/images/a.jpg", "memory://bucket/clips/a.mp4", "memory://bucket/work/j/part-0003.mp4"):
+        assert jobs._own_output(rt, own), own
+    assert not jobs._own_output(rt, "memory://bucket/uploads/a.mp4")

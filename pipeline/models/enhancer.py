@@ -43,6 +43,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..align import FFHQ_512_TEMPLATE, template_for, umeyama_similarity
+from ..batch_axis import has_free_batch
 from ..errors import InvalidOptions, ModelSetInvalid
 from ..faces import Face
 from ..masks import MaskOptions
@@ -139,8 +140,8 @@ class FaceEnhancer(ModelKind):
         names = [i.name for i in session.get_inputs()]
         self.input_name = IMAGE_INPUT if IMAGE_INPUT in names else names[0]  # FaceFusion feeds inputs by name
         self.template = TEMPLATES[self.template_for_size(self.input_size)] * self.input_size
-        batch = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else 1
-        self.batched = not isinstance(batch, int) or batch != 1  # a named or free batch axis, as the swapper's
+        # a named or free batch axis on the image input, as the swapper's (a fixed 4 is not one)
+        self.batched = has_free_batch([i for i in session.get_inputs() if i.name == self.input_name])
 
     @classmethod
     def template_for_size(cls, size: int) -> str:
@@ -173,8 +174,7 @@ class FaceEnhancer(ModelKind):
 
     def restore(self, crop: np.ndarray, options: EnhancerOptions = DEFAULT_ENHANCER_OPTIONS) -> np.ndarray:
         """One aligned BGR crop at the input size, restored."""
-        output = self.session.run([self.output_name], self.feeds(self.normalise(crop), options))[0]
-        return self.denormalise(output)
+        return self.restore_many([crop], options)[0]
 
     def restore_many(self, crops: Sequence[np.ndarray], options: EnhancerOptions = DEFAULT_ENHANCER_OPTIONS,
                      batch_max: int = 1) -> list[np.ndarray]:

@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..align import crop
+from ..batch_axis import has_free_batch
 from ..boost import explode, implode
 from ..errors import ModelSetInvalid
 from ..faces import Face
@@ -65,8 +66,7 @@ class FaceSwapper(ModelKind):
         self.target_name, self.source_name = target.name, source.name
         self.target_half, self.source_half = target.type == _FLOAT16, source.type == _FLOAT16
         self.output_name = session.get_outputs()[0].name
-        batch = target.shape[0] if target.shape else 1
-        self.batched = not isinstance(batch, int) or batch != 1  # a named or free batch axis
+        self.batched = has_free_batch([target])  # a named or free batch axis (a fixed 4 is not one)
         self.converter: EmbeddingConverter | None = None
         # output -> levels: 255 * (out * std + mean) for the denormalising kinds, 255 * out for the others
         std, mean = (np.asarray(self.std), np.asarray(self.mean)) if self.denormalise_output else (np.ones(3), np.zeros(3))
