@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipeline import EnvReader
-from pipeline.config import DEFAULT_MAX_IMAGE_BYTES
+from pipeline.config import DEFAULT_MAX_IMAGE_BYTES, VideoLimits
 
 FUSION_BUDGET_S = 120.0  # the longest one fusion is expected to take, for the default LEASE_TTL_S
 DEFAULT_MAX_VIDEO_BYTES = 512 * 1024 * 1024
@@ -104,6 +104,9 @@ class FunctionConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionConfig:
         read = EnvReader(env)
+        # the pipeline's video settings (VIDEO_MAX_SECONDS, VIDEO_NVENC ...) are read where a clip is fused;
+        # reading them here too makes a bad value this configuration's problem, named by /readyz at start
+        VideoLimits.read(read)
         source = read.str("SOURCE_FACE_URI")
         output = read.str("OUTPUT_URI")
         allowed = read.list("ALLOWED_URI_PREFIXES")

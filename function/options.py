@@ -229,8 +229,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("enhancer_weight", "number", "with enhance and an enhancer with a fidelity weight (codeformer): 0 "
                                         "restores the most, 1 keeps the most of the face",
            default=DEFAULT_ENHANCER_WEIGHT, minimum=0, maximum=1),
-    Option("detector_angles", "array", "look for target faces on copies rotated counter-clockwise by each angle (0: "
-                                       "as it is; 90, 180, 270 find faces lying sideways or upside down)", default=(0,),
+    Option("detector_angles", "array", "look for faces (the target's, each source's and the reference's) on "
+                                       "copies rotated counter-clockwise by each angle (0: as it is; 90, 180, 270 "
+                                       "find faces lying sideways or upside down)", default=(0,),
            items=ListOf(values=DETECTOR_ANGLES)),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

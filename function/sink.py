@@ -1,7 +1,8 @@
 """Sending CloudEvents to K_SINK, the address a SinkBinding (or the Broker) gives this process.
 
-Binary mode over HTTP POST, built with the CloudEvents SDK. A 5xx answer or a failed connection is
-retried SINK_RETRIES times with a doubling pause (0.2 s, 0.4 s, ...); a 4xx is final. K_CE_OVERRIDES,
+Binary mode over HTTP POST, built with the CloudEvents SDK. A 5xx answer, a failed connection, or one of
+the 4xx that mean "not now" (404 while the Broker's address is not yet routed, 408, 409, 429) is retried
+SINK_RETRIES times with a doubling pause (0.2 s, 0.4 s, ...); any other 4xx is final. K_CE_OVERRIDES,
 which a SinkBinding may set (`{"extensions": {...}}`), is applied to every event sent.
 """
 

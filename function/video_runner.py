@@ -15,6 +15,7 @@ expired or whose holder on this host is gone: the restarted pod resumes at the f
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Any
@@ -33,7 +34,7 @@ class LocalRunner:
         self._queued: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._scanners: dict[int, threading.Thread] = {}  # one per Runtime (tests load the function twice)
+        self._scanners: dict[tuple[int, int], threading.Thread] = {}  # per process and Runtime (tests load it twice)
 
     def submit(self, rt: Any, job_id: str) -> None:
         with self._lock:
@@ -49,11 +50,12 @@ class LocalRunner:
         """Resume unfinished jobs of the store now and every RESCAN_S (only without K_SINK)."""
         if rt.config.k_sink or not rt.config.video_jobs_uri:
             return
+        key = (os.getpid(), id(rt))  # a forked worker inherits the parent's entry but not its thread
         with self._lock:
-            if id(rt) in self._scanners:
+            if key in self._scanners:
                 return
-            scanner = self._scanners[id(rt)] = threading.Thread(target=self._scan_loop, args=(rt,), name="video-rescan",
-                                                                daemon=True)
+            scanner = self._scanners[key] = threading.Thread(target=self._scan_loop, args=(rt,), name="video-rescan",
+                                                             daemon=True)
             scanner.start()
 
     def _scan_loop(self, rt: Any) -> None:

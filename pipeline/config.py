@@ -138,13 +138,20 @@ class VideoLimits:
     def from_env(cls, env: Mapping[str, str] | None = None) -> VideoLimits:
         """Read the video variables; raises ConfigError naming every bad one."""
         read = EnvReader(env)
+        limits = cls.read(read)
+        read.raise_problems()
+        return limits
+
+    @classmethod
+    def read(cls, read: EnvReader) -> VideoLimits:
+        """The video variables through `read`, whose problems the caller raises (the function's
+        configuration does, so a bad value keeps /readyz at 503 naming it)."""
         limits = cls(
             max_seconds=read.float("VIDEO_MAX_SECONDS", DEFAULT_VIDEO_MAX_SECONDS, minimum=0.001),
             max_pixels=read.int("VIDEO_MAX_PIXELS", DEFAULT_VIDEO_MAX_PIXELS, minimum=1),
             segment_seconds=read.float("VIDEO_SEGMENT_SECONDS", DEFAULT_VIDEO_SEGMENT_SECONDS, minimum=0.001),
         )
         read.bool("VIDEO_NVENC", True)  # read where the encoder is chosen (video/output.py); checked here too
-        read.raise_problems()
         return limits
 
 

@@ -61,7 +61,7 @@ def _about(image: str) -> Iterator[None]:
 
 
 @contextmanager
-def _runtime_failures() -> Iterator[None]:
+def runtime_failures() -> Iterator[None]:
     """The runtime's own exceptions (GPU out of memory, say) as RuntimeFailure: worth a retry."""
     try:
         yield
@@ -186,7 +186,7 @@ class Fuser:
         frames, ordered as `detect` orders them); detection is then skipped."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
-        with _runtime_failures():
+        with runtime_failures():
             return self._fuse(source, target, options, timer, source_key, faces)
 
     def _fuse(

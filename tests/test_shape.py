@@ -44,12 +44,13 @@ def test_bad_values_are_named_not_raised_at_import():
 
 def test_a_bad_setting_fails_readiness_with_the_reason_and_the_worker_keeps_serving(model_root, tmp_path):
     server = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "MAX_INFLIGHT": "lots",
-                             "WARMUP": "perhaps"})
+                             "WARMUP": "perhaps", "VIDEO_NVENC": "sometimes"})
     try:
         ready = requests.get(server.url + "/readyz", timeout=5)
         assert ready.status_code == 503
         body = ready.json()
         assert body["status"] == "failed" and "MAX_INFLIGHT" in body["reason"] and "WARMUP" in body["reason"]
+        assert "VIDEO_NVENC" in body["reason"]  # the pipeline's video settings are named at start too
         assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
         r = requests.post(server.url + "/", files={"source": b"x", "target": b"y"}, timeout=10)
         assert r.status_code == 503 and "MAX_INFLIGHT" in r.json()["detail"]

@@ -33,8 +33,7 @@ import numpy as np
 
 from ..errors import NoMatchingFace, UndecodableVideo, UnsupportedVideoOutput
 from ..faces import Face
-from ..fuser import Fuser
-from ..fuser import _runtime_failures as runtime_failures
+from ..fuser import Fuser, runtime_failures
 from ..images import DecodedImage
 from ..selection import eligible
 from ..sources import check_count, list_key
