@@ -120,7 +120,9 @@ def _request_job(rt: Runtime, job: events.EventJob) -> dict[str, Any]:
         raise Problem(400, "malformed-event", f"{events.FUSION_REQUESTED} data.options must be an object")
     refs: Refs = {"source": source_refs(rt, data["source"], lambda rt, uri, _: uri_ref(rt, uri)),
                   "target": uri_ref(rt, data["target"])}
-    if video_media.is_video_name(refs["target"].uri):  # a video target: the fan-out, answered 202 at once
+    # a video target (by its name, or, for a name without an extension, by the video output asked for):
+    # the fan-out, answered 202 at once
+    if video_media.is_video_name(refs["target"].uri) or video_media.is_video_name(data["output"]):
         out_uri = output_uri(rt, data["output"], refs.values(), extensions=video_media.OUTPUT_EXTENSIONS)
         sources = refs["source"]
         source_uri = [ref.uri or "" for ref in sources] if isinstance(sources, list) else sources.uri or ""

@@ -258,6 +258,16 @@ def test_a_webm_fan_out_and_a_clip_overwriting_itself_are_refused_before_any_wor
     assert mem().cat("/vout/refuse/clip.mp4") == clip2.read_bytes()
 
 
+def test_a_clip_named_without_an_extension_is_a_video_job_by_its_output(server, sink, clip2):
+    """fusion.requested with a target such as s3://bucket/upload-123 (no extension) and a video output
+    goes to the fan-out, not the image path (which would call the clip 'not an image')."""
+    target = put("/vin/noext/upload-123", clip2.read_bytes())
+    event = CloudEvent({"type": FUSION_REQUESTED, "source": "/tests", "id": "noext"},
+                       {"source": "memory://vfaces/obama.jpg", "target": target, "output": "memory://vout/noext/out.mp4"})
+    r = deliver(server, event)
+    assert r.status_code == 202 and r.headers["Location"].startswith("/jobs/"), r.text[:300]
+
+
 def test_a_dead_letter_replayed_to_the_main_route_is_processed_not_failed_again(server, sink, clip3):
     """Recovering dead letters means sending them again to POST /: the knativeerror* extensions they
     still carry must not fail their job there (only POST /dead-letter reads them as a failure)."""
