@@ -166,7 +166,7 @@ def dispatch(rt: Runtime, jobs: JobStore, doc: dict) -> None:
 
         RUNNER.submit(rt, doc["id"])
         return
-    done = jobs.part_records(doc["id"])
+    done = jobs.part_indices(doc["id"])
     for seg in doc["segments"]:
         if seg["index"] not in done:
             emit(rt, {"type": SEGMENT_REQUESTED, "id": f"{doc['id']}-segment-{seg['index']:04d}",
@@ -257,7 +257,7 @@ def finish(rt: Runtime, jobs: JobStore, job: dict) -> str:
     'claimed' (another delivery holds the stitch claim; if it dies, its redelivery or a later one
     takes the expired claim over)."""
     job_id = job["id"]
-    if len(jobs.part_records(job_id)) < len(job["segments"]):
+    if len(jobs.part_indices(job_id)) < len(job["segments"]):
         return "incomplete"
     if jobs.read(jobs.done_uri(job_id)) is not None:
         return "done"

@@ -66,8 +66,10 @@ class JobStore:
     def job(self, job_id: str) -> dict | None:
         return self.read(self.doc_uri(job_id)) if JOB_ID.match(job_id) else None
 
-    def part_records(self, job_id: str) -> dict[int, dict]:
-        """The records of the segments done so far, by segment index."""
+    def part_indices(self, job_id: str) -> set[int]:
+        """The segments done so far, from one listing: a record is written atomically after its part,
+        so a listed record means a whole part (every delivery asks this; reading every record each time
+        would cost O(segments^2) reads per job)."""
         folder = self.folder(job_id)
 
         def _list() -> list[str]:
@@ -77,13 +79,16 @@ class JobStore:
             except FileNotFoundError:
                 return []
 
+        names = storage.run_io(_list, self.timeout, "listing the job's parts")
+        return {int(match[1]) for match in map(PART_RECORD.search, names) if match}
+
+    def part_records(self, job_id: str) -> dict[int, dict]:
+        """The records of the segments done so far, by segment index (for the stitch and the status)."""
         records = {}
-        for name in storage.run_io(_list, self.timeout, "listing the job's parts"):
-            match = PART_RECORD.search(name)
-            if match:
-                record = self.read(self.part_record_uri(job_id, int(match[1])))
-                if record is not None:
-                    records[int(match[1])] = record
+        for index in sorted(self.part_indices(job_id)):
+            record = self.read(self.part_record_uri(job_id, index))
+            if record is not None:
+                records[index] = record
         return records
 
     def job_ids(self) -> list[str]:
