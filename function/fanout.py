@@ -105,9 +105,8 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
     fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
     codec = part_codec(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     started = time.perf_counter()
-    local = INPUTS.get(identity, target_uri, extension(target_uri) or ".mp4", rt.config.max_video_bytes,
-                       rt.config.storage_timeout_s)
-    with about("target"):
+    with INPUTS.get(identity, target_uri, extension(target_uri) or ".mp4", rt.config.max_video_bytes,
+                    rt.config.storage_timeout_s) as local, about("target"):
         info = probe(local, limits)
     check_audio(container_of(output_uri), info.audio_codec)  # an audio stream the output's container cannot hold
     sources = _read_sources(rt, source_uri)
@@ -203,16 +202,13 @@ def run_segment(rt: Runtime, data: Any) -> dict[str, Any]:
         return {**base, "status": "ignored", "reason": "the job has failed"}
     if jobs.read(jobs.part_record_uri(job["id"], index)) is None:
         part_uri = jobs.part_uri(job["id"], index)
-        owner = leases.claim(part_uri, rt.config.lease_ttl_s, rt.config.storage_timeout_s)
-        try:
+        with leases.held(part_uri, rt.config.lease_ttl_s, rt.config.storage_timeout_s):  # renewed while it fuses
             if jobs.read(jobs.part_record_uri(job["id"], index)) is None:  # done between our look and the claim
                 record = _fuse_part(rt, jobs, job, index, part_uri)
                 base.update(frames=record["frames"], seconds=record["seconds"])
                 status = "done"
             else:
                 status = "duplicate"
-        finally:
-            leases.release(part_uri, owner, rt.config.storage_timeout_s)
     else:
         status = "duplicate"
     finished = finish(rt, jobs, job)
@@ -230,14 +226,14 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
             with about("reference"):
                 options.fuse.reference = storage.read_bytes(rt.allow.check(job["options"]["reference"]),
                                                             rt.max_image_bytes(), rt.config.storage_timeout_s)
-        local = INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4", rt.config.max_video_bytes,
-                           rt.config.storage_timeout_s)
         out = video_files.temp_path(".mp4")
         try:
-            started = time.perf_counter()
-            with about_clip(), _encoder_here(options.codec):
-                report = fuse_video(fuser, source, local, out, options, segment=seg, info=VideoInfo.from_dict(job["info"]))
-            seconds = time.perf_counter() - started
+            with INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4",
+                            rt.config.max_video_bytes, rt.config.storage_timeout_s) as local:  # kept until fused
+                started = time.perf_counter()
+                with about_clip(), _encoder_here(options.codec):
+                    report = fuse_video(fuser, source, local, out, options, segment=seg, info=VideoInfo.from_dict(job["info"]))
+                seconds = time.perf_counter() - started
             video_files.publish(part_uri, out, rt.config.storage_timeout_s)
         finally:
             video_files.remove(out)
@@ -261,19 +257,13 @@ def finish(rt: Runtime, jobs: JobStore, job: dict) -> str:
         return "incomplete"
     if jobs.read(jobs.done_uri(job_id)) is not None:
         return "done"
-    try:
-        owner = leases.claim(jobs.stitch_uri(job_id), rt.config.lease_ttl_s, rt.config.storage_timeout_s)
-    except Problem as problem:
-        if problem.status == 429:
+    with leases.held(jobs.stitch_uri(job_id), rt.config.lease_ttl_s, rt.config.storage_timeout_s, or_none=True) as owner:
+        if owner is None:
             return "claimed"
-        raise
-    try:
         if jobs.read(jobs.done_uri(job_id)) is not None:  # finished while we looked
             return "done"
         _stitch_claimed(rt, jobs, job)
         return "stitched"
-    finally:
-        leases.release(jobs.stitch_uri(job_id), owner, rt.config.storage_timeout_s)
 
 
 def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
@@ -289,12 +279,11 @@ def _stitch_claimed(rt: Runtime, jobs: JobStore, job: dict) -> None:
                 path = folder / f"part-{seg['index']:04d}.mp4"
                 video_files.fetch(jobs.part_uri(job_id, seg["index"]), path, rt.config.max_video_bytes, timeout)
                 parts.append(path)
-            audio = None
-            if job.get("has_audio"):
-                audio = INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4",
-                                   rt.config.max_video_bytes, timeout)
+            audio = INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4",
+                               rt.config.max_video_bytes, timeout) if job.get("has_audio") else contextlib.nullcontext()
             out = folder / f"out{extension(out_uri) or '.mp4'}"
-            stitched = stitch(parts, out, audio_from=audio).as_dict()
+            with audio as audio_from:  # kept until stitched
+                stitched = stitch(parts, out, audio_from=audio_from).as_dict()
             stitch_id = uuid.uuid4().hex  # one per stitch that ran: an audit shows how many there were
             video_files.publish(out_uri, out, timeout)
         finally:

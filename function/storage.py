@@ -187,13 +187,16 @@ def write_exclusive(uri: str, data: bytes) -> bool:
 
 def write_atomic(uri: str, data: bytes, timeout: float) -> None:
     """Publish `data` at `uri` so that no reader ever sees a partial object."""
-    def _write() -> None:
-        fs, path = fsspec.core.url_to_fs(uri)
-        if is_local(uri):
-            _write_local(path, data)
-        else:
-            fs.pipe_file(path, data)
-    run_io(_write, timeout, "writing the output", write=True)
+    run_io(lambda: replace(uri, data), timeout, "writing the output", write=True)
+
+
+def replace(uri: str, data: bytes) -> None:
+    """Put `data` at `uri` whole, replacing what is there (call it inside `run_io`)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if is_local(uri):
+        _write_local(path, data)
+    else:
+        fs.pipe_file(path, data)
 
 
 def load_json(fs, path: str) -> dict | None:

@@ -15,6 +15,8 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
@@ -57,22 +59,37 @@ def fetch(uri: str, dest: Path, max_bytes: int, timeout: float) -> Path:
         raise Problem(413, "video-too-large", f"the video is {size} bytes; the limit is MAX_VIDEO_BYTES ({max_bytes})",
                       image="target")
 
+    cancel = threading.Event()  # set when the caller gives up: the copy stops at its next chunk
+
     def _copy() -> None:
-        copied = 0
-        with fs.open(path, "rb") as src, open(dest, "wb") as out:
-            while chunk := src.read(CHUNK):
-                copied += len(chunk)
-                if copied > max_bytes:
-                    raise Problem(413, "video-too-large", f"the video exceeds MAX_VIDEO_BYTES ({max_bytes} bytes)",
-                                  image="target")
-                out.write(chunk)
+        if cancel.is_set():  # the deadline passed while this waited for a storage thread
+            return
+        try:
+            copied = 0
+            with fs.open(path, "rb") as src, open(dest, "wb") as out:
+                while not cancel.is_set() and (chunk := src.read(CHUNK)):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise Problem(413, "video-too-large", f"the video exceeds MAX_VIDEO_BYTES ({max_bytes} bytes)",
+                                      image="target")
+                    out.write(chunk)
+            if cancel.is_set():
+                raise Cancelled
+        except BaseException:
+            dest.unlink(missing_ok=True)  # the copy's own partial file, once it has stopped writing it
+            raise
 
     try:
         storage.run_io(_copy, deadline(timeout, size), "reading the video")
     except BaseException:
-        dest.unlink(missing_ok=True)
+        cancel.set()
+        dest.unlink(missing_ok=True)  # a copy that finished just as the deadline passed
         raise
     return dest
+
+
+class Cancelled(Exception):
+    """A copy whose caller gave up (its deadline passed): nobody waits for its result."""
 
 
 def publish(uri: str, local: Path, timeout: float) -> None:
@@ -81,40 +98,87 @@ def publish(uri: str, local: Path, timeout: float) -> None:
     storage.write_atomic(uri, data, deadline(timeout, len(data)))
 
 
+@dataclass
+class _Cached:
+    path: Path
+    pins: int = 0  # callers inside `get` with this file: it is never unlinked under them
+
+
+@dataclass
+class _Loading:
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one download per input at a time
+    users: int = 0  # callers waiting on or holding `lock`: the slot goes when the last one leaves
+
+
 class InputCache:
     """The last few fetched inputs, by identity (URI and version), for the segments of one job that
-    land on this process. Bounded by count; each entry is at most MAX_VIDEO_BYTES."""
+    land on this process. Bounded by count (entries in use are kept beyond it until released); each
+    entry is at most MAX_VIDEO_BYTES.
 
-    def __init__(self, capacity: int = 2) -> None:
+    A caller holds its file for as long as it is inside `get` (a pin): the fan-out decodes the source
+    before it opens the clip, and the stitcher downloads every part before it opens the audio input, so
+    evicting a file as soon as it was handed out would pull it from under them."""
+
+    def __init__(self, capacity: int = 2, folder: Path | None = None) -> None:
         self.capacity = capacity
-        self._files: OrderedDict[str, Path] = OrderedDict()
+        self._folder = folder
+        self._files: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
-        self._key_locks: dict[str, threading.Lock] = {}
+        self._loading: dict[str, _Loading] = {}
 
-    def get(self, identity: str, uri: str, suffix: str, max_bytes: int, timeout: float) -> Path:
+    @contextlib.contextmanager
+    def get(self, identity: str, uri: str, suffix: str, max_bytes: int, timeout: float) -> Iterator[Path]:
+        """The input as a local file, fetched once however many callers ask at once, kept while held."""
+        entry = self._pin(identity, uri, suffix, max_bytes, timeout)
+        try:
+            yield entry.path
+        finally:
+            with self._lock:
+                entry.pins -= 1
+                stale = self._evict()
+                if self._files.get(identity) is not entry and entry.pins == 0:
+                    stale.append(entry.path)  # replaced while held: its last holder removes it
+            remove(*stale)
+
+    def _pin(self, identity: str, uri: str, suffix: str, max_bytes: int, timeout: float) -> _Cached:
         with self._lock:
-            key_lock = self._key_locks.setdefault(identity, threading.Lock())
-        with key_lock:  # one download per input, however many segments ask at once
-            with self._lock:
-                path = self._files.get(identity)
-                if path is not None and path.exists():
-                    self._files.move_to_end(identity)
-                    return path
-            try:
-                path = fetch(uri, temp_path(suffix), max_bytes, timeout)
-            except BaseException:
+            loading = self._loading.setdefault(identity, _Loading())
+            loading.users += 1
+        try:
+            with loading.lock:
                 with self._lock:
-                    if identity not in self._files:
-                        self._key_locks.pop(identity, None)
-                raise
+                    entry = self._files.get(identity)
+                    if entry is not None and entry.path.exists():
+                        entry.pins += 1
+                        self._files.move_to_end(identity)
+                        return entry
+                folder = self._folder or work_dir()
+                folder.mkdir(parents=True, exist_ok=True)
+                path = fetch(uri, folder / f"{uuid.uuid4().hex}{suffix}", max_bytes, timeout)
+                with self._lock:
+                    replaced = self._files.pop(identity, None)
+                    entry = self._files[identity] = _Cached(path, pins=1)
+                    stale = self._evict()
+                    if replaced is not None and replaced.pins == 0:
+                        stale.append(replaced.path)  # its file went missing; drop the name too
+                remove(*stale)
+                return entry
+        finally:
             with self._lock:
-                self._files[identity] = path
-                while len(self._files) > self.capacity:
-                    gone, old = self._files.popitem(last=False)
-                    self._key_locks.pop(gone, None)
-                    with contextlib.suppress(OSError):
-                        old.unlink()  # a reader that still has it open keeps its data (POSIX)
-            return path
+                loading.users -= 1
+                if loading.users == 0:
+                    self._loading.pop(identity, None)
+
+    def _evict(self) -> list[Path]:
+        """Drop the least recently used entries nobody holds, down to the capacity (call under the lock);
+        the files to remove are returned, to be unlinked outside it."""
+        gone: list[Path] = []
+        for identity in list(self._files):
+            if len(self._files) <= self.capacity:
+                break
+            if self._files[identity].pins == 0:
+                gone.append(self._files.pop(identity).path)
+        return gone
 
 
 def remove(*paths: Path | None) -> None:

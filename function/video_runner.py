@@ -1,9 +1,10 @@
 """Without K_SINK, this process fuses its video jobs itself, one segment after another, after the 202.
 
 The runner is one background thread with a queue of job ids. It holds a lease on each job while it
-works on it (`<job>/runner`, leases.py), so two processes sharing a store never run one job twice at
-once, and it runs each segment exactly as a segment event would (fanout.run_segment: the same parts,
-records and stitch claim), so the job document and GET /jobs/<id> look the same either way.
+works on it (`<job>/runner`, leases.py, renewed while held however long the job takes), so two
+processes sharing a store never run one job twice at once, and it runs each segment exactly as a
+segment event would (fanout.run_segment: the same parts, records and stitch claim), so the job
+document and GET /jobs/<id> look the same either way.
 
 A process that stops mid-way loses nothing that was done: parts are published as they finish. On
 SIGTERM the runner starts no new segment (the drain waits for the one in its fusion slot); killed,
@@ -21,7 +22,7 @@ import threading
 from typing import Any
 
 from . import fanout, leases, shutdown
-from .problems import Problem, as_problem
+from .problems import as_problem
 
 log = logging.getLogger("facefusion.video_runner")
 RESCAN_S = 30.0
@@ -97,13 +98,11 @@ class LocalRunner:
         job = jobs.job(job_id)
         if job is None:
             return "missing"
-        try:
-            owner = leases.claim(jobs.runner_uri(job_id), rt.config.lease_ttl_s, rt.config.storage_timeout_s)
-        except Problem as problem:
-            if problem.status == 429:
+        # held (renewed) for the whole job, which may well outlast LEASE_TTL_S: no rescan takes it over meanwhile
+        with leases.held(jobs.runner_uri(job_id), rt.config.lease_ttl_s, rt.config.storage_timeout_s,
+                         or_none=True) as owner:
+            if owner is None:
                 return "busy"
-            raise
-        try:
             for seg in job["segments"]:
                 if shutdown.DRAINING.is_set():
                     return "stopped"
@@ -111,8 +110,6 @@ class LocalRunner:
                 if result != "ok":
                     return result
             return fanout.finish(rt, jobs, job)
-        finally:
-            leases.release(jobs.runner_uri(job_id), owner, rt.config.storage_timeout_s)
 
     def _segment(self, rt: Any, job_id: str, index: int) -> str:
         """'ok', 'failed' (recorded in the job), 'busy' (another delivery holds the part: the next scan
