@@ -94,14 +94,13 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
             return {"status": "ignored", "reason": "the job has failed", "job": job_id, "output": existing["output"]}
         dispatch(rt, jobs, existing)
         return {"status": "accepted", "job": job_id, "output": existing["output"], "segments": len(existing["segments"])}
-    video_options.check(raw_options)
+    checked = video_options.build(raw_options)  # bad options: a 400 before anything is read
     if raw_options.get("reference") is not None and not isinstance(raw_options["reference"], str):
         raise Problem(400, "invalid-options", "a video job's 'reference' must be a URI", image="reference")
     if raw_options.get("reference"):
         raw_options = {**raw_options, "reference": rt.allow.check(raw_options["reference"])}
     fuser = rt.fuser()  # not ready: a retryable 503 before anything is read
     limits = video_limits()
-    checked = video_options.build(raw_options)
     fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
     codec = part_codec(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 import flask
 from werkzeug.datastructures import FileStorage
 
-from pipeline.video import fuse_video, probe
+from pipeline.video import VideoOptions, fuse_video, probe
 
 from . import events, fanout, storage, video_files, video_media, video_options
 from .inputs import Refs, about, about_clip, output_uri, uri_ref
@@ -70,19 +70,19 @@ def _save_upload(part: FileStorage, dest: Path, limit: int) -> Path:
 def multipart(rt: Runtime, request: flask.Request, refs: Refs, target: FileStorage,
               options: dict[str, Any], output: str | None) -> Reply:
     """multipart: `source` (and `reference`) images already read into `refs`; `target` a video upload."""
-    raw = video_options.check(options, form=True)
+    built = video_options.build(options, form=True)  # bad options: a 400 before the upload is read
     out_uri = _output(rt, output, list(refs.values()))
     dest = video_files.temp_path(".video")
     try:
         _save_upload(target, dest, rt.config.max_video_bytes)
-        return Reply(_fuse(rt, refs, dest, raw, out_uri, form=True), "multipart-video")
+        return Reply(_fuse(rt, refs, dest, built, out_uri), "multipart-video")
     finally:
         video_files.remove(dest)
 
 
 def json_body(rt: Runtime, refs: Refs, target: Any, options: dict[str, Any], output: Any) -> Reply:
     """JSON: `target` a video URI (fetched, bounded) or base64; images in `refs` as for image fusions."""
-    video_options.check(options)
+    built = video_options.build(options)  # bad options: a 400 before the clip is fetched
     if isinstance(target, dict):
         target = target.get("uri") or target.get("base64")
     uri = None
@@ -101,7 +101,7 @@ def json_body(rt: Runtime, refs: Refs, target: Any, options: dict[str, Any], out
                 dest.write_bytes(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError) as exc:
                 raise Problem(400, "invalid-base64", "'target' is neither a URI nor valid base64", image="target") from exc
-        return Reply(_fuse(rt, refs, dest, options, out_uri), "json-video")
+        return Reply(_fuse(rt, refs, dest, built, out_uri), "json-video")
     finally:
         video_files.remove(dest)
 
@@ -115,9 +115,7 @@ def _output(rt: Runtime, output: Any, inputs: list[Any]) -> str | None:
     return output_uri(rt, output, inputs, extensions=video_media.OUTPUT_EXTENSIONS)
 
 
-def _fuse(rt: Runtime, refs: Refs, clip: Path, raw: dict[str, Any], out_uri: str | None,
-          form: bool = False) -> flask.Response:
-    options = video_options.build(raw, form=form)
+def _fuse(rt: Runtime, refs: Refs, clip: Path, options: VideoOptions, out_uri: str | None) -> flask.Response:
     fuser = rt.fuser()
     with about("target"):
         info = probe(clip, fanout.video_limits())

@@ -34,13 +34,6 @@ def properties() -> dict[str, dict[str, Any]]:
     return {option.name: option.schema() for option in VIDEO_OPTIONS}
 
 
-def check(raw: Mapping[str, Any], form: bool = False) -> dict[str, Any]:
-    """Check a video request's options (both tables) before anything is read; InvalidOptions otherwise.
-    Returns the raw values, as they are kept in the job document."""
-    build(raw, form)
-    return dict(raw)
-
-
 def _without_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
     """`reference` is an input (an image URI or upload the caller reads), not an option to check here."""
     return {k: v for k, v in raw.items() if k != "reference"}
@@ -88,4 +81,4 @@ def _validate_video(raw: Mapping[str, Any], form: bool) -> dict[str, Any]:
     return values
 
 
-__all__ = ["BY_NAME", "VIDEO_OPTIONS", "build", "check", "properties", "validate"]
+__all__ = ["BY_NAME", "VIDEO_OPTIONS", "build", "properties", "validate"]

@@ -8,10 +8,11 @@ get encoded bytes and a report back, so no caller decodes or encodes images itse
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, cast
@@ -22,7 +23,6 @@ from .angles import DEFAULT_DETECTOR_ANGLES, detect_at_angles
 from .boost import boost_factor
 from .config import ImageLimits
 from .errors import (
-    FaceError,
     ImageError,
     InvalidOptions,
     NoReferenceFace,
@@ -41,7 +41,7 @@ from .models.enhancer import enhancer_roles, pick_enhancer
 from .models.swapper import swapper_roles
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
-from .sources import SourceFaces, SourceInput, check_count, identify, list_key
+from .sources import SourceFaces, SourceInput, check_count, identify, largest_face, list_key
 from .timing import StageTimer
 
 if TYPE_CHECKING:  # the loader builds Fusers; this module only uses its bundle
@@ -105,22 +105,14 @@ class Fuser:
         with _about(image):
             return decode_image(data, self.limits)
 
+    def _detector_at(self, angles: tuple[int, ...]) -> Callable[[np.ndarray], list[Face]]:
+        """Detection on a BGR image's copies rotated by `angles` (the source and reference faces')."""
+        return functools.partial(detect_at_angles, self.detector.detect, angles=angles)
+
     def detect(self, image: DecodedImage, angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> list[Face]:
         """Faces in the image (on its copies rotated by `angles`), ordered left to right (the order
         `index` refers to)."""
         return order_faces(detect_at_angles(self.detector.detect, image.bgr, angles))
-
-    def _largest_face(self, image: DecodedImage, timer: StageTimer, missing: type[FaceError], what: str,
-                      angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> Face:
-        """Detect (on copies rotated by `angles`), take the largest face and embed it (the reference face)."""
-        with timer.stage("detect"):
-            faces = detect_at_angles(self.detector.detect, image.bgr, angles)
-        if not faces:
-            raise missing(f"no face was found in the {what} image")
-        face = max(faces, key=lambda f: f.area)
-        with timer.stage("embed"):
-            face.embedding = self.embedder.embed(image.bgr, face)
-        return face
 
     def _cached_source(self, key: str | None) -> tuple[SourceFaces, np.ndarray] | None:
         if key is None:
@@ -154,8 +146,7 @@ class Fuser:
             return hit
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         try:
-            identity, faces = identify(sources, lambda bgr: detect_at_angles(self.detector.detect, bgr, angles),
-                                       self.embedder, timer)
+            identity, faces = identify(sources, self._detector_at(angles), self.embedder, timer)
         except NoSourceFace as exc:
             if angles != DEFAULT_DETECTOR_ANGLES:  # the source was searched as asked, perhaps not upright
                 exc.message += f" (searched at detector_angles {','.join(map(str, angles))}; 0 is upright)"
@@ -193,9 +184,7 @@ class Fuser:
         self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
         source_key: str | None, faces: list[Face] | None = None,
     ) -> FusionResult:
-        boost = self.check_options(options)
-        enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
-        swapper = self.swapper_for(options.swapper)
+        boost, swapper, enhancer = self._plan(options)
         selection = options.selection
         src_faces, latent = self.source_face(source, timer, source_key, options.swapper, options.detector_angles)
         if faces is None:
@@ -213,12 +202,13 @@ class Fuser:
                 for i, embedding in zip(candidates, embeddings, strict=True):
                     faces[i].embedding = embedding
         chosen = choose(faces, selection, candidates, reference)
-        latents = self._balanced(swapper, latent, target, [faces[i] for i in chosen], options.swapper_weight, timer)
+        chosen_faces = [faces[i] for i in chosen]
+        latents = self._balanced(swapper, latent, target, chosen_faces, options.swapper_weight, timer)
         frame = target.bgr.copy()
-        self._swap_faces(target.bgr, frame, [faces[i] for i in chosen], latents, boost, options.masks, timer, swapper)
+        self._swap_faces(target.bgr, frame, chosen_faces, latents, boost, options.masks, timer, swapper)
         if enhancer is not None:
             with timer.stage("enhance"):  # faces whose regions do not meet in one run each (FaceEnhancer)
-                enhancer.enhance_many_into(frame, [faces[i] for i in chosen], options.enhancement, options.masks,
+                enhancer.enhance_many_into(frame, chosen_faces, options.enhancement, options.masks,
                                            self.occluder, self.models.batch_max)
         report_faces = []
         for i, face in enumerate(faces):
@@ -246,15 +236,20 @@ class Fuser:
         """The boost factor; InvalidOptions for what this model set cannot serve: a swapper or enhancer
         role it lacks, a boost the swapper's size does not divide, a mask without its model. A video job
         asks this before it answers 202, so its segments cannot fail on it later."""
-        if options.enhance:
-            pick_enhancer(self.models.models, options.enhancement)
-        boost = boost_factor(options.pixel_boost, self.swapper_for(options.swapper).input_size)
+        return self._plan(options)[0]
+
+    def _plan(self, options: FuseOptions) -> tuple[int, FaceSwapper, FaceEnhancer | None]:
+        """The boost factor, the swapper and the enhancer (None without `enhance`) the options pick,
+        each looked up once per fusion; InvalidOptions as `check_options` says."""
+        enhancer = pick_enhancer(self.models.models, options.enhancement) if options.enhance else None
+        swapper = self.swapper_for(options.swapper)
+        boost = boost_factor(options.pixel_boost, swapper.input_size)
         types = options.masks.types
         if "occlusion" in types and self.occluder is None:
             raise InvalidOptions("mask=occlusion was requested but this model set has no occluder")
         if "region" in types and self.parser is None:
             raise InvalidOptions("mask=region was requested but this model set has no face_parser")
-        return boost
+        return boost, swapper, enhancer
 
     def _balanced(self, swapper: FaceSwapper, latent: np.ndarray, target: DecodedImage, faces: list[Face],
                   weight: float, timer: StageTimer) -> np.ndarray:
@@ -266,14 +261,13 @@ class Fuser:
         return swapper.balance_source(latent, raws, weight)
 
     def _swap_faces(self, image: np.ndarray, frame: np.ndarray, faces: list[Face], latents: np.ndarray, boost: int,
-                    masks: MaskOptions, timer: StageTimer, swapper: FaceSwapper | None = None) -> None:
+                    masks: MaskOptions, timer: StageTimer, swapper: FaceSwapper) -> None:
         """Swap `faces` of `image` at `boost` times the swapper's size and paste each into `frame`.
 
         `latents`: one source row for all faces, or one per face (after swapper_weight). All faces go to
         the swapper in one call (one run with a free batch axis), in chunks of at most BATCH_MAX crops
         (tiles at a boost): 29 faces cost one run, not 29 (bench/batching.py).
         """
-        swapper = swapper or self.swapper
         per_run = max(1, self.models.batch_max // (boost * boost))
         per_face = len(latents) == len(faces)
         with timer.stage("swap"):
@@ -304,9 +298,10 @@ class Fuser:
         if isinstance(reference, bytes):
             with timer.stage("decode"):
                 reference = self.decode(reference, "reference")
-        face = self._largest_face(reference, timer, NoReferenceFace, "reference", angles)
-        assert face.embedding is not None
-        return face.embedding
+        largest = largest_face(reference.bgr, self._detector_at(angles), self.embedder, timer)
+        if largest is None:
+            raise NoReferenceFace("no face was found in the reference image")
+        return largest[0].embedding
 
     def fuse_bytes(self, source: bytes | Sequence[bytes], target: bytes, options: FuseOptions | None = None,
                    timer: StageTimer | None = None) -> EncodedFusion:

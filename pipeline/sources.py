@@ -67,6 +67,22 @@ def _decoded(source: SourceInput, position: int, count: int, timer: StageTimer) 
         raise
 
 
+def largest_face(bgr: np.ndarray, detect: Callable[[np.ndarray], list[Face]], embedder: ArcFaceEmbedder,
+                 timer: StageTimer) -> tuple[Face, np.ndarray] | None:
+    """The image's largest face with its normalised embedding set, and the raw embedding (what the
+    swapper kinds and the averaging read); None when there is no face. Sources and the reference alike."""
+    with timer.stage("detect"):
+        faces = detect(bgr)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    with timer.stage("embed"):
+        raw = embedder.embed_raw(bgr, face)
+    norm = float(np.linalg.norm(raw))
+    face.embedding = raw / norm if norm > 0 else raw
+    return face, raw
+
+
 def identify(sources: Sequence[SourceInput], detect: Callable[[np.ndarray], list[Face]], embedder: ArcFaceEmbedder,
              timer: StageTimer) -> tuple[SourceIdentity, SourceFaces]:
     """The averaged identity of the largest face of each source and what the report says of them.
@@ -77,16 +93,11 @@ def identify(sources: Sequence[SourceInput], detect: Callable[[np.ndarray], list
     found, report, skipped = [], [], []
     for position, source in enumerate(sources):
         image = _decoded(source, position, len(sources), timer)
-        with timer.stage("detect"):
-            faces = detect(image.bgr)
-        if not faces:
+        largest = largest_face(image.bgr, detect, embedder, timer)
+        if largest is None:
             skipped.append(position)
             continue
-        face = max(faces, key=lambda f: f.area)
-        with timer.stage("embed"):
-            raw = embedder.embed_raw(image.bgr, face)
-        norm = float(np.linalg.norm(raw))
-        face.embedding = raw / norm if norm > 0 else raw
+        face, raw = largest
         found.append((face, raw, image.bgr))
         report.append({"source": position, **face.as_dict()})
     if not found:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,19 @@ DEFAULT_QUEUE_FRAMES = 4
 _REGION_MARGIN = 1.5
 _OPENCV_601 = frozenset({"DEFAULT", "ITU601", "SMPTE170M"})
 _END = ("end",)
+
+
+def _frames(inbox: Channel, outbox: Channel) -> Iterator[tuple]:
+    """The frame items of `inbox`, in order; audio packets and the end marker pass on to `outbox` as they
+    are (the stages after this one need them), and the end marker ends the iteration."""
+    while True:
+        item = inbox.get()
+        if item is _END or item[0] == "audio":
+            outbox.put(item)
+            if item is _END:
+                return
+            continue
+        yield item
 # AVColorSpace values -> the matrix swscale converts with; the same one both ways, so pixels outside
 # the swapped face come back as they went (within rounding)
 _SWS_COLORSPACE = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
@@ -192,14 +205,7 @@ def _run(fuser: Fuser, source_images: list[DecodedImage], key: str, info: VideoI
             decoded_q.put(_END)
 
         def detect() -> None:
-            while True:
-                item = decoded_q.get()
-                if item is _END or item[0] == "audio":
-                    detected_q.put(item)
-                    if item is _END:
-                        return
-                    continue
-                _, index, frame, bgr = item
+            for _, index, frame, bgr in _frames(decoded_q, detected_q):
                 with detect_timer.stage("detect"), runtime_failures():
                     faces = fuser.detect(DecodedImage(bgr=bgr), options.fuse.detector_angles)
                 detected_q.put(("frame", index, frame, bgr, faces))
@@ -231,14 +237,7 @@ def _run(fuser: Fuser, source_images: list[DecodedImage], key: str, info: VideoI
         tracker = FaceTracker(float(info.fps))
         swapped = without = done = 0
         try:
-            while True:
-                item = detected_q.get()
-                if item is _END or item[0] == "audio":
-                    fused_q.put(item)
-                    if item is _END:
-                        break
-                    continue
-                _, index, frame, bgr, faces = item
+            for _, index, frame, bgr, faces in _frames(detected_q, fused_q):
                 if index in resets:
                     tracker.reset()
                 with fuse_timer.stage("track"):
@@ -256,11 +255,11 @@ def _run(fuser: Fuser, source_images: list[DecodedImage], key: str, info: VideoI
         pipeline.join()
     if done != last - first:
         raise UndecodableVideo(f"decoded {done} frames where {last - first} were expected; the file may be truncated")
-    stages: dict[str, float] = {}  # a stage timed in two threads (or for the source and the frames) adds up
+    total = StageTimer()  # a stage timed in two threads (or for the source and the frames) adds up
     for timer in (decode_timer, detect_timer, fuse_timer, encode_timer):
         for name, ms in timer.ms.items():
-            stages[name] = stages.get(name, 0.0) + ms
-    stages = {name: round(ms, 2) for name, ms in stages.items()}
+            total.add(name, ms)
+    stages = total.rounded()
     return VideoReport(frames=done, frames_swapped=swapped, frames_without_face=without, seconds=0.0, fps=0.0,
                        stages_ms=stages, codec=codec, frames_in_flight_peak=counts["peak"], queue_frames=queue_frames,
                        landmark_jitter_px=tracker.jitter_px)
