@@ -47,7 +47,7 @@ from pipeline.video.output import CODECS_BY_CONTAINER, check_audio, codec_for, c
 
 from . import leases, sink, storage, video_files, video_options
 from .events import FUSION_COMPLETED, SEGMENT_REQUESTED
-from .inputs import MARKER_SUFFIX, about, about_clip
+from .inputs import MARKER_SUFFIX, about, about_clip, uri_ref
 from .problems import Problem
 from .runtime import Runtime
 from .video_media import extension
@@ -153,8 +153,7 @@ def _read_sources(rt: Runtime, source: str | list[str]) -> list[bytes]:
     """The job's source image or images (several are averaged), each read behind the allow-list."""
     uris = source if isinstance(source, list) else [source]
     with about("source"):
-        return [storage.read_bytes(rt.allow.check(uri), rt.max_image_bytes(), rt.config.storage_timeout_s)
-                for uri in uris]
+        return [uri_ref(rt, uri).fetch(rt) for uri in uris]
 
 
 def dispatch(rt: Runtime, jobs: JobStore, doc: dict) -> None:
@@ -223,8 +222,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
         source = _read_sources(rt, job["source"])
         if job["options"].get("reference"):
             with about("reference"):
-                options.fuse.reference = storage.read_bytes(rt.allow.check(job["options"]["reference"]),
-                                                            rt.max_image_bytes(), rt.config.storage_timeout_s)
+                options.fuse.reference = uri_ref(rt, job["options"]["reference"]).fetch(rt)
         out = video_files.temp_path(".mp4")
         try:
             with INPUTS.get(job["identity"], job["input"], extension(job["input"]) or ".mp4",

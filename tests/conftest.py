@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 from pathlib import Path
 
 import pytest
+import requests
 
 from devtools.standins import write_test_models
 from pipeline import Fuser, ImageLimits, Settings, load_fuser
@@ -63,3 +65,25 @@ def settings(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Sett
 @pytest.fixture(scope="session")
 def fuser(settings: Settings) -> Fuser:
     return load_fuser(settings)
+
+
+def fuse_multipart(server, target: bytes | None = None, **fields) -> requests.Response:
+    """A multipart fusion of obama.jpg into biden.jpg (or `target`) with these option fields."""
+    files = {"source": shared_file("images", "obama.jpg").read_bytes(),
+             "target": target or shared_file("images", "biden.jpg").read_bytes()}
+    return requests.post(server.url + "/", files=files, data=fields, timeout=120)
+
+
+def fuse_json(server, **options) -> requests.Response:
+    """The same fusion as a JSON body with base64 images and these `options`."""
+    body = {"source": base64.b64encode(shared_file("images", "obama.jpg").read_bytes()).decode(),
+            "target": base64.b64encode(shared_file("images", "biden.jpg").read_bytes()).decode(), "options": options}
+    return requests.post(server.url + "/", json=body, timeout=120)
+
+
+def assert_bad_options(r: requests.Response, *named: str) -> None:
+    """A 400 problem whose detail names each of `named`."""
+    assert r.status_code == 400, r.text
+    assert r.headers["Content-Type"] == "application/problem+json"
+    for word in named:
+        assert word in r.json()["detail"], (word, r.json())

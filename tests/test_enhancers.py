@@ -3,7 +3,6 @@ choice of role, and their options over HTTP, events and the CLI."""
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from pipeline.paste import paste_back
 from pipeline.selection import Selection
 
 from .conftest import REPO, shared_file
+from .conftest import assert_bad_options as _problem
+from .conftest import fuse_json as _json
+from .conftest import fuse_multipart as _multipart
 from .server import FunctionServer
 
 # FaceFusion's WARP_TEMPLATES (facefusion/face_helper.py), typed in here from its source.
@@ -221,23 +223,6 @@ def server(enhancer_root, store, tmp_path_factory):
     srv.stop()
 
 
-def _multipart(server, target: bytes | None = None, **fields) -> requests.Response:
-    files = {"source": shared_file("images", "obama.jpg").read_bytes(),
-             "target": target or shared_file("images", "biden.jpg").read_bytes()}
-    return requests.post(server.url + "/", files=files, data=fields, timeout=120)
-
-
-def _json(server, **options) -> requests.Response:
-    body = {"source": base64.b64encode(shared_file("images", "obama.jpg").read_bytes()).decode(),
-            "target": base64.b64encode(shared_file("images", "biden.jpg").read_bytes()).decode(), "options": options}
-    return requests.post(server.url + "/", json=body, timeout=120)
-
-
-def _problem(r: requests.Response, *named: str) -> None:
-    assert r.status_code == 400, r.text
-    assert r.headers["Content-Type"] == "application/problem+json"
-    for word in named:
-        assert word in r.json()["detail"], (word, r.json())
 
 
 def test_enhancer_options_over_http(server, store):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
-import requests
 
 from devtools.standins import OCCLUDED_RECT, identity_swapper_model, parser_layout, write_test_models
 from function.fusion import parse_options
@@ -23,6 +21,9 @@ from pipeline.models import InSwapper
 from pipeline.paste import paste_back
 
 from .conftest import REPO, shared_file
+from .conftest import assert_bad_options as _problem
+from .conftest import fuse_json as _json
+from .conftest import fuse_multipart as _multipart
 from .server import FunctionServer
 
 
@@ -235,23 +236,6 @@ def servers(mask_root, tmp_path_factory, scrfd_path):
             srv.stop()
 
 
-def _multipart(server, **fields) -> requests.Response:
-    files = {"source": shared_file("images", "obama.jpg").read_bytes(),
-             "target": shared_file("images", "biden.jpg").read_bytes()}
-    return requests.post(server.url + "/", files=files, data=fields, timeout=120)
-
-
-def _json(server, **opts) -> requests.Response:
-    body = {"source": base64.b64encode(shared_file("images", "obama.jpg").read_bytes()).decode(),
-            "target": base64.b64encode(shared_file("images", "biden.jpg").read_bytes()).decode(), "options": opts}
-    return requests.post(server.url + "/", json=body, timeout=120)
-
-
-def _problem(r: requests.Response, *named: str) -> None:
-    assert r.status_code == 400, r.text
-    assert r.headers["Content-Type"] == "application/problem+json"
-    for word in named:
-        assert word in r.json()["detail"], (word, r.json())
 
 
 def test_quality_options_over_http(servers):
