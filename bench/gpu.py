@@ -2,11 +2,16 @@
 
     python -m bench.gpu                      # on a GPU machine: compute-realistic stand-ins, EXECUTION_PROVIDERS=cuda
     python -m bench.gpu --cpu --requests 4   # the same run on the CPU with the small stand-ins (CI runs this)
+    python -m bench.gpu --configs batched,unbatched,batched@4   # @N: that config with WORKERS=N processes
 
 Models: on a GPU, compute-realistic stand-ins of the real sizes (the inswapper proxy does ~47 GMAC,
 the recognizer is arcface-sized, the detector is the real SCRFD), built with
 `../shared/gpu/build_proxies.py` (or `.gpu/build_proxies.py` where the checkout carries it); on the CPU,
-the small stand-ins of `devtools`. Both are written as a model set with this project's manifest.
+the small stand-ins of `devtools` (`--proxies` takes the proxies there too, to try the GPU run's models
+on a CPU). Both are written as a model set with this project's manifest.
+
+The load comes from several client processes (each with its own connections, one per thread), so the
+client's own interpreter is not what caps requests/s at high concurrency.
 
 The run prints, in one go: process start to `/readyz` 200 and to the first answer; each model's ms per
 run in-process; then, over HTTP with the server as production starts it, requests/s and p50/p99 at
@@ -16,13 +21,15 @@ each concurrency for a 1920x1080 and a 3840x2160 frame with one face and the 29-
 `batched`, the defaults, then `unbatched`: BATCH_WAIT_MS=0 and BATCH_MAX=1, one face per swapper run and
 graphs as published), with the ratio of the two. The model table says, per config, each model's ms at
 batch 1 and per row of a batch of 8 (where the prepared graph has a free batch axis) and whether its
-graph was served in fp16 (MODEL_FP16, with the measured error when refused).
+graph was served in fp16 (MODEL_FP16, with the measured error when refused); its `fp32` rows
+(`--model-only`, MODEL_FP16=off) are the fp16 baseline, measured but not served.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -46,7 +53,6 @@ from bench.common import (
     table,
     worker_pids,
 )
-from bench.serve import drive
 
 
 def _proxy_builder():
@@ -61,13 +67,13 @@ def _proxy_builder():
     raise SystemExit("build_proxies.py not found in .gpu/ or ../shared/gpu/")
 
 
-def build_models(root: Path, cpu: bool) -> Path:
-    """A model set under `root` (with `current`): small stand-ins on the CPU, proxies of real cost on a GPU."""
+def build_models(root: Path, standins: bool) -> Path:
+    """A model set under `root` (with `current`): the small stand-ins, or proxies of real cost."""
     import onnx
 
     from pipeline import atomic_symlink, manifest_document, sha256_file, write_manifest_file
 
-    if cpu:
+    if standins:
         from devtools.standins import write_test_models
 
         write_test_models(root, detector=SCRFD, enhancer=False)
@@ -88,18 +94,29 @@ def build_models(root: Path, cpu: bool) -> Path:
     return root
 
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, str]] = {
     # batching on: the defaults (BATCH_WAIT_MS 2 on a GPU, 0 on the CPU; all faces of a frame in one run)
     "batched": {},
     # the baseline: no micro-batching, no batch axis, one face per swapper run
     "unbatched": {"BATCH_WAIT_MS": "0", "BATCH_MAX": "1"},
+    # batched, with fp32 graphs only (MODEL_FP16=off): the model table's baseline for fp16
+    "fp32": {"MODEL_FP16": "off"},
 }
+
+
+def parse_config(spec: str) -> tuple[str, int]:
+    """`batched@4` -> ("batched", 4): a config of CONFIGS served by that many worker processes."""
+    name, _, workers = spec.partition("@")
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; use one of {', '.join(CONFIGS)} (with @N for N workers)")
+    return name, int(workers or 1)
 
 
 def _settings(models: Path, cache: Path, providers: str, config: str):
     from pipeline import Settings
 
-    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers, **CONFIGS[config]}
+    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
+           **CONFIGS[parse_config(config)[0]]}
     return Settings.from_env(env)
 
 
@@ -200,46 +217,120 @@ def gpu_memory_mib(pids: set[str]) -> list[list]:
     return [[pid, float(used)] for pid, used in nvidia_smi("pid,used_memory", "compute-apps") if pid in pids]
 
 
+def _client_process(url: str, files: dict, data: dict, threads: int, count: int, barrier, results) -> None:
+    """One load process: `threads` threads with a connection each send `count` requests between them,
+    starting together with the other client processes; puts (start, end, latencies ms, errors)."""
+    import requests as http
+
+    sessions = [http.Session() for _ in range(threads)]
+    for session in sessions:  # open and warm each connection
+        session.post(url, files=files, data=data, timeout=300)
+    left = iter(range(count))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = 0
+
+    def work(session) -> None:
+        nonlocal errors
+        while True:
+            with lock:
+                if next(left, None) is None:
+                    return
+            t = time.perf_counter()
+            r = session.post(url, files=files, data=data, timeout=300)
+            with lock:
+                latencies.append((time.perf_counter() - t) * 1000)
+                errors += r.status_code != 200
+    barrier.wait()
+    start = time.time()
+    pool = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    results.put((start, time.time(), latencies, errors))
+
+
+def load(url: str, files: dict, data: dict, concurrency: int, count: int, procs: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, errors) for `count` requests at `concurrency`, sent from up to
+    `procs` client processes that start together."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = max(1, min(procs, concurrency, count))
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
+    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    counts = [count // procs + (i < count % procs) for i in range(procs)]
+    clients = [ctx.Process(target=_client_process, args=(url, files, data, shares[i], counts[i], barrier, results))
+               for i in range(procs)]
+    for client in clients:
+        client.start()
+    got = [results.get(timeout=600) for _ in clients]
+    for client in clients:
+        client.join()
+    latencies = [ms for _, _, lat, _ in got for ms in lat]
+    wall = max(end for _, end, _, _ in got) - min(start for start, _, _, _ in got)
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return count / wall, statistics.median(latencies), q[98], sum(errors for *_, errors in got)
+
+
+def wait_ready(url: str, proc, workers: int, started: float) -> float:
+    """Seconds from `started` to the first `/readyz` 200, then (with several workers sharing the
+    socket) until 4 answers per worker in a row are 200, so the load does not meet a loading worker."""
+    ready_s = None
+    in_a_row = 0
+    while time.perf_counter() - started < 300:
+        if proc.poll() is not None:
+            raise SystemExit(f"the function exited with {proc.returncode}")
+        try:
+            r = requests.get(url + "readyz", timeout=2)
+            if r.status_code == 200:
+                ready_s = ready_s or time.perf_counter() - started
+                in_a_row += 1
+                if in_a_row >= 4 * workers - 3:
+                    return ready_s
+                continue
+            in_a_row = 0
+            if r.json().get("status") == "failed":
+                raise SystemExit(f"not ready: {r.json().get('reason')}")
+        except requests.RequestException:
+            in_a_row = 0
+        time.sleep(0.02)
+    raise SystemExit("the function was not ready within 300 s")
+
+
 def serve_config(config: str, models: Path, cache: Path, providers: str, images: dict, source: bytes,
-                 levels: list[int], requests_per_row: int, workers: int) -> dict:
+                 levels: list[int], requests_per_row: int, client_procs: int) -> dict:
     """Start the function with `config`'s settings and measure cold start, stages, throughput, memory."""
+    name, workers = parse_config(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
            "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench-gpu", "DRAIN_SECONDS": "0",
-           "WORKERS": str(workers), **CONFIGS[config]}
+           "WORKERS": str(workers), **CONFIGS[name]}
     started = time.perf_counter()
     proc = spawn(function_command(port), env)
-    out: dict = {"config": config, "rows": [], "stages": [], "memory": []}
+    out: dict = {"config": config, "workers": workers, "rows": [], "stages": [], "memory": []}
     try:
-        while time.perf_counter() - started < 300:
-            if proc.poll() is not None:
-                raise SystemExit(f"the function exited with {proc.returncode}")
-            try:
-                r = requests.get(url + "readyz", timeout=2)
-                if r.status_code == 200:
-                    out["ready_s"] = time.perf_counter() - started
-                    break
-                if r.json().get("status") == "failed":
-                    raise SystemExit(f"not ready: {r.json().get('reason')}")
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
+        out["ready_s"] = wait_ready(url, proc, workers, started)
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s", flush=True)
-        for name, (target, data) in images.items():
-            count = requests_per_row if name != "solvay" else max(3, requests_per_row // 4)
-            stages = stage_ms(url, {"source": source, "target": target}, data, max(3, count // 20))
-            out["stages"].append([config, name, *(f"{k} {v:.1f}" for k, v in stages.items())])
+        for image, (target, data) in images.items():
+            count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
+            files = {"source": source, "target": target}
+            stages = stage_ms(url, files, data, max(3, count // 20))
+            out["stages"].append([config, image, *(f"{k} {v:.1f}" for k, v in stages.items())])
             for c in levels:
                 with UtilSampler() as util:
-                    rps, p50, p99, errors = drive(url, lambda i, t=target: {"source": source, "target": t}, c, count, data)
+                    rps, p50, p99, errors = load(url, files, data, c, max(count, c), client_procs)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
-                out["rows"].append([name, c, rps, p50, p99, errors, gpu_util, config])
+                out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, config])
                 print(table(ROW_HEADERS, [out["rows"][-1]]), flush=True)
-        out["memory"] = [[config, *row] for row in gpu_memory_mib({str(p) for p in worker_pids(proc.pid)})]
+        pids = worker_pids(proc.pid)
+        out["serving_processes"] = len(pids)
+        out["memory"] = [[config, *row] for row in gpu_memory_mib({str(p) for p in pids})]
     finally:
         stop_process(proc)
     return out
@@ -251,29 +342,38 @@ ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "G
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU with the small stand-ins")
+    parser.add_argument("--proxies", action="store_true", help="with --cpu: the compute-realistic proxies all the same")
     parser.add_argument("--requests", type=int, default=200, help="requests per row (a quarter for solvay)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--images", default="1080p,4k,solvay")
     parser.add_argument("--model-runs", type=int, default=50)
-    parser.add_argument("--configs", default="batched,unbatched", help=f"of {', '.join(CONFIGS)}; the first is the "
-                        "one measured, the others baselines in the same run")
-    parser.add_argument("--workers", type=int, default=1, help="WORKERS: serving processes sharing the GPU")
+    parser.add_argument("--configs", default="batched,unbatched", help=f"of {', '.join(CONFIGS)}, each with @N for "
+                        "WORKERS=N processes sharing the GPU (default 1); the first is the one measured, the second "
+                        "its baseline in the same run")
+    parser.add_argument("--model-only", default="fp32", help="configs measured in the model table only (not served)")
+    parser.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+                        help="load-generating processes")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     configs = args.configs.split(",")
+    for config in configs:
+        parse_config(config)
     providers = "cpu" if args.cpu else "cuda"
+    standins = args.cpu and not args.proxies
     work = Path(tempfile.mkdtemp(prefix="ff-bench-gpu-"))
     t = time.perf_counter()
-    models = build_models(work / "models", args.cpu)
-    print(f"model set built in {time.perf_counter() - t:.1f} s ({'stand-ins' if args.cpu else 'compute-realistic proxies'})",
+    models = build_models(work / "models", standins)
+    print(f"model set built in {time.perf_counter() - t:.1f} s ({'stand-ins' if standins else 'compute-realistic proxies'})",
           flush=True)
     model_rows: list[list] = []
     active: dict[str, str] = {}
-    for config in configs:  # also prepares each config's graphs, so cold starts below are prepared starts
-        t = time.perf_counter()
-        rows, active = per_model_ms(models, work / "cache", providers, args.model_runs, config)
+    extra = [c for c in args.model_only.split(",") if c]
+    for name in dict.fromkeys([parse_config(c)[0] for c in configs] + [parse_config(c)[0] for c in extra]):  # also prepares each config's graphs,
+        t = time.perf_counter()                                      # so the cold starts below are prepared starts
+        rows, active = per_model_ms(models, work / "cache", providers, args.model_runs, name)
         model_rows += rows
-        print(f"[{config}] prepared and measured in {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"[{name}] prepared and measured in {time.perf_counter() - t:.1f} s", flush=True)
     model_headers = ["config", "model", "provider", "ms per run", "ms per row of 8", "fp16 (error)"]
     print(table(model_headers, model_rows), flush=True)
 
@@ -282,21 +382,27 @@ def main(argv: list[str] | None = None) -> dict:
              "solvay": ((SHARED / "images" / "solvay_conference_1927.png").read_bytes(), {"faces": "all"})}
     images = {name: every[name] for name in args.images.split(",")}
     images.setdefault("1080p", every["1080p"])  # the first answer of the cold start
-    runs = [serve_config(config, models, work / "cache", providers, images, source, levels, args.requests, args.workers)
-            for config in configs]
+    runs = []
+    for config in configs:  # a config that fails is reported and the others still run
+        try:
+            runs.append(serve_config(config, models, work / "cache", providers, images, source, levels, args.requests,
+                                     args.client_procs))
+        except (SystemExit, AssertionError, OSError, requests.RequestException) as exc:
+            print(f"[{config}] FAILED: {exc}", flush=True)
     print()
     print(f"function on {'CPU' if args.cpu else 'GPU'} ({providers}; {active}); {args.requests} requests per row "
-          f"(solvay: a quarter); WORKERS={args.workers}; {os.cpu_count()} CPUs")
+          f"(solvay: a quarter); {args.client_procs} client processes; {os.cpu_count()} CPUs")
     for run in runs:
         print(f"[{run['config']}] process start -> /readyz 200: {run['ready_s']:.2f} s; -> first answer: {run['first_s']:.2f} s")
     print(table(model_headers, model_rows))
     rows = [row for run in runs for row in run["rows"]]
     print(table(ROW_HEADERS, rows))
-    if len(runs) > 1:
-        base = {(r[0], r[1]): r for r in runs[1]["rows"]}
+    for other in runs[1:]:
+        base = {(r[0], r[1]): r for r in other["rows"]}
         gains = [[r[0], r[1], r[2] / base[(r[0], r[1])][2], base[(r[0], r[1])][3] - r[3]]
                  for r in runs[0]["rows"] if (r[0], r[1]) in base]
-        print(table(["image", "concurrency", f"req/s {runs[0]['config']} / {runs[1]['config']}", "p50 ms saved"], gains))
+        print(table(["image", "concurrency", f"req/s {runs[0]['config']} / {other['config']}",
+                     f"p50 ms saved vs {other['config']}"], gains))
     print("server stages, median ms at concurrency 1:")
     for run in runs:
         for row in run["stages"]:
@@ -304,9 +410,14 @@ def main(argv: list[str] | None = None) -> dict:
     memory = [row for run in runs for row in run["memory"]]
     if memory:
         print(table(["config", "worker pid", "GPU memory MiB"], memory))
+    if not runs:
+        raise SystemExit("no config could be served")
     main_run = runs[0]
-    return {"ready_s": main_run["ready_s"], "first_s": main_run["first_s"], "models": model_rows,
-            "rows": main_run["rows"], "runs": runs, "memory": memory}
+    result = {"ready_s": main_run["ready_s"], "first_s": main_run["first_s"], "models": model_rows,
+              "rows": main_run["rows"], "runs": runs, "memory": memory}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return result
 
 
 if __name__ == "__main__":
