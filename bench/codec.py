@@ -7,7 +7,9 @@ JPEG bytes to a host BGR uint8 HxWx3 array with EXIF orientation applied (for nv
 device-to-host copy and, when the library cannot write BGR itself, the RGB->BGR swap); encode takes host BGR
 to JPEG bytes at quality 92. Per codec and image: the median ms per image in one thread, images/s with
 `--threads` threads at once (the server decodes in many request threads), and for nvImageCodec a batched
-decode of `--threads` images in one `Decoder.decode` call. Decoded pixels are compared with OpenCV's decode
+decode of `--threads` images in one `Decoder.decode` call. `nvimgcodec` is what the server runs (one
+Decoder and one Encoder, each behind a lock); `nvimgcodec/thread` gives every thread its own pair, to show
+whether separate instances would scale. Decoded pixels are compared with OpenCV's decode
 (mean absolute difference); the ratio column is nvImageCodec's time over OpenCV's (below 1: the GPU wins).
 
 Without nvImageCodec or a CUDA device (the CPU image, CI) the nvImageCodec rows say why they are
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +74,33 @@ def open_nvimgcodec() -> tuple[Any | None, str]:
         return open_gpu_jpeg(0), ""
     except Exception as exc:  # GpuJpegUnavailable, or anything a wrong guess about the API raises
         return None, f"unavailable: {exc}"
+
+
+class PerThreadGpuJpeg:
+    """One GpuJpeg per thread (its own Decoder and Encoder), with the checked codec's BGR/RGB choices: shows
+    whether separate instances decode in parallel where the server's one shared, locked instance cannot."""
+
+    name = "nvimgcodec/thread"
+
+    def __init__(self, checked: Any) -> None:
+        self.checked = checked
+        self.local = threading.local()
+
+    def _codec(self) -> Any:
+        codec = getattr(self.local, "codec", None)
+        if codec is None:
+            codec = type(self.checked)(self.checked.device_id, self.checked.nv)
+            codec.bgr_encode = self.checked.bgr_encode
+            if not self.checked.bgr_decode:
+                codec.use_rgb_decode()
+            self.local.codec = codec
+        return codec
+
+    def decode(self, data: bytes) -> np.ndarray | None:
+        return self._codec().decode(data)
+
+    def encode(self, bgr: np.ndarray, quality: int) -> bytes:
+        return self._codec().encode(bgr, quality)
 
 
 def describe(nv: Any) -> str:
@@ -152,11 +182,12 @@ def run(images: dict[str, bytes], reps: int, threads: int, nv: Any | None) -> li
                              "per_s_threads": None, "batch_ms_per_image": None, "mean_abs_diff": None,
                              "bytes": None, "error": "unavailable (see above)"})
                 continue
-            row = measure(nv, op, data, pixels, reps, threads)
-            row["image"] = image
-            if row["ms_1_thread"] and base["ms_1_thread"]:
-                row["ratio"] = row["ms_1_thread"] / base["ms_1_thread"]
-            rows.append(row)
+            for codec in (nv, PerThreadGpuJpeg(nv)):
+                row = measure(codec, op, data, pixels, reps, threads)
+                row["image"] = image
+                if row["ms_1_thread"] and base["ms_1_thread"]:
+                    row["ratio"] = row["ms_1_thread"] / base["ms_1_thread"]
+                rows.append(row)
     return rows
 
 
