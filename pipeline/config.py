@@ -210,6 +210,7 @@ class Settings:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     batching: BatchSettings = field(default_factory=BatchSettings)
     model_fp16: str = "auto"  # MODEL_FP16: auto (on for CUDA GPUs with tensor cores), on, off
+    image_codec: str = "opencv"  # IMAGE_CODEC: opencv, or nvimgcodec (JPEG on the GPU, pipeline/gpu_jpeg.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -241,6 +242,7 @@ class Settings:
             batching=BatchSettings(wait_ms=batch_wait if batch_wait >= 0 else None,
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),
             model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
+            image_codec=read.choice("IMAGE_CODEC", "opencv", ("opencv", "nvimgcodec")),
         )
         read.raise_problems()
         return settings

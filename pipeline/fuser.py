@@ -34,7 +34,7 @@ from .errors import (
 from .faces import Face
 from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
 from .identity import SourceIdentity
-from .images import DecodedImage, decode_image, encode_image
+from .images import DecodedImage, JpegCodec, decode_image, encode_image
 from .masks import DEFAULT_MASKS, MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
 from .models.enhancer import enhancer_roles, pick_enhancer
@@ -76,9 +76,11 @@ def runtime_failures() -> Iterator[None]:
 class Fuser:
     """Face fusion with one loaded model bundle; build it with `pipeline.load_fuser(settings)`."""
 
-    def __init__(self, models: ModelBundle, limits: ImageLimits | None = None) -> None:
+    def __init__(self, models: ModelBundle, limits: ImageLimits | None = None, codec: JpegCodec | None = None) -> None:
+        """`codec`: the JPEG codec IMAGE_CODEC chose (None: OpenCV), used for complete JPEGs and JPEG output."""
         self.models = models
         self.limits = limits or ImageLimits()
+        self.codec = codec
         self.detector = cast(ScrfdDetector, models.role("detector"))
         self.embedder = cast(ArcFaceEmbedder, models.role("recognizer"))
         self.swappers = swapper_roles(models.models)  # by role; option `swapper` picks one
@@ -101,9 +103,9 @@ class Fuser:
     def decode(self, data: bytes, image: str | None = None) -> DecodedImage:
         """Decode with the limits; `image` (source, target, reference) is named by any image error."""
         if image is None:
-            return decode_image(data, self.limits)
+            return decode_image(data, self.limits, self.codec)
         with _about(image):
-            return decode_image(data, self.limits)
+            return decode_image(data, self.limits, self.codec)
 
     def _detector_at(self, angles: tuple[int, ...]) -> Callable[[np.ndarray], list[Face]]:
         """Detection on a BGR image's copies rotated by `angles` (the source and reference faces')."""
@@ -315,10 +317,10 @@ class Fuser:
         with timer.stage("decode"):
             tgt = self.decode(target, "target")
         key = list_key([hashlib.sha256(blob).hexdigest() for blob in blobs])
-        result = self.fuse([partial(decode_image, blob, self.limits) for blob in blobs], tgt, options, timer,
+        result = self.fuse([partial(decode_image, blob, self.limits, self.codec) for blob in blobs], tgt, options, timer,
                            source_key=key)
         with timer.stage("encode"):
-            data, media_type = encode_image(result.image, options.output_format, options.quality)
+            data, media_type = encode_image(result.image, options.output_format, options.quality, self.codec)
         result.report.timings_ms = timer.rounded()
         return EncodedFusion(data=data, media_type=media_type, report=result.report)
 

@@ -5,6 +5,9 @@ itself then raises on truncated data instead of silently filling the missing row
 OpenCV's `imdecode` does). EXIF orientation is applied, and every input mode (grayscale, palette,
 RGBA, 16-bit, CMYK) comes out as 8-bit BGR for the models, with alpha kept aside for the output.
 Encoding uses OpenCV, which works on BGR directly and is the faster encoder of the two.
+With IMAGE_CODEC=nvimgcodec a `JpegCodec` (pipeline/gpu_jpeg.py) takes the place of OpenCV for complete
+JPEGs and JPEG output; the header checks and limits still run first and every other input takes the same
+paths as without it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -27,6 +31,14 @@ Image.MAX_IMAGE_PIXELS = None
 SUPPORTED_INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
 OUTPUT_FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+
+
+class JpegCodec(Protocol):
+    """A JPEG decoder/encoder in place of OpenCV's (pipeline/gpu_jpeg.py's GpuJpeg)."""
+
+    def decode(self, data: bytes) -> np.ndarray | None: ...
+
+    def encode(self, bgr: np.ndarray, quality: int) -> bytes: ...
 
 
 @dataclass
@@ -118,17 +130,21 @@ def _complete_jpeg(data: bytes, fmt: str) -> bool:
     return fmt == "JPEG" and data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+def decode_image(data: bytes, limits: ImageLimits, codec: JpegCodec | None = None) -> DecodedImage:
     """Decode `data` into BGR pixels, honouring limits and EXIF orientation.
 
     Complete JPEGs go straight to OpenCV (which applies EXIF orientation itself and writes BGR without
     the intermediate copy Pillow's array export makes: 1080p in 8 ms instead of 21 ms); every other
-    input is decoded by Pillow, which raises on truncated data.
+    input is decoded by Pillow, which raises on truncated data. `codec` (IMAGE_CODEC=nvimgcodec) decodes
+    the complete JPEGs instead of OpenCV; what it cannot decode takes Pillow's path, as OpenCV's failures do.
     """
     img = _open_checked(data, limits)
     fmt = img.format or ""
     if _complete_jpeg(data, fmt):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if codec is not None:
+            bgr = codec.decode(data)
+        else:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if bgr is not None:
             return DecodedImage(bgr=bgr, alpha=None, source_format="jpeg")
     try:
@@ -145,11 +161,16 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
                         source_format=fmt.lower())
 
 
-def encode_image(image: DecodedImage, fmt: str = "jpeg", quality: int = 92) -> tuple[bytes, str]:
-    """Encode to jpeg/png/webp; returns (bytes, media type). Alpha survives in PNG and WebP."""
+def encode_image(image: DecodedImage, fmt: str = "jpeg", quality: int = 92,
+                 codec: JpegCodec | None = None) -> tuple[bytes, str]:
+    """Encode to jpeg/png/webp; returns (bytes, media type). Alpha survives in PNG and WebP.
+
+    `codec` (IMAGE_CODEC=nvimgcodec) encodes JPEG output instead of OpenCV."""
     fmt = normalise_format(fmt)
     if not 1 <= quality <= 100:
         raise InvalidOptions(f"quality must be between 1 and 100, got {quality}")
+    if fmt == "jpeg" and codec is not None:
+        return codec.encode(image.bgr, quality), OUTPUT_FORMATS[fmt]
     pixels = image.bgr
     if image.alpha is not None and fmt in ("png", "webp"):
         pixels = np.dstack([pixels, image.alpha])

@@ -23,6 +23,7 @@ from .batching import MicroBatcher
 from .config import Settings
 from .errors import ModelSetInvalid
 from .fuser import Fuser
+from .gpu_jpeg import open_image_codec
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
 from .models import ModelKind, kind_class
@@ -143,5 +144,9 @@ def load_models(settings: Settings) -> ModelBundle:
 
 
 def load_fuser(settings: Settings) -> Fuser:
-    """A Fuser over the models of `settings`, with its image limits."""
-    return Fuser(load_models(settings), settings.limits)
+    """A Fuser over the models of `settings`, with its image limits and JPEG codec.
+
+    The codec is opened first: IMAGE_CODEC=nvimgcodec without a working nvImageCodec refuses readiness
+    (GpuJpegUnavailable) before any model is loaded, never falling back to OpenCV."""
+    codec = open_image_codec(settings.image_codec, settings.gpu.device_id)
+    return Fuser(load_models(settings), settings.limits, codec)
