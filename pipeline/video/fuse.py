@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
@@ -40,6 +39,7 @@ from ..sources import check_count, list_key
 from ..timing import StageTimer
 from .info import VideoInfo, probe
 from .output import VideoOptions, add_video_stream, check_audio, codec_for, container_of
+from .pyav import av
 from .segments import Segment
 from .smoothing import FaceTracker
 from .stages import Channel, Pipeline

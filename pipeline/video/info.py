@@ -14,7 +14,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from ..config import VideoLimits
@@ -27,6 +26,7 @@ from ..errors import (
     VideoTooLarge,
     VideoTooLong,
 )
+from .pyav import av
 
 # Decoders whose frames the pipeline has been run on; FFmpeg decodes many more (gif, screen codecs),
 # which we refuse (415) rather than promise.

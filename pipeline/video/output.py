@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
-
 from ..config import EnvReader
 from ..errors import UnsupportedVideoOutput
 from ..fusion_types import FuseOptions
 from .info import VideoInfo
+from .pyav import av
 
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 DEFAULT_CODECS = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9"}

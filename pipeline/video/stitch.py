@@ -19,10 +19,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
-
 from ..errors import UndecodableVideo, UnsupportedVideoOutput
 from .output import check_audio, container_of
+from .pyav import av
 
 
 @dataclass
