@@ -101,6 +101,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "unbatched": {"BATCH_WAIT_MS": "0", "BATCH_MAX": "1"},
     # batched, with fp32 graphs only (MODEL_FP16=off): the model table's baseline for fp16
     "fp32": {"MODEL_FP16": "off"},
+    # batched, with JPEG decode and encode on the GPU (nvImageCodec) instead of OpenCV
+    "nvimgcodec": {"IMAGE_CODEC": "nvimgcodec"},
 }
 
 
@@ -354,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
                         help="load-generating processes")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--work", type=Path, help="a folder for the model set and prepared graphs, kept and reused "
+                        "by a later run (default: a new temporary folder)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     configs = args.configs.split(",")
@@ -361,10 +365,14 @@ def main(argv: list[str] | None = None) -> dict:
         parse_config(config)
     providers = "cpu" if args.cpu else "cuda"
     standins = args.cpu and not args.proxies
-    work = Path(tempfile.mkdtemp(prefix="ff-bench-gpu-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="ff-bench-gpu-"))
     t = time.perf_counter()
-    models = build_models(work / "models", standins)
-    print(f"model set built in {time.perf_counter() - t:.1f} s ({'stand-ins' if standins else 'compute-realistic proxies'})",
+    models = work / "models"
+    reused = (models / "current").exists()
+    if not reused:
+        build_models(models, standins)
+    print(f"model set {'reused from' if reused else 'built in'} {work if reused else f'{time.perf_counter() - t:.1f} s'} "
+          f"({'stand-ins' if standins else 'compute-realistic proxies'})",
           flush=True)
     model_rows: list[list] = []
     active: dict[str, str] = {}

@@ -1,18 +1,39 @@
 #!/bin/bash
-# The GPU bench on a machine without network (the lent H100/H200): copy ../shared/gpu/ into an ignored
-# .gpu/ folder with the wheels the function needs in .gpu/wheels/ and, for a machine without ../shared,
-# the files bench.gpu reads in .gpu/shared/ (see ../shared/gpu/README.md); then run this script there.
+# The GPU benches on a machine without network (the lent H100/H200), as one prepared run.
+#
+# Here, before: copy ../shared/gpu/ into the ignored .gpu/ folder with the wheels the function needs in
+# .gpu/wheels/ (see ../shared/gpu/README.md), the files bench.gpu reads in .gpu/shared/ (images/obama.jpg,
+# images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
+# for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
+#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu codec gpucodec" by default)
 set -u
 cd "$(dirname "$0")/.."
+O=${OUT:-/tmp}
 . .gpu/env.sh || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl 2>&1 | tail -2
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
-timeout "${BENCH_TIMEOUT:-420}" python3 -m bench.gpu --requests "${REQUESTS:-120}" --concurrency 1,8,32 2>&1 | tee "${OUT:-/tmp}/bench-gpu.log"
-echo "bench rc=${PIPESTATUS[0]}"
-# optional: frame and micro-batching in-process with the compute-realistic proxies (about a minute more)
-if [ "${BATCHING_BENCH:-0}" = 1 ]; then
-  timeout 180 python3 -m bench.batching --proxies --providers cuda --reps 9 --requests 96 2>&1 | tee "${OUT:-/tmp}/bench-batching.log"
+if [ -f .gpu/codec.tar.xz ]; then  # nvImageCodec and nvJPEG, trimmed to what Python 3.12 needs
+  mkdir -p /tmp/nvimg && tar -xJf .gpu/codec.tar.xz -C /tmp/nvimg
+  export LD_LIBRARY_PATH="/tmp/nvimg/nvidia/cu13/lib:$LD_LIBRARY_PATH"
 fi
+export PYTHONPATH=$PWD:/tmp/site:/tmp/nvimg PYTHONUNBUFFERED=1
+[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$O/machine.txt"
+nproc | tee -a "$O/machine.txt"
+python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
+WORK=/tmp/ff-bench-gpu
+for step in ${STEPS:-gpu codec gpucodec}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    gpu)  # the issue's bench: batching on (the measured config), off (the baseline), and four workers
+      timeout "${GPU_TIMEOUT:-330}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" \
+        --configs "${CONFIGS:-batched,unbatched,batched@4}" --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
+    codec)  # JPEG decode/encode: OpenCV against nvImageCodec, in-process
+      timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log" ;;
+    gpucodec)  # the server with IMAGE_CODEC=nvimgcodec (graphs prepared by the gpu step, reused)
+      timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" --images 1080p,4k \
+        --configs nvimgcodec --model-only "" --json "$O/gpucodec.json" 2>&1 | tee "$O/gpucodec.log" ;;
+    batching)  # frame and micro-batching in-process with the compute-realistic proxies
+      timeout 180 python3 -m bench.batching --proxies --providers cuda --reps 9 --requests 96 2>&1 | tee "$O/batching.log" ;;
+  esac
+  echo "=== $step rc=${PIPESTATUS[0]} $(date +%T)"
+done
