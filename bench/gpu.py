@@ -117,7 +117,8 @@ def parse_config(spec: str) -> tuple[str, int]:
 def _settings(models: Path, cache: Path, providers: str, config: str):
     from pipeline import Settings
 
-    env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
+    # the server's environment (it inherits ours), so the graphs prepared here are the ones it loads
+    env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
            **CONFIGS[parse_config(config)[0]]}
     return Settings.from_env(env)
 
@@ -157,7 +158,8 @@ def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: s
         fp16 = notes.get("fp16_error")
         rows.append([config, role, bundle.active[role][0], _median_ms(session, 1, runs), _median_ms(session, batch, runs) / batch if free else float("nan"),
                      "off" if not recipe.fp16 else "yes" if notes.get("fp16") else
-                     ("refused" if fp16 is None else f"refused ({fp16:.3g})")])
+                     ("refused" if fp16 is None else f"refused ({fp16:.3g})"),
+                     "" if free or not recipe.batch else notes.get("batch_why", "?")[:90]])
     return rows, {role: names[0] for role, names in bundle.active.items()}
 
 
@@ -276,9 +278,10 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int, procs:
     return count / wall, statistics.median(latencies), q[98], sum(errors for *_, errors in got)
 
 
-def wait_ready(url: str, proc, workers: int, started: float) -> float:
+def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
     """Seconds from `started` to the first `/readyz` 200, then (with several workers sharing the
-    socket) until 4 answers per worker in a row are 200, so the load does not meet a loading worker."""
+    socket) until 4 answers per worker in a row are 200, so the load does not meet a loading worker.
+    `timings` gets the first ready process's own account (model_load, warmup, cold_start)."""
     ready_s = None
     in_a_row = 0
     while time.perf_counter() - started < 300:
@@ -287,7 +290,9 @@ def wait_ready(url: str, proc, workers: int, started: float) -> float:
         try:
             r = requests.get(url + "readyz", timeout=2)
             if r.status_code == 200:
-                ready_s = ready_s or time.perf_counter() - started
+                if ready_s is None:
+                    ready_s = time.perf_counter() - started
+                    timings.update(r.json().get("timings_s", {}))
                 in_a_row += 1
                 if in_a_row >= 4 * workers - 3:
                     return ready_s
@@ -312,13 +317,14 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
            "WORKERS": str(workers), **CONFIGS[name]}
     started = time.perf_counter()
     proc = spawn(function_command(port), env)
-    out: dict = {"config": config, "workers": workers, "rows": [], "stages": [], "memory": []}
+    out: dict = {"config": config, "workers": workers, "rows": [], "stages": [], "memory": [], "timings_s": {}}
     try:
-        out["ready_s"] = wait_ready(url, proc, workers, started)
+        out["ready_s"] = wait_ready(url, proc, workers, started, out["timings_s"])
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s", flush=True)
+        print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
+              f"the process's own account: {out['timings_s']}", flush=True)
         for image, (target, data) in images.items():
             count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
             files = {"source": source, "target": target}
@@ -382,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows, active = per_model_ms(models, work / "cache", providers, args.model_runs, name)
         model_rows += rows
         print(f"[{name}] prepared and measured in {time.perf_counter() - t:.1f} s", flush=True)
-    model_headers = ["config", "model", "provider", "ms per run", "ms per row of 8", "fp16 (error)"]
+    model_headers = ["config", "model", "provider", "ms per run", "ms per row of 8", "fp16 (error)", "no batch axis: why"]
     print(table(model_headers, model_rows), flush=True)
 
     source = (SHARED / "images" / "obama.jpg").read_bytes()
@@ -401,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"function on {'CPU' if args.cpu else 'GPU'} ({providers}; {active}); {args.requests} requests per row "
           f"(solvay: a quarter); {args.client_procs} client processes; {os.cpu_count()} CPUs")
     for run in runs:
-        print(f"[{run['config']}] process start -> /readyz 200: {run['ready_s']:.2f} s; -> first answer: {run['first_s']:.2f} s")
+        print(f"[{run['config']}] process start -> /readyz 200: {run['ready_s']:.2f} s; -> first answer: {run['first_s']:.2f} s "
+              f"({', '.join(f'{k} {v} s' for k, v in run['timings_s'].items())})")
     print(table(model_headers, model_rows))
     rows = [row for run in runs for row in run["rows"]]
     print(table(ROW_HEADERS, rows))

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 BATCH_DIM = "batch"
 # Rows of a batched run may differ from single runs by the kernels' blocking (another summation order):
-# measured up to ~1e-6 relative on the CPU stand-ins. A wrong rewrite mixes rows or fails outright.
-BATCH_TOLERANCE = 1e-4
+# up to ~1e-6 relative on the CPU. On a GPU the CUDA provider convolves in TF32 by default and cuDNN
+# picks another algorithm per batch size, so rows round differently; 1e-4 refused every graph on an H100
+# (micro-batching never ran there). A wrong rewrite mixes the rows of independent random probes or fails
+# outright: errors of the order of the outputs themselves, far above 1%.
+BATCH_TOLERANCE = 1e-2
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                 onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 

@@ -171,7 +171,7 @@ class GpuSettings:
     mem_limit_mb: int | None = None
     trt_fp16: bool = True
     trt_max_workspace_mb: int = 2048
-    name: str = ""  # the GPU model (NVIDIA_GPU_NAME, else NVIDIA_VISIBLE_DEVICES): part of artefact keys
+    name: str = ""  # NVIDIA_GPU_NAME: the GPU model in artefact keys, when set (else read from the device)
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ class Settings:
                 mem_limit_mb=mem_limit or None,
                 trt_fp16=read.bool("TRT_FP16", True),
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
-                name=read.str("NVIDIA_GPU_NAME") or read.str("NVIDIA_VISIBLE_DEVICES") or "",
+                name=read.str("NVIDIA_GPU_NAME") or "",
             ),
             batching=BatchSettings(wait_ms=batch_wait if batch_wait >= 0 else None,
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),

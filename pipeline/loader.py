@@ -23,6 +23,7 @@ from .batching import MicroBatcher
 from .config import Settings
 from .errors import ModelSetInvalid
 from .fuser import Fuser
+from .gpu_info import gpu_model
 from .gpu_jpeg import open_image_codec
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
@@ -60,8 +61,12 @@ def _kind(entry: ModelEntry) -> type[ModelKind]:
 
 
 def graph_recipe(settings: Settings, providers: list[str]) -> GraphRecipe:
-    """What the optimised graphs are built to: a batch axis unless BATCH_MAX is 1, fp16 per MODEL_FP16."""
-    return GraphRecipe(gpu=settings.gpu.name, batch=settings.batching.max_size > 1,
+    """What the optimised graphs are built to: for which GPU model (NVIDIA_GPU_NAME, else the device's
+    model and compute capability where a GPU provider comes first), a batch axis unless BATCH_MAX is 1,
+    fp16 per MODEL_FP16."""
+    on_gpu = bool(providers) and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    gpu = settings.gpu.name or (gpu_model(settings.gpu.device_id) if on_gpu else "")
+    return GraphRecipe(gpu=gpu, batch=settings.batching.max_size > 1,
                        fp16=fp16_wanted(settings.model_fp16, providers, settings.gpu.device_id))
 
 

@@ -14,7 +14,6 @@ of the fp32 graph's, as a fraction of each output's range: 1% is 2.5 grey levels
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from .batch_axis import probe_feeds
+from .gpu_info import gpu_compute_capability
 
 FP16_TOLERANCE = 0.01
 
@@ -53,24 +53,6 @@ def tensor_cores(compute_capability: str) -> bool:
         return float(compute_capability) >= 7.0
     except ValueError:
         return False
-
-
-def gpu_compute_capability(device_id: int) -> str:
-    """`major.minor` of the GPU (NVML, else nvidia-smi); empty when neither answers."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(device_id))
-        return f"{major}.{minor}"
-    except Exception:  # no library, no driver, no device
-        pass
-    try:
-        out = subprocess.run(["nvidia-smi", "-i", str(device_id), "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.splitlines()[0].strip() if out else ""
 
 
 def fp16_wanted(mode: str, providers: Sequence[str], device_id: int = 0,

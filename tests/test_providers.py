@@ -47,3 +47,16 @@ def test_auto_on_a_cpu_runtime_serves_and_reports_each_models_provider(model_roo
         assert 'facefusion_model_provider_info{provider="CPUExecutionProvider",role="swapper"} 1.0' in text
     finally:
         server.stop()
+
+
+def test_graphs_are_keyed_by_the_gpu_model_not_the_cards_uuid():
+    """A `warmup prepare` Job and each serving pod see different card UUIDs in NVIDIA_VISIBLE_DEVICES;
+    their optimised graphs must share one key, or every pod rebuilds them at start."""
+    from pipeline.loader import graph_recipe
+
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    job = graph_recipe(Settings.from_env({"NVIDIA_VISIBLE_DEVICES": "GPU-1b2c"}), cuda)
+    pod = graph_recipe(Settings.from_env({"NVIDIA_VISIBLE_DEVICES": "GPU-9f8e"}), cuda)
+    assert job.token() == pod.token()
+    named = graph_recipe(Settings.from_env({"NVIDIA_GPU_NAME": "NVIDIA H100 80GB HBM3"}), cuda)
+    assert named.gpu == "NVIDIA H100 80GB HBM3"  # the operator's name wins over what the device says
