@@ -204,16 +204,14 @@ class UtilSampler:
         self._thread.join(timeout=2)
 
 
-def stage_ms(url: str, files: dict, data: dict, count: int) -> dict[str, float]:
-    """Median server stage times from Server-Timing over `count` sequential requests."""
-    stages: dict[str, list[float]] = {}
-    for _ in range(count):
-        r = requests.post(url, files=files, data=data, timeout=300)
-        for part in r.headers.get("Server-Timing", "").split(","):
-            name, _, dur = part.strip().partition(";dur=")
-            if dur:
-                stages.setdefault(name, []).append(float(dur))
-    return {name: statistics.median(v) for name, v in stages.items()}
+def server_timing(header: str) -> dict[str, float]:
+    """`decode;dur=6.8, detect;dur=7.1` -> {"decode": 6.8, "detect": 7.1}."""
+    stages = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            stages[name] = float(dur)
+    return stages
 
 
 def gpu_memory_mib(pids: set[str]) -> list[list]:
@@ -223,7 +221,8 @@ def gpu_memory_mib(pids: set[str]) -> list[list]:
 
 def _client_process(url: str, files: dict, data: dict, threads: int, count: int, barrier, results) -> None:
     """One load process: `threads` threads with a connection each send `count` requests between them,
-    starting together with the other client processes; puts (start, end, latencies ms, errors)."""
+    starting together with the other client processes; puts (start, end, latencies ms, errors, the
+    server's stage times of each answer)."""
     import requests as http
 
     sessions = [http.Session() for _ in range(threads)]
@@ -232,6 +231,7 @@ def _client_process(url: str, files: dict, data: dict, threads: int, count: int,
     left = iter(range(count))
     lock = threading.Lock()
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
     errors = 0
 
     def work(session) -> None:
@@ -245,6 +245,7 @@ def _client_process(url: str, files: dict, data: dict, threads: int, count: int,
             with lock:
                 latencies.append((time.perf_counter() - t) * 1000)
                 errors += r.status_code != 200
+                stages.append(server_timing(r.headers.get("Server-Timing", "")))
     barrier.wait()
     start = time.time()
     pool = [threading.Thread(target=work, args=(s,)) for s in sessions]
@@ -252,12 +253,13 @@ def _client_process(url: str, files: dict, data: dict, threads: int, count: int,
         thread.start()
     for thread in pool:
         thread.join()
-    results.put((start, time.time(), latencies, errors))
+    results.put((start, time.time(), latencies, errors, stages))
 
 
-def load(url: str, files: dict, data: dict, concurrency: int, count: int, procs: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) for `count` requests at `concurrency`, sent from up to
-    `procs` client processes that start together."""
+def load(url: str, files: dict, data: dict, concurrency: int, count: int,
+         procs: int) -> tuple[float, float, float, int, dict[str, float]]:
+    """(requests/s, p50 ms, p99 ms, errors, median ms of each server stage) for `count` requests at
+    `concurrency`, sent from up to `procs` client processes that start together."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -272,10 +274,16 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int, procs:
     got = [results.get(timeout=600) for _ in clients]
     for client in clients:
         client.join()
-    latencies = [ms for _, _, lat, _ in got for ms in lat]
-    wall = max(end for _, end, _, _ in got) - min(start for start, _, _, _ in got)
+    latencies = [ms for _, _, lat, _, _ in got for ms in lat]
+    wall = max(end for _, end, *_ in got) - min(start for start, *_ in got)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return count / wall, statistics.median(latencies), q[98], sum(errors for *_, errors in got)
+    by_stage: dict[str, list[float]] = {}
+    for *_, stages in got:
+        for answer in stages:
+            for name, ms in answer.items():
+                by_stage.setdefault(name, []).append(ms)
+    return (count / wall, statistics.median(latencies), q[98], sum(errors for _, _, _, errors, _ in got),
+            {name: statistics.median(v) for name, v in by_stage.items()})
 
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
@@ -328,14 +336,14 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         for image, (target, data) in images.items():
             count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
             files = {"source": source, "target": target}
-            stages = stage_ms(url, files, data, max(3, count // 20))
-            out["stages"].append([config, image, *(f"{k} {v:.1f}" for k, v in stages.items())])
             for c in levels:
                 with UtilSampler() as util:
-                    rps, p50, p99, errors = load(url, files, data, c, max(count, c), client_procs)
+                    rps, p50, p99, errors, stages = load(url, files, data, c, max(count, c), client_procs)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
                 out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, config])
-                print(table(ROW_HEADERS, [out["rows"][-1]]), flush=True)
+                out["stages"].append([config, image, c, *(f"{k} {v:.1f}" for k, v in stages.items())])
+                print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
+                      " | ".join(out["stages"][-1][3:]), flush=True)
         pids = worker_pids(proc.pid)
         out["serving_processes"] = len(pids)
         out["memory"] = [[config, *row] for row in gpu_memory_mib({str(p) for p in pids})]
@@ -418,10 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
                  for r in runs[0]["rows"] if (r[0], r[1]) in base]
         print(table(["image", "concurrency", f"req/s {runs[0]['config']} / {other['config']}",
                      f"p50 ms saved vs {other['config']}"], gains))
-    print("server stages, median ms at concurrency 1:")
+    print("server stages (Server-Timing), median ms, by config, image and concurrency:")
     for run in runs:
         for row in run["stages"]:
-            print("  " + " | ".join(row))
+            print("  " + " | ".join(map(str, row)))
     memory = [row for run in runs for row in run["memory"]]
     if memory:
         print(table(["config", "worker pid", "GPU memory MiB"], memory))
