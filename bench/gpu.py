@@ -99,6 +99,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "batched": {},
     # the baseline: no micro-batching, no batch axis, one face per swapper run
     "unbatched": {"BATCH_WAIT_MS": "0", "BATCH_MAX": "1"},
+    # all faces of a frame in one run, but no merging across requests (BATCH_WAIT_MS=0)
+    "framebatch": {"BATCH_WAIT_MS": "0"},
     # batched, with fp32 graphs only (MODEL_FP16=off): the model table's baseline for fp16
     "fp32": {"MODEL_FP16": "off"},
     # batched, with JPEG decode and encode on the GPU (nvImageCodec) instead of OpenCV
@@ -287,31 +289,51 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
 
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
-    """Seconds from `started` to the first `/readyz` 200, then (with several workers sharing the
-    socket) until 4 answers per worker in a row are 200, so the load does not meet a loading worker.
-    `timings` gets the first ready process's own account (model_load, warmup, cold_start)."""
+    """Seconds from `started` to the first `/readyz` 200; then, with several workers sharing the socket,
+    waits until each has said 200 (told apart by their own cold-start time), so no load meets a loading
+    worker. `timings` gets the first ready process's own account (model_load, warmup, cold_start)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     ready_s = None
-    in_a_row = 0
-    while time.perf_counter() - started < 300:
-        if proc.poll() is not None:
-            raise SystemExit(f"the function exited with {proc.returncode}")
+    seen: set[float] = set()
+
+    def ask(_: int) -> dict | None:
         try:
             r = requests.get(url + "readyz", timeout=2)
-            if r.status_code == 200:
+        except requests.RequestException:
+            return None
+        body = r.json()
+        if body.get("status") == "failed":
+            raise SystemExit(f"not ready: {body.get('reason')}")
+        return body if r.status_code == 200 else None
+
+    with ThreadPoolExecutor(2 * workers) as pool:
+        while time.perf_counter() - started < 300:
+            if proc.poll() is not None:
+                raise SystemExit(f"the function exited with {proc.returncode}")
+            for body in pool.map(ask, range(1 if ready_s is None else 2 * workers)):
+                if body is None:
+                    continue
                 if ready_s is None:
                     ready_s = time.perf_counter() - started
-                    timings.update(r.json().get("timings_s", {}))
-                in_a_row += 1
-                if in_a_row >= 4 * workers - 3:
-                    return ready_s
-                continue
-            in_a_row = 0
-            if r.json().get("status") == "failed":
-                raise SystemExit(f"not ready: {r.json().get('reason')}")
-        except requests.RequestException:
-            in_a_row = 0
-        time.sleep(0.02)
+                    timings.update(body.get("timings_s", {}))
+                seen.add(body.get("timings_s", {}).get("cold_start", 0.0))
+            if ready_s is not None and len(seen) >= workers:
+                return ready_s
+            time.sleep(0.02)
     raise SystemExit("the function was not ready within 300 s")
+
+
+def batch_warmup(url: str, limit_s: float = 60.0) -> float | None:
+    """Seconds the server took to warm its batch sizes after turning ready (pipeline/batching.py), once
+    it has, so loads are measured in steady state; None if it said nothing within `limit_s`."""
+    deadline = time.perf_counter() + limit_s
+    while time.perf_counter() < deadline:
+        timings = requests.get(url + "readyz", timeout=5).json().get("timings_s", {})
+        if "batch_warmup" in timings:
+            return timings["batch_warmup"]
+        time.sleep(0.1)
+    return None
 
 
 def serve_config(config: str, models: Path, cache: Path, providers: str, images: dict, source: bytes,
@@ -331,8 +353,11 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
+        merging = providers != "cpu" and CONFIGS[name].get("BATCH_WAIT_MS") != "0" and CONFIGS[name].get("BATCH_MAX") != "1"
+        out["batch_warmup_s"] = batch_warmup(url) if merging else None
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
-              f"the process's own account: {out['timings_s']}", flush=True)
+              f"the process's own account: {out['timings_s']}; batch sizes warmed after ready in "
+              f"{out['batch_warmup_s']} s", flush=True)
         for image, (target, data) in images.items():
             count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
             files = {"source": source, "target": target}

@@ -127,7 +127,9 @@ class FunctionConfig:
             # its objects no longer than this
             lease_ttl_s=read.float("LEASE_TTL_S", 2 * storage_timeout + FUSION_BUDGET_S, minimum=1),
             max_batch=read.int("MAX_BATCH", 32, minimum=1),
-            request_wait_s=read.float("READY_WAIT_S", 0.0, minimum=0),
+            # WORKERS > 1 share one socket: once one worker is ready the pod is, and a request can land on a
+            # sibling still loading (a second or two), which then waits rather than answering 503
+            request_wait_s=read.float("READY_WAIT_S", 0.0 if read.int("WORKERS", 1, minimum=1) == 1 else 30.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),
             service=read.str("K_SERVICE", "facefusion"),

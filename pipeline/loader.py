@@ -44,6 +44,12 @@ class ModelBundle:
     load_log: list[str] = field(default_factory=list)
     active: dict[str, list[str]] = field(default_factory=dict)  # role -> providers its session runs on
     batch_max: int = 32  # BATCH_MAX: the most rows (faces, tiles) of one run
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # role -> its micro-batched session
+
+    def warm_batches(self) -> dict[str, list[int]]:
+        """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
+        the warm-up hook does in the background once the pod is ready."""
+        return {role: batcher.warm() for role, batcher in self.batchers.items()}
 
     @property
     def version(self) -> str:
@@ -145,7 +151,8 @@ def load_models(settings: Settings) -> ModelBundle:
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
     return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
-                       batch_max=settings.batching.max_size)
+                       batch_max=settings.batching.max_size,
+                       batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 
 def load_fuser(settings: Settings) -> Fuser:

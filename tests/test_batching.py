@@ -193,6 +193,47 @@ def test_a_call_larger_than_the_batch_bound_runs_alone():
     assert (batcher.calls, batcher.runs) == (1, 1)
 
 
+def test_runs_are_padded_to_a_bucket_size_and_each_caller_gets_only_its_rows():
+    """A batch of 5 runs as 8 (one more shape would cost ~100 ms on CUDA), and the padding never shows."""
+    session = _session(free_batch_axis(standins.arcface_model()))
+    slow = SlowSession(session)
+    batcher = MicroBatcher(slow, wait_ms=100, max_size=32)
+    feeds = probe_feeds(session.get_inputs(), 5)
+    got = batcher.run(None, feeds)[0]
+    assert slow.rows == [8] and got.shape[0] == 5
+    np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-6)
+    assert [batcher.padded_size(n) for n in (1, 2, 3, 5, 9, 17, 29, 32)] == [1, 2, 4, 8, 16, 32, 32, 32]
+    crops = [probe_feeds(session.get_inputs(), 1, seed=i) for i in range(6)]
+    results = _concurrently(6, lambda i: batcher.run(None, crops[i]))  # merged runs are padded too
+    assert set(slow.rows) <= set(batcher.buckets)
+    for i, row in enumerate(results):
+        np.testing.assert_allclose(row[0], session.run(None, crops[i])[0], rtol=1e-4, atol=1e-6)
+
+
+def test_warm_runs_every_bucket_size_once():
+    session = _session(free_batch_axis(standins.arcface_model()))
+    slow = SlowSession(session)
+    assert MicroBatcher(slow, wait_ms=2, max_size=12).warm() == [1, 2, 4, 8, 12] and slow.rows == [1, 2, 4, 8, 12]
+
+
+def test_the_batch_sizes_are_warmed_after_the_pod_turns_ready(model_root, tmp_path):
+    """Readiness does not wait for them (cold start); /readyz's timings say when they were done."""
+    from warmup import Warmup
+
+    settings = Settings.from_env({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"),
+                                  "EXECUTION_PROVIDERS": "cpu", "BATCH_WAIT_MS": "2"})
+    warm = Warmup(settings=settings, exercise=True)
+    warm.ensure_started()
+    assert warm.readiness.done.wait(60) and warm.readiness.state == "ready", warm.readiness.reason
+    batchers = warm.fuser.models.batchers
+    assert {"swapper", "recognizer"} <= set(batchers)
+    for _ in range(600):
+        if "batch_warmup" in warm.readiness.as_dict()["timings_s"]:
+            break
+        threading.Event().wait(0.05)
+    assert "batch_warmup" in warm.readiness.as_dict()["timings_s"]
+
+
 def test_batch_wait_0_turns_micro_batching_off_and_the_cpu_default_is_off(model_root, tmp_path):
     cache = tmp_path / "cache"
     on = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",

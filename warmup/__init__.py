@@ -41,12 +41,27 @@ class Readiness:
         return self.state == "ready"
 
     def as_dict(self) -> dict:
-        body: dict = {"status": self.state, "timings_s": self.timings_s}
+        body: dict = {"status": self.state, "timings_s": dict(self.timings_s)}  # a copy: the batch warm-up adds to it
         if self.providers:
             body["providers"] = self.providers
         if self.reason:
             body["reason"] = self.reason
         return body
+
+
+def _warm_batches(fuser: Fuser, readiness: Readiness) -> None:
+    """Every batch size of the micro-batched models once, after the pod turned ready: the first run of a
+    shape costs ~100 ms on CUDA (pipeline/batching.py), too long to hold readiness for, so requests
+    meanwhile are served and the first of each size pays it. A failure here only logs: the sizes are
+    then warmed by traffic, as before."""
+    started = time.time()
+    try:
+        warmed = fuser.models.warm_batches()
+    except Exception:
+        log.exception("warming the batch sizes failed; requests will warm them")
+        return
+    readiness.timings_s["batch_warmup"] = round(time.time() - started, 3)
+    log.info("batch sizes warmed in %.2f s: %s", time.time() - started, warmed)
 
 
 class Warmup:
@@ -105,6 +120,8 @@ class Warmup:
                 hook(readiness)
             readiness.state = "ready"
             log.info("ready: %s", readiness.timings_s)
+            if fuser.models.batchers and (config.exercise if self.exercise is None else self.exercise):
+                threading.Thread(target=_warm_batches, args=(fuser, readiness), name="batch-warmup", daemon=True).start()
         except (PipelineError, ConfigError) as exc:
             readiness.state, readiness.reason = "failed", str(exc)
             log.error("not ready: %s", exc)
