@@ -324,7 +324,7 @@ def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> f
     raise SystemExit("the function was not ready within 300 s")
 
 
-def batch_warmup(url: str, limit_s: float = 60.0) -> float | None:
+def batch_warmup(url: str, limit_s: float = 20.0) -> float | None:
     """Seconds the server took to warm its batch sizes after turning ready (pipeline/batching.py), once
     it has, so loads are measured in steady state; None if it said nothing within `limit_s`."""
     deadline = time.perf_counter() + limit_s
