@@ -2,7 +2,7 @@
 
     python -m bench.gpu                      # on a GPU machine: compute-realistic stand-ins, EXECUTION_PROVIDERS=cuda
     python -m bench.gpu --cpu --requests 4   # the same run on the CPU with the small stand-ins (CI runs this)
-    python -m bench.gpu --configs batched,unbatched,batched@4   # @N: that config with WORKERS=N processes
+    python -m bench.gpu --configs defaults,unbatched,defaults@4,merged   # @N: with WORKERS=N processes
 
 Models: on a GPU, compute-realistic stand-ins of the real sizes (the inswapper proxy does ~47 GMAC,
 the recognizer is arcface-sized, the detector is the real SCRFD), built with
@@ -18,8 +18,8 @@ run in-process; then, over HTTP with the server as production starts it, request
 each concurrency for a 1920x1080 and a 3840x2160 frame with one face and the 29-face Solvay photograph
 (`faces=all`), the server's stage times (from Server-Timing), GPU memory per worker and GPU utilisation
 (nvidia-smi) during each load, and the same run with batching off as the baseline (`--configs`:
-`batched`, the defaults, then `unbatched`: BATCH_WAIT_MS=0 and BATCH_MAX=1, one face per swapper run and
-graphs as published), with the ratio of the two. The model table says, per config, each model's ms at
+`defaults`, then `unbatched`: BATCH_MAX=1, one face per swapper run and graphs as published; `merged`
+adds micro-batching across requests, BATCH_WAIT_MS=2), with the ratio of the first to each other. The model table says, per config, each model's ms at
 batch 1 and per row of a batch of 8 (where the prepared graph has a free batch axis) and whether its
 graph was served in fp16 (MODEL_FP16, with the measured error when refused); its `fp32` rows
 (`--model-only`, MODEL_FP16=off) are the fp16 baseline, measured but not served.
@@ -95,21 +95,21 @@ def build_models(root: Path, standins: bool) -> Path:
 
 
 CONFIGS: dict[str, dict[str, str]] = {
-    # batching on: the defaults (BATCH_WAIT_MS 2 on a GPU, 0 on the CPU; all faces of a frame in one run)
-    "batched": {},
-    # the baseline: no micro-batching, no batch axis, one face per swapper run
+    # the defaults: a free batch axis, all faces of a frame in one run per model, no merging across requests
+    "defaults": {},
+    # the baseline: no batch axis, one face per swapper run
     "unbatched": {"BATCH_WAIT_MS": "0", "BATCH_MAX": "1"},
-    # all faces of a frame in one run, but no merging across requests (BATCH_WAIT_MS=0)
-    "framebatch": {"BATCH_WAIT_MS": "0"},
-    # batched, with fp32 graphs only (MODEL_FP16=off): the model table's baseline for fp16
+    # the defaults plus micro-batching: concurrent requests' runs merged, waiting at most 2 ms
+    "merged": {"BATCH_WAIT_MS": "2"},
+    # the defaults with fp32 graphs only (MODEL_FP16=off): the model table's baseline for fp16
     "fp32": {"MODEL_FP16": "off"},
-    # batched, with JPEG decode and encode on the GPU (nvImageCodec) instead of OpenCV
+    # the defaults with JPEG decode and encode on the GPU (nvImageCodec) instead of OpenCV
     "nvimgcodec": {"IMAGE_CODEC": "nvimgcodec"},
 }
 
 
 def parse_config(spec: str) -> tuple[str, int]:
-    """`batched@4` -> ("batched", 4): a config of CONFIGS served by that many worker processes."""
+    """`defaults@4` -> ("defaults", 4): a config of CONFIGS served by that many worker processes."""
     name, _, workers = spec.partition("@")
     if name not in CONFIGS:
         raise SystemExit(f"unknown config {name!r}; use one of {', '.join(CONFIGS)} (with @N for N workers)")
@@ -140,7 +140,7 @@ def _median_ms(session, rows: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: str = "batched",
+def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: str = "defaults",
                  batch: int = 8) -> tuple[list[list], dict[str, str]]:
     """Median ms of one run of each model in this process (after a warm-up run), at batch 1 and, where the
     prepared graph has a free batch axis, per row of a batch of `batch`; what the graph was built to."""
@@ -353,7 +353,7 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        merging = providers != "cpu" and CONFIGS[name].get("BATCH_WAIT_MS") != "0" and CONFIGS[name].get("BATCH_MAX") != "1"
+        merging = CONFIGS[name].get("BATCH_WAIT_MS", "0") != "0" and CONFIGS[name].get("BATCH_MAX") != "1"
         out["batch_warmup_s"] = batch_warmup(url) if merging else None
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
               f"the process's own account: {out['timings_s']}; batch sizes warmed after ready in "
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--images", default="1080p,4k,solvay")
     parser.add_argument("--model-runs", type=int, default=50)
-    parser.add_argument("--configs", default="batched,unbatched", help=f"of {', '.join(CONFIGS)}, each with @N for "
+    parser.add_argument("--configs", default="defaults,unbatched", help=f"of {', '.join(CONFIGS)}, each with @N for "
                         "WORKERS=N processes sharing the GPU (default 1); the first is the one measured, the second "
                         "its baseline in the same run")
     parser.add_argument("--model-only", default="fp32", help="configs measured in the model table only (not served)")

@@ -24,9 +24,9 @@ WORK=/tmp/ff-bench-gpu
 for step in ${STEPS:-gpu codec gpucodec}; do
   echo "=== $step $(date +%T)"
   case $step in
-    gpu)  # the bench: batching on (the measured config), off (the baseline), and four workers
+    gpu)  # the bench: the defaults, batching off (the baseline), four workers, merged runs
       timeout "${GPU_TIMEOUT:-330}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" \
-        --configs "${CONFIGS:-batched,unbatched,batched@4}" --images "${IMAGES:-1080p,4k,solvay}" \
+        --configs "${CONFIGS:-defaults,unbatched,defaults@4,merged}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     codec)  # JPEG decode/encode: OpenCV against nvImageCodec, in-process
       timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log" ;;

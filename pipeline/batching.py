@@ -1,5 +1,11 @@
 """Micro-batching: concurrent runs of one session merged along the batch axis into one run.
 
+Opt-in (BATCH_WAIT_MS > 0; off by default): on an H100 with the compute-realistic proxies it made a
+one-worker pod slower, not faster (1080p, concurrency 32: 39 requests/s merged against 138 unmerged;
+the detect stage 151 ms against 11, README GPU), even with the buckets and warm-up below. The cause was
+not pinned down in the GPU time we had; one run for all faces of a frame (Fuser._swap_faces), which
+needs no wrapper, is what pays on a GPU.
+
 On a GPU one run of a small batch costs little more than a run of one (the detector, recognizer and
 swapper each take 1-3 ms, mostly launch overhead and idle SMs), so at concurrency 8 or 32 the GPU
 saturates on run count, not on work. `MicroBatcher` wraps a session whose graph has a free batch axis

@@ -234,7 +234,7 @@ def test_the_batch_sizes_are_warmed_after_the_pod_turns_ready(model_root, tmp_pa
     assert "batch_warmup" in warm.readiness.as_dict()["timings_s"]
 
 
-def test_batch_wait_0_turns_micro_batching_off_and_the_cpu_default_is_off(model_root, tmp_path):
+def test_batch_wait_0_turns_micro_batching_off_and_it_is_off_by_default(model_root, tmp_path):
     cache = tmp_path / "cache"
     on = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
                               batching=Settings.from_env({"BATCH_WAIT_MS": "2"}).batching))
@@ -244,7 +244,7 @@ def test_batch_wait_0_turns_micro_batching_off_and_the_cpu_default_is_off(model_
         bundle = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
                                       batching=Settings.from_env(env).batching))
         assert not any(isinstance(m.session, MicroBatcher) for m in bundle.models.values())
-    assert Settings.from_env({}).batching.wait_for(on_gpu=True) == 2.0
+    assert Settings.from_env({}).batching.wait_for(on_gpu=True) == 0.0  # measured slower on an H100 (README, GPU)
 
 
 def test_batching_settings_are_checked():

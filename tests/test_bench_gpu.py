@@ -11,16 +11,16 @@ def test_gpu_bench_runs_on_the_cpu():
     from bench.gpu import main
 
     result = main(["--cpu", "--requests", "3", "--concurrency", "1,2", "--images", "1080p,solvay", "--model-runs", "2",
-                   "--configs", "batched,unbatched,batched@2", "--client-procs", "2"])
+                   "--configs", "defaults,unbatched,defaults@2,merged", "--client-procs", "2"])
     assert result["ready_s"] > 0 and result["first_s"] >= result["ready_s"]
-    assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("batched", "unbatched", "fp32")
+    assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("defaults", "unbatched", "merged", "fp32")
                                                                for role in ("detector", "recognizer", "swapper")}
     assert all(row[2] == "CPUExecutionProvider" for row in result["models"])
-    # the batched config prepared graphs with a free batch axis (a per-row time), the baseline as published
+    # the batched configs prepared graphs with a free batch axis (a per-row time), the baseline as published
     assert all((row[4] == row[4]) == (row[0] != "unbatched") for row in result["models"]), result["models"]
-    # the multi-worker config reuses the batched graphs: no second row per model for it
-    assert [run["config"] for run in result["runs"]] == ["batched", "unbatched", "batched@2"]
-    assert [run["serving_processes"] for run in result["runs"]] == [1, 1, 2]
+    # the multi-worker config reuses the defaults' graphs: no second row per model for it
+    assert [run["config"] for run in result["runs"]] == ["defaults", "unbatched", "defaults@2", "merged"]
+    assert [run["serving_processes"] for run in result["runs"]] == [1, 1, 2, 1]
     for run in result["runs"]:  # the baseline ran in the same invocation, over the same rows
         assert [(row[0], row[1]) for row in run["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
         assert all(row[5] == 0 for row in run["rows"]), run["rows"]  # no request failed
