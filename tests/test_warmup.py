@@ -258,3 +258,11 @@ def test_prefetch_over_http(tmp_path, source_set):
         assert_installed(tmp_path / "models" / "v1", source_set)
     finally:
         httpd.shutdown()
+
+
+def test_the_cold_start_clock_starts_with_the_process_not_with_the_import():
+    """`cold_start` (in /readyz, the metric and the span) counts the interpreter and the imports too."""
+    code = ("import time; time.sleep(0.6); t = time.time(); import warmup; "
+            "print(t - warmup.PROCESS_START)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert 0.6 <= float(out.stdout.strip()) < 30

@@ -21,7 +21,24 @@ from pipeline.config import raise_problems
 from .config import WarmupConfig
 
 log = logging.getLogger("facefusion.warmup")
-PROCESS_START = time.time()
+
+
+def process_start_time() -> float:
+    """When this process started, as a Unix time: the kernel's start time (/proc/self/stat, in clock ticks
+    since boot) set against /proc/uptime, so `cold_start` counts the interpreter and every import (on an
+    H100 about 1.2 s that a clock started by this module missed). Now, where /proc cannot be read."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - max(age, 0.0)
+
+
+PROCESS_START = process_start_time()
 RETRY_MAX_S = 60.0
 
 
