@@ -17,11 +17,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,6 @@ BATCH_DIM = "batch"
 # (micro-batching never ran there). A wrong rewrite mixes the rows of independent random probes or fails
 # outright: errors of the order of the outputs themselves, far above 1%.
 BATCH_TOLERANCE = 1e-2
-_NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-                onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 
 
 def has_free_batch(session_or_inputs) -> bool:
@@ -59,6 +59,8 @@ def free_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto | None:
 
     Not yet proven: check the result with `batch_matches` before serving it.
     """
+    from onnx import numpy_helper  # onnx only where graphs are prepared: a prepared start never imports it
+
     graph = model.graph
     initializer_names = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializer_names]
@@ -98,6 +100,9 @@ def _resize_sizes_to_scales(model: onnx.ModelProto) -> None:
     onto every row: a silent mix-up the probe catches (relative error 0.27 on SCRFD). Scales of
     sizes / input shape give the same output size and coordinates for the input shape it was exported with.
     """
+    import onnx
+    from onnx import numpy_helper
+
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     resizes = [n for n in graph.node if n.op_type == "Resize" and len(n.input) == 4 and n.input[3] in inits]

@@ -15,13 +15,16 @@ of the fp32 graph's, as a fraction of each output's range: 1% is 2.5 grey levels
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from .batch_axis import probe_feeds
 from .gpu_info import gpu_compute_capability
+
+if TYPE_CHECKING:
+    import onnx
 
 FP16_TOLERANCE = 0.01
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -190,8 +191,9 @@ def test_enhance_without_enhancer_is_refused(model_root, tmp_path, scrfd_path, o
 
 
 def test_report_and_timings(fuser: Fuser, obama, t1_path):
-    result = fuser.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(), t1_path.read_bytes(),
-                               FuseOptions(output_format="png"))
+    # a source no other test fuses (the session's fuser caches embeddings by content), so it is embedded here
+    source = cv2.imencode(".jpg", obama.bgr, [cv2.IMWRITE_JPEG_QUALITY, 93])[1].tobytes()
+    result = fuser.fuse_bytes(source, t1_path.read_bytes(), FuseOptions(output_format="png"))
     report = result.report
     assert result.media_type == "image/png" and result.data.startswith(b"\x89PNG")
     assert {"decode", "detect", "embed", "swap", "paste", "encode"} <= set(report.timings_ms)
