@@ -21,10 +21,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import fsspec
-
 from .problems import Problem
-from .storage import HOST, load_json, pid_alive, replace, run_io, write_exclusive
+from .storage import HOST, load_json, pid_alive, replace, run_io, url_to_fs, write_exclusive
 
 log = logging.getLogger("facefusion.leases")
 
@@ -71,7 +69,7 @@ def claim(uri: str, ttl: float, timeout: float) -> str:
         with _lock_for(lease_uri):
             if write_exclusive(lease_uri, body):
                 return None
-            fs, path = fsspec.core.url_to_fs(lease_uri)
+            fs, path = url_to_fs(lease_uri)
             held = load_json(fs, path)
             expiry = _lease_expiry(fs, path, held, ttl)
             if expiry > time.time() and not _holder_gone(held):
@@ -96,7 +94,7 @@ def claim(uri: str, ttl: float, timeout: float) -> str:
 def release(uri: str, owner: str, timeout: float) -> None:
     """Drop our lease on output `uri`; best effort (an unreleased lease expires on its own)."""
     def _release() -> None:
-        fs, path = fsspec.core.url_to_fs(uri + LEASE_SUFFIX)
+        fs, path = url_to_fs(uri + LEASE_SUFFIX)
         with _lock_for(uri + LEASE_SUFFIX):  # never between a renewal's look and its write
             held = load_json(fs, path)
             if held is not None and held.get("owner") == owner:
@@ -114,7 +112,7 @@ def renew(uri: str, owner: str, ttl: float, timeout: float) -> bool:
     lease_uri = uri + LEASE_SUFFIX
 
     def _renew() -> bool:
-        fs, path = fsspec.core.url_to_fs(lease_uri)
+        fs, path = url_to_fs(lease_uri)
         with _lock_for(lease_uri):
             found = load_json(fs, path)
             if owner not in _held or found is None or found.get("owner") != owner:

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
-import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from .problems import Problem
 
 log = logging.getLogger("facefusion.sink")
-_session = requests.Session()
+_session: Any = None  # one requests.Session, made with the first event sent (requests stays out of the cold start)
+_session_lock = threading.Lock()
+
+
+def _http() -> Any:
+    """The module `requests`, with the shared session made on first use."""
+    global _session
+    import requests
+
+    with _session_lock:
+        if _session is None:
+            _session = requests.Session()
+    return requests
 
 
 def overrides(raw: str | None) -> dict[str, str]:
@@ -42,6 +54,7 @@ def send(sink: str, attributes: dict[str, Any], data: Any, retries: int, extensi
     headers, body = to_binary(event)
     pause = 0.2
     last = ""
+    requests = _http()
     for attempt in range(retries + 1):
         try:
             reply = _session.post(sink, headers=headers, data=body, timeout=timeout)

@@ -20,8 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-
-import fsspec
+from typing import Any
 
 from pipeline import atomic_write
 
@@ -29,6 +28,14 @@ from .problems import Problem
 from .uris import is_local
 
 _io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="storage")
+
+
+def url_to_fs(uri: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for `uri`. fsspec is imported on the first storage call, not at start:
+    pods that only answer HTTP never pay its import (~35-60 ms of every cold start)."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
 
 
 def run_io(fn, timeout: float, what: str, write: bool = False):
@@ -62,7 +69,7 @@ def run_io(fn, timeout: float, what: str, write: bool = False):
 def read_bytes(uri: str, max_bytes: int, timeout: float) -> bytes:
     """Read a whole object, refusing one larger than `max_bytes` before downloading it."""
     def _read() -> bytes:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = url_to_fs(uri)
         try:
             size = fs.size(path)
         except (NotImplementedError, AttributeError):
@@ -79,7 +86,7 @@ def read_bytes(uri: str, max_bytes: int, timeout: float) -> bytes:
 
 def exists(uri: str, timeout: float) -> bool:
     def _exists() -> bool:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = url_to_fs(uri)
         return fs.exists(path)
     return run_io(_exists, timeout, "checking the output")
 
@@ -167,7 +174,7 @@ def write_exclusive(uri: str, data: bytes) -> bool:
     the object appears whole and exactly one creator wins. Other stores: fsspec's
     `pipe_file(mode="create")`, a conditional PUT where the backend implements it (s3fs:
     `If-None-Match: *`), check-then-write otherwise."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = url_to_fs(uri)
     if is_local(uri):
         try:
             _write_local(path, data, exclusive=True)
@@ -192,7 +199,7 @@ def write_atomic(uri: str, data: bytes, timeout: float) -> None:
 
 def replace(uri: str, data: bytes) -> None:
     """Put `data` at `uri` whole, replacing what is there (call it inside `run_io`)."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = url_to_fs(uri)
     if is_local(uri):
         _write_local(path, data)
     else:
@@ -212,7 +219,7 @@ def load_json(fs, path: str) -> dict | None:
 
 def read_json(uri: str, timeout: float) -> dict | None:
     def _read() -> dict | None:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = url_to_fs(uri)
         return load_json(fs, path)
     return run_io(_read, timeout, "reading the completion marker")
 

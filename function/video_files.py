@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
-
 from . import storage
 from .problems import Problem
 
@@ -46,7 +44,7 @@ def deadline(timeout: float, size: int | None) -> float:
 
 def fetch(uri: str, dest: Path, max_bytes: int, timeout: float) -> Path:
     """Copy a checked URI to `dest`, refusing more than `max_bytes` (413) before and while copying."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = storage.url_to_fs(uri)
 
     def _size() -> int | None:
         try:

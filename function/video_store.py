@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
 from . import leases, storage
 from .problems import Problem
 
@@ -73,7 +71,7 @@ class JobStore:
         folder = self.folder(job_id)
 
         def _list() -> list[str]:
-            fs, path = fsspec.core.url_to_fs(folder)
+            fs, path = storage.url_to_fs(folder)
             try:
                 return [str(p) for p in fs.ls(path, detail=False)]
             except FileNotFoundError:
@@ -94,7 +92,7 @@ class JobStore:
     def job_ids(self) -> list[str]:
         """Every job document's id (the local runner's resume scan)."""
         def _list() -> list[str]:
-            fs, path = fsspec.core.url_to_fs(self.root)
+            fs, path = storage.url_to_fs(self.root)
             try:
                 names = fs.ls(path, detail=False)
             except FileNotFoundError:

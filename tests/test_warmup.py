@@ -266,3 +266,12 @@ def test_the_cold_start_clock_starts_with_the_process_not_with_the_import():
             "print(t - warmup.PROCESS_START)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert 0.6 <= float(out.stdout.strip()) < 30
+
+
+def test_importing_the_function_leaves_the_libraries_of_other_paths_for_later():
+    """Cold start: PyAV (FFmpeg, the first clip), fsspec (the first storage call), requests (the first
+    reply event) and onnx (preparing graphs) are imported where they are used, not by every start."""
+    code = ("import sys, function.main, function.serve; "
+            "print(','.join(m for m in ('av', 'fsspec', 'requests', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == ""
