@@ -14,7 +14,7 @@ whether separate instances would scale. Decoded pixels are compared with OpenCV'
 
 Without nvImageCodec or a CUDA device (the CPU image, CI) the nvImageCodec rows say why they are
 unavailable and OpenCV is still measured; any error of a single nvImageCodec call shows in its row.
-The images: a 1920x1080 and a 3840x2160 frame with one face (as bench/gpu.py's `frame_with_face`) and the
+The images: a 1920x1080 and a 3840x2160 frame with one face (bench/common.py's `frame_with_face`) and the
 29-face Solvay photo (PNG in ../shared) encoded as JPEG at quality 92.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -33,8 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.common import table
-from bench.gpu import SHARED, frame_with_face
+from bench.common import SHARED, frame_with_face, median_ms, table
 
 QUALITY = 92
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
@@ -109,16 +107,6 @@ def describe(nv: Any) -> str:
     return (f"{version} (CUDA {getattr(nv.nv, '__cuda_version__', '?')}), "
             f"decode {'BGR on the device' if nv.bgr_decode else 'RGB, swapped to BGR on the host'}, "
             f"encode {'BGR on the device' if nv.bgr_encode else 'swapped to RGB on the host'}")
-
-
-def median_ms(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # the first call allocates (and on the GPU creates handles); not counted
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def per_second(fn: Callable[[], Any], reps: int, threads: int) -> float:

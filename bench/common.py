@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -31,15 +34,35 @@ def standin_models(root: Path | None = None, **kwargs) -> Path:
     return root
 
 
-def single_face_1080p() -> bytes:
-    """A 1920x1080 JPEG with one face: obama.jpg centred on a plain background."""
+def frame_with_face(width: int, height: int, face_height: int | None = None, top: int | None = None) -> bytes:
+    """A `width`x`height` JPEG (quality 92) with one face: obama.jpg scaled to `face_height` (default 60%
+    of the frame), centred across and at `top` (default centred) on a plain background."""
     face = cv2.imread(str(SHARED / "images" / "obama.jpg"))
-    scale = 1000 / face.shape[0]
+    scale = (face_height or height * 0.6) / face.shape[0]
     face = cv2.resize(face, None, fx=scale, fy=scale)
-    frame = np.full((1080, 1920, 3), 120, np.uint8)
-    x = (1920 - face.shape[1]) // 2
-    frame[40:40 + face.shape[0], x:x + face.shape[1]] = face
+    frame = np.full((height, width, 3), 120, np.uint8)
+    x = (width - face.shape[1]) // 2
+    y = (height - face.shape[0]) // 2 if top is None else top
+    frame[y:y + face.shape[0], x:x + face.shape[1]] = face
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def single_face_1080p() -> bytes:
+    """A 1920x1080 JPEG with one face: obama.jpg 1000 px high, centred on a plain background."""
+    return frame_with_face(1920, 1080, face_height=1000, top=40)
+
+
+def median_ms(fn: Callable[[], object], repeat: int, warm: bool = True) -> float:
+    """Median ms of `repeat` calls of `fn`, after one call that is not counted (`warm`: the first call
+    allocates, and on a GPU creates handles and plans)."""
+    if warm:
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
 
 
 def table(headers: list[str], rows: list[list]) -> str:

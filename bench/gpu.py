@@ -38,7 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import requests
 
@@ -46,8 +45,10 @@ from bench.common import (
     REPO,
     SCRFD,
     SHARED,
+    frame_with_face,
     free_port,
     function_command,
+    median_ms,
     spawn,
     stop_process,
     table,
@@ -131,13 +132,7 @@ def _median_ms(session, rows: int, runs: int) -> float:
     for inp in session.get_inputs():
         shape = [rows] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
         feeds[inp.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: session.run(None, feeds), runs)
 
 
 def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: str = "defaults",
@@ -163,16 +158,6 @@ def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: s
                      ("refused" if fp16 is None else f"refused ({fp16:.3g})"),
                      "" if free or not recipe.batch else notes.get("batch_why", "?")[:90]])
     return rows, {role: names[0] for role, names in bundle.active.items()}
-
-
-def frame_with_face(width: int, height: int) -> bytes:
-    face = cv2.imread(str(SHARED / "images" / "obama.jpg"))
-    scale = (height * 0.6) / face.shape[0]
-    face = cv2.resize(face, None, fx=scale, fy=scale)
-    frame = np.full((height, width, 3), 120, np.uint8)
-    x, y = (width - face.shape[1]) // 2, (height - face.shape[0]) // 2
-    frame[y:y + face.shape[0], x:x + face.shape[1]] = face
-    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
 
 
 def nvidia_smi(query: str, target: str) -> list[list[str]]:

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
-from bench.common import SHARED, insightface_t1, single_face_1080p, standin_models, table
-from pipeline import Fuser, Settings, StageTimer
+from bench.common import SHARED, insightface_t1, median_ms, single_face_1080p, standin_models, table
+from pipeline import Settings, StageTimer, load_fuser
 from pipeline.paste import paste_back
-
-
-def best_ms(fn, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -36,8 +26,7 @@ def main() -> None:
     from insightface.model_zoo.inswapper import INSwapper
 
     root = standin_models()
-    fuser = Fuser(Settings(model_path=root))
-    fuser.load()
+    fuser = load_fuser(Settings(model_path=root))
     ref = INSwapper(str(root / "test" / "swap.onnx"), session=fuser.swapper.session)
     obama = fuser.decode((SHARED / "images" / "obama.jpg").read_bytes())
     src = fuser.detect(obama)[0]
@@ -54,11 +43,11 @@ def main() -> None:
         for face in faces:
             tgt = SimpleNamespace(kps=face.kps)
             crop, matrix = ref.get(frame, tgt, src_ns, paste_back=False)
-            full = best_ms(lambda: ref.get(frame, tgt, src_ns, paste_back=True), args.repeat)  # noqa: B023
-            swap_only = best_ms(lambda: ref.get(frame, tgt, src_ns, paste_back=False), args.repeat)  # noqa: B023
+            full = median_ms(lambda: ref.get(frame, tgt, src_ns, paste_back=True), args.repeat, warm=False)  # noqa: B023
+            swap_only = median_ms(lambda: ref.get(frame, tgt, src_ns, paste_back=False), args.repeat, warm=False)  # noqa: B023
             theirs.append(max(full - swap_only, 0.0))
             copies = [frame.copy() for _ in range(args.repeat)]
-            ours.append(best_ms(lambda: paste_back(copies.pop(), crop, matrix), args.repeat))  # noqa: B023
+            ours.append(median_ms(lambda: paste_back(copies.pop(), crop, matrix), args.repeat, warm=False))  # noqa: B023
             expected = ref.get(frame, tgt, src_ns, paste_back=True)
             mine = frame.copy()
             paste_back(mine, crop, matrix)

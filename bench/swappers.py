@@ -14,15 +14,12 @@ Run: python -m bench.swappers [--repeat N]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import table
+from bench.common import median_ms, table
 from devtools.standins import identity_swapper_model
 from devtools.swapper_standins import SWAPPER_KINDS, converter_model, swapper_model
 from pipeline.boost import PIXEL_BOOSTS, explode, implode
@@ -56,16 +53,6 @@ def baseline_swap_crop(swapper: InSwapper, crop: np.ndarray, latent: np.ndarray,
                                                                       swapper.source_name: latent})[0] for tile in blob])
     rgb = np.ascontiguousarray(np.clip(255 * pred.transpose(0, 2, 3, 1), 0, 255).astype(np.uint8)[..., ::-1])
     return explode(rgb, k) if k > 1 else rgb[0]
-
-
-def median_ms(run: Callable[[], object], repeat: int) -> float:
-    run()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def main() -> None:

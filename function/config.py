@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pipeline import EnvReader
@@ -86,6 +86,7 @@ class FunctionConfig:
     max_connections: int = 1000
     threads: int = 8
     # video (README, Video; docs/video.md)
+    video_limits: VideoLimits = field(default_factory=VideoLimits)  # VIDEO_MAX_SECONDS, _PIXELS, _SEGMENT_SECONDS
     video_max_sync_seconds: float = 10.0
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     video_jobs_uri: str | None = None
@@ -104,15 +105,16 @@ class FunctionConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionConfig:
         read = EnvReader(env)
-        # the pipeline's video settings (VIDEO_MAX_SECONDS, VIDEO_NVENC ...) are read where a clip is fused;
-        # reading them here too makes a bad value this configuration's problem, named by /readyz at start
-        VideoLimits.read(read)
+        # the pipeline's video limits (VIDEO_MAX_SECONDS ...), read once: a bad value is this configuration's
+        # problem, named by /readyz at start (so no request meets it)
+        video_limits = VideoLimits.read(read)
         source = read.str("SOURCE_FACE_URI")
         output = read.str("OUTPUT_URI")
         allowed = read.list("ALLOWED_URI_PREFIXES")
         if allowed is None:
             allowed = ("memory://", *(bucket_prefix(u) for u in (source, output) if u))
         storage_timeout = read.float("STORAGE_TIMEOUT_S", 30.0, minimum=0.001)
+        workers = read.int("WORKERS", 1, minimum=1)
         return cls(
             auth_token=read.str("AUTH_TOKEN"),
             allowed_prefixes=allowed,
@@ -129,13 +131,13 @@ class FunctionConfig:
             max_batch=read.int("MAX_BATCH", 32, minimum=1),
             # WORKERS > 1 share one socket: once one worker is ready the pod is, and a request can land on a
             # sibling still loading (a second or two), which then waits rather than answering 503
-            request_wait_s=read.float("READY_WAIT_S", 0.0 if read.int("WORKERS", 1, minimum=1) == 1 else 30.0, minimum=0),
+            request_wait_s=read.float("READY_WAIT_S", 0.0 if workers == 1 else 30.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),
             service=read.str("K_SERVICE", "facefusion"),
             revision=read.str("K_REVISION", "local"),
             port=read.int("PORT", 8080, minimum=0),
-            workers=read.int("WORKERS", 1, minimum=1),
+            workers=workers,
             log_level=read.choice("UVICORN_LOG_LEVEL", "warning", ("critical", "error", "warning", "info", "debug", "trace")),
             max_request_bytes=read.int("MAX_REQUEST_BYTES", default_max_request_bytes(
                 read.int("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1)), minimum=1024),
@@ -147,6 +149,7 @@ class FunctionConfig:
             keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
             max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
             threads=read.int("THREADS", 8, minimum=1),
+            video_limits=video_limits,
             video_max_sync_seconds=read.float("VIDEO_MAX_SYNC_SECONDS", 10.0, minimum=0),
             max_video_bytes=read.int("MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES, minimum=1024),
             video_jobs_uri=read.str("VIDEO_JOBS_URI") or default_jobs_uri(output),

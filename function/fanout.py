@@ -37,10 +37,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import ConfigError
-from pipeline.config import VideoLimits
 from pipeline.errors import UnsupportedVideoOutput
-from pipeline.sources import list_key
+from pipeline.sources import source_key
 from pipeline.timing import StageTimer
 from pipeline.video import Segment, VideoInfo, VideoOptions, fuse_video, plan_segments, probe, stitch
 from pipeline.video.output import CODECS_BY_CONTAINER, check_audio, codec_for, container_of
@@ -55,14 +53,6 @@ from .video_store import JobStore
 
 log = logging.getLogger("facefusion.fanout")
 INPUTS = video_files.InputCache()
-
-
-def video_limits() -> VideoLimits:
-    """VIDEO_MAX_SECONDS, VIDEO_MAX_PIXELS, VIDEO_SEGMENT_SECONDS (a bad value: 503, the operator's to fix)."""
-    try:
-        return VideoLimits.from_env()
-    except ConfigError as exc:
-        raise Problem(503, "misconfigured", str(exc), retry_after=30) from exc
 
 
 def store(rt: Runtime) -> JobStore:
@@ -100,7 +90,7 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
     if raw_options.get("reference"):
         raw_options = {**raw_options, "reference": rt.allow.check(raw_options["reference"])}
     fuser = rt.fuser()  # not ready: a retryable 503 before anything is read
-    limits = video_limits()
+    limits = rt.config.video_limits
     fuser.check_options(checked.fuse)  # what the model set cannot serve: a 400 now, not a failed segment later
     codec = part_codec(output_uri, checked)  # an encoder or crf the output cannot take, likewise
     started = time.perf_counter()
@@ -111,7 +101,7 @@ def start_job(rt: Runtime, *, identity: str, target_uri: str, source_uri: str | 
     sources = _read_sources(rt, source_uri)
     with about("source"):  # a source without a face is a 422 now, not a failed segment later (and is cached)
         fuser.source_face([fuser.decode(data, "source") for data in sources], StageTimer(),
-                          list_key([hashlib.sha256(data).hexdigest() for data in sources]), checked.fuse.swapper,
+                          source_key(sources), checked.fuse.swapper,
                           checked.fuse.detector_angles)
     segments = plan_segments(info, limits.segment_seconds)
     doc = {"id": job_id, "identity": identity, "input": target_uri, "source": source_uri, "output": output_uri,

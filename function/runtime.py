@@ -52,7 +52,6 @@ class Runtime:
     warmup: Warmup
     limiter: InflightLimiter
     allow: AllowList
-    output_prefix: str | None
     allow_output: AllowList
     source_face: str | None  # SOURCE_FACE_URI normalised once (an output may never overwrite it)
     # where this function writes on its own (OUTPUT_URI's, VIDEO_OUTPUT_URI's fixed parts, VIDEO_JOBS_URI):
@@ -65,7 +64,7 @@ class Runtime:
         prefix = output_prefix(config.output_uri)
         # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
         return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
-                   allow=AllowList(config.allowed_prefixes), output_prefix=prefix,
+                   allow=AllowList(config.allowed_prefixes),
                    allow_output=output_allow_list(config, prefix), source_face=_normalised(config.source_face_uri),
                    own_prefixes=tuple(p for p in (prefix, output_prefix(config.video_output_uri),
                                                   output_prefix(config.video_jobs_uri)) if p))

@@ -20,7 +20,7 @@ from werkzeug.datastructures import FileStorage
 
 from pipeline.video import VideoOptions, fuse_video, probe
 
-from . import events, fanout, storage, video_files, video_media, video_options
+from . import events, storage, video_files, video_media, video_options
 from .inputs import Refs, about, about_clip, output_uri, uri_ref
 from .problems import Problem
 from .reply import Reply, json_response
@@ -118,7 +118,7 @@ def _output(rt: Runtime, output: Any, inputs: list[Any]) -> str | None:
 def _fuse(rt: Runtime, refs: Refs, clip: Path, options: VideoOptions, out_uri: str | None) -> flask.Response:
     fuser = rt.fuser()
     with about("target"):
-        info = probe(clip, fanout.video_limits())
+        info = probe(clip, rt.config.video_limits)
     limit = rt.config.video_max_sync_seconds
     if info.duration_s > limit:
         raise Problem(413, "video-too-long-for-direct", f"the clip is {info.duration_s:.1f} s; a direct request takes "

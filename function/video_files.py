@@ -34,8 +34,13 @@ def work_dir() -> Path:
     return path
 
 
-def temp_path(suffix: str) -> Path:
-    return work_dir() / f"{uuid.uuid4().hex}{suffix}"
+def temp_path(suffix: str, folder: Path | None = None) -> Path:
+    """A new file name in `folder` (made if missing), by default this process's work folder."""
+    if folder is None:
+        folder = work_dir()
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex}{suffix}"
 
 
 def deadline(timeout: float, size: int | None) -> float:
@@ -150,9 +155,7 @@ class InputCache:
                         entry.pins += 1
                         self._files.move_to_end(identity)
                         return entry
-                folder = self._folder or work_dir()
-                folder.mkdir(parents=True, exist_ok=True)
-                path = fetch(uri, folder / f"{uuid.uuid4().hex}{suffix}", max_bytes, timeout)
+                path = fetch(uri, temp_path(suffix, self._folder), max_bytes, timeout)
                 with self._lock:
                     replaced = self._files.pop(identity, None)
                     entry = self._files[identity] = _Cached(path, pins=1)

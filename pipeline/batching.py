@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from .batch_axis import probe_feeds
+
 
 @dataclass
 class _Batch:
@@ -80,25 +82,22 @@ class MicroBatcher:
         """The bucket `rows` rows run as: the smallest bucket that holds them."""
         return next((b for b in self.buckets if b >= rows), rows)
 
-    def _padded_run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray], rows: int,
-                    run_options: Any = None) -> list:
+    def _padded_run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray], rows: int) -> list:
         """Run `feeds` (`rows` rows) padded to their bucket with copies of the last row; only the real rows return."""
         size = self.padded_size(rows)
         if size != rows:
             feeds = {name: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for name, v in feeds.items()}
-        outputs = self.session.run(output_names, feeds, run_options)
+        outputs = self.session.run(output_names, feeds)
         return outputs if size == rows else [out[:rows] for out in outputs]
 
     def warm(self) -> list[int]:
-        """Run every bucket size once on zeros, so no request pays a shape's first run; returns the sizes
+        """Run every bucket size once on probe inputs, so no request pays a shape's first run; returns the sizes
         run. Inputs with another free dimension than the batch have no one shape to warm: nothing is run."""
         inputs = self.session.get_inputs()
         if any(not isinstance(d, int) for arg in inputs for d in arg.shape[1:]):
             return []
-        dtypes = {"tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64}
         for size in self.buckets:
-            feeds = {arg.name: np.zeros([size, *arg.shape[1:]], dtypes.get(arg.type, np.float32)) for arg in inputs}
-            self.session.run(None, feeds)
+            self.session.run(None, probe_feeds(inputs, size))
         return list(self.buckets)
 
     def __getattr__(self, name: str) -> Any:  # get_inputs, get_outputs, get_providers, ... of the session
@@ -162,9 +161,6 @@ class MicroBatcher:
             self.runs += 1
             self._in_flight += 1
         try:
-            rows = len(next(iter(feeds.values()))) if feeds else 0
-            if 0 < rows <= self.max_size and self._key(output_names, feeds) is not None:
-                return self._padded_run(output_names, feeds, rows, run_options)
             return self.session.run(output_names, feeds, run_options)
         finally:
             with self._lock:

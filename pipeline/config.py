@@ -178,7 +178,7 @@ class GpuSettings:
 class BatchSettings:
     """Batching of model runs (pipeline/batching.py, README Configuration).
 
-    `wait_ms` None (BATCH_WAIT_MS unset) means 0: merging runs across requests is off by default on the
+    `wait_ms` (BATCH_WAIT_MS) is 0 unless set: merging runs across requests is off by default on the
     GPU and the CPU alike. On the CPU a batch of n costs n runs (SCRFD: 1 frame 49-61 ms, 4 frames
     211-215 ms). On an H100 (`python -m bench.gpu`, README GPU) merging at 2 ms took a 1080p pod from
     138 to 39 requests/s at concurrency 32 (the detect stage from 11 to 151 ms, swap from 9 to 59 ms),
@@ -187,15 +187,13 @@ class BatchSettings:
     prepared, faces are swapped one at a time).
     """
 
-    wait_ms: float | None = None
+    wait_ms: float = 0.0
     max_size: int = 32
 
-    def wait_for(self, on_gpu: bool) -> float:
-        """The wait for a session on a GPU provider (`on_gpu`) or the CPU: BATCH_WAIT_MS, 0 unless set,
-        and 0 when batches hold one row."""
-        if self.max_size <= 1 or self.wait_ms is None:
-            return 0.0
-        return self.wait_ms
+    @property
+    def wait(self) -> float:
+        """The micro-batching wait of every session: BATCH_WAIT_MS, and 0 when batches hold one row."""
+        return self.wait_ms if self.max_size > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -219,7 +217,6 @@ class Settings:
         read = EnvReader(env)
         cache = read.str("CACHE_PATH")
         mem_limit = read.int("CUDA_MEM_LIMIT_MB", 0, minimum=0)
-        batch_wait = read.float("BATCH_WAIT_MS", -1.0, minimum=0.0)  # -1: unset (or bad), the per-provider default
         settings = cls(
             model_path=Path(read.str("MODEL_PATH", DEFAULT_MODEL_PATH) or DEFAULT_MODEL_PATH),
             model_version=read.str("MODEL_VERSION", "current") or "current",
@@ -240,7 +237,7 @@ class Settings:
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or "",
             ),
-            batching=BatchSettings(wait_ms=batch_wait if batch_wait >= 0 else None,
+            batching=BatchSettings(wait_ms=read.float("BATCH_WAIT_MS", 0.0, minimum=0.0),
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),
             model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
             image_codec=read.choice("IMAGE_CODEC", "opencv", ("opencv", "nvimgcodec")),

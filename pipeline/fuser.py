@@ -9,7 +9,6 @@ get encoded bytes and a report back, so no caller decodes or encodes images itse
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,7 @@ from .models.enhancer import enhancer_roles, pick_enhancer
 from .models.swapper import swapper_roles
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
-from .sources import SourceFaces, SourceInput, check_count, identify, largest_face, list_key
+from .sources import SourceFaces, SourceInput, check_count, identify, largest_face, source_key
 from .timing import StageTimer
 
 if TYPE_CHECKING:  # the loader builds Fusers; this module only uses its bundle
@@ -316,7 +315,7 @@ class Fuser:
         check_count(len(blobs))
         with timer.stage("decode"):
             tgt = self.decode(target, "target")
-        key = list_key([hashlib.sha256(blob).hexdigest() for blob in blobs])
+        key = source_key(blobs)
         result = self.fuse([partial(decode_image, blob, self.limits, self.codec) for blob in blobs], tgt, options, timer,
                            source_key=key)
         with timer.stage("encode"):

@@ -4,7 +4,7 @@ The loader walks the manifest's roles and asks each role's kind (`pipeline.model
 its artefacts and to wrap its session, so it never names a kind itself. Sessions are created in the serving
 process (never before a fork: CUDA is not fork-safe), in parallel: the runtime releases the GIL while it loads, and
 on GPUs each creation initialises kernels. A session whose graph has a free batch axis is wrapped in a
-`MicroBatcher` when BATCH_WAIT_MS (or its GPU default) is above 0.
+`MicroBatcher` when BATCH_WAIT_MS is above 0.
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
 
 
-def _batched(session: ort.InferenceSession, active: list[str], settings: Settings) -> ort.InferenceSession | MicroBatcher:
+def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
     """`session` behind a MicroBatcher when its graph has a free batch axis and the wait is above 0."""
-    wait = settings.batching.wait_for(on_gpu=active[0] != "CPUExecutionProvider")
+    wait = settings.batching.wait
     if wait <= 0 or not has_free_batch(session):
         return session
     return MicroBatcher(session, wait, settings.batching.max_size)
@@ -146,7 +146,7 @@ def load_models(settings: Settings) -> ModelBundle:
     auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
-    sessions = {role: _batched(session, active[role], settings) for role, session in sessions.items()}
+    sessions = {role: _batched(session, settings) for role, session in sessions.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))

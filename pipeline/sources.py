@@ -45,9 +45,10 @@ def check_count(count: int) -> None:
         raise InvalidOptions(f"source: give 1 to {MAX_SOURCES} images, got {count}", image="source")
 
 
-def list_key(hashes: Sequence[str]) -> str:
-    """One cache key for a list of sources (the SHA-256 of each, in order): the same images in the same
-    order share their identity; one image's key is its own hash, as before lists existed."""
+def source_key(blobs: Sequence[bytes]) -> str:
+    """One cache key for a list of source images (the SHA-256 of each, in order): the same images in the
+    same order share their identity; one image's key is its own hash, as before lists existed."""
+    hashes = [hashlib.sha256(blob).hexdigest() for blob in blobs]
     if len(hashes) == 1:
         return hashes[0]
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()

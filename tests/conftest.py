@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import threading
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,20 @@ def assert_bad_options(r: requests.Response, *named: str) -> None:
     assert r.headers["Content-Type"] == "application/problem+json"
     for word in named:
         assert word in r.json()["detail"], (word, r.json())
+
+
+class RowCounter:
+    """A real session that records the rows of each run; with `delay_s`, each run takes at least that
+    long, so that callers arriving together overlap one run."""
+
+    def __init__(self, session, delay_s: float = 0.0) -> None:
+        self.session, self.rows, self.delay_s = session, [], delay_s
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feeds, options=None):
+        self.rows.append(len(next(iter(feeds.values()))))
+        if self.delay_s:
+            threading.Event().wait(self.delay_s)
+        return self.session.run(names, feeds, options)

@@ -29,7 +29,7 @@ from pipeline.precision import FP16_TOLERANCE, fp16_error, fp16_wanted, to_fp16
 from pipeline.selection import Selection
 from pipeline.sessions import provider_options
 
-from .conftest import shared_file
+from .conftest import RowCounter, shared_file
 
 CPU = ["CPUExecutionProvider"]
 
@@ -147,7 +147,7 @@ def test_an_error_in_a_batched_run_fails_every_caller_of_that_batch():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         initializer=[numpy_helper.from_array(np.array([1, 4], np.int64), "shape")])
     session = _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    slow = SlowSession(session)
+    slow = RowCounter(session, delay_s=0.05)
     batcher = MicroBatcher(slow, wait_ms=500, max_size=32)
     results = _concurrently(6, lambda i: batcher.run(None, {"x": np.full((1, 4), i, np.float32)}))
     errors = [r for r in results if isinstance(r, Exception)]
@@ -159,24 +159,9 @@ def test_an_error_in_a_batched_run_fails_every_caller_of_that_batch():
             assert np.array_equal(r[0], np.full((1, 4), i, np.float32))
 
 
-class SlowSession:
-    """A real session whose runs take at least 50 ms, so that callers arriving together overlap one."""
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session, self.rows = session, []
-
-    def get_inputs(self):
-        return self.session.get_inputs()
-
-    def run(self, names, feeds, options=None):
-        self.rows.append(len(next(iter(feeds.values()))))
-        threading.Event().wait(0.05)
-        return self.session.run(names, feeds, options)
-
-
 def test_no_run_holds_more_rows_than_batch_max():
     session = _session(free_batch_axis(standins.arcface_model()))
-    slow = SlowSession(session)
+    slow = RowCounter(session, delay_s=0.05)
     batcher = MicroBatcher(slow, wait_ms=500, max_size=3)
     crops = [probe_feeds(session.get_inputs(), 1, seed=i) for i in range(10)]
     results = _concurrently(10, lambda i: batcher.run(None, crops[i]))
@@ -196,7 +181,7 @@ def test_a_call_larger_than_the_batch_bound_runs_alone():
 def test_runs_are_padded_to_a_bucket_size_and_each_caller_gets_only_its_rows():
     """A batch of 5 runs as 8 (one more shape would cost ~100 ms on CUDA), and the padding never shows."""
     session = _session(free_batch_axis(standins.arcface_model()))
-    slow = SlowSession(session)
+    slow = RowCounter(session, delay_s=0.05)
     batcher = MicroBatcher(slow, wait_ms=100, max_size=32)
     feeds = probe_feeds(session.get_inputs(), 5)
     got = batcher.run(None, feeds)[0]
@@ -212,7 +197,7 @@ def test_runs_are_padded_to_a_bucket_size_and_each_caller_gets_only_its_rows():
 
 def test_warm_runs_every_bucket_size_once():
     session = _session(free_batch_axis(standins.arcface_model()))
-    slow = SlowSession(session)
+    slow = RowCounter(session, delay_s=0.05)
     assert MicroBatcher(slow, wait_ms=2, max_size=12).warm() == [1, 2, 4, 8, 12] and slow.rows == [1, 2, 4, 8, 12]
 
 
@@ -244,7 +229,7 @@ def test_batch_wait_0_turns_micro_batching_off_and_it_is_off_by_default(model_ro
         bundle = load_models(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
                                       batching=Settings.from_env(env).batching))
         assert not any(isinstance(m.session, MicroBatcher) for m in bundle.models.values())
-    assert Settings.from_env({}).batching.wait_for(on_gpu=True) == 0.0  # measured slower on an H100 (README, GPU)
+    assert Settings.from_env({}).batching.wait == 0.0  # measured slower on an H100 (README, GPU)
 
 
 def test_batching_settings_are_checked():
@@ -253,20 +238,6 @@ def test_batching_settings_are_checked():
 
 
 # -- one swapper call per frame --------------------------------------------------------------------
-class CountingSession:
-    """Counts the rows of every run of a real session."""
-
-    def __init__(self, session) -> None:
-        self.session, self.rows = session, []
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, names, feeds, options=None):
-        self.rows.append(len(next(iter(feeds.values()))))
-        return self.session.run(names, feeds, options)
-
-
 @pytest.fixture(scope="module")
 def solvay_runs(model_root, tmp_path_factory):
     """The 29-face Solvay photo, faces=all, with BATCH_MAX 32 and 1: the images and the swapper's runs."""
@@ -277,7 +248,7 @@ def solvay_runs(model_root, tmp_path_factory):
     for batch_max in (32, 1):
         fuser = load_fuser(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
                                     batching=Settings.from_env({"BATCH_MAX": str(batch_max)}).batching))
-        counter = CountingSession(fuser.swapper.session)
+        counter = RowCounter(fuser.swapper.session)
         fuser.swapper.session = counter
         result = fuser.fuse_bytes(source, target, FuseOptions(selection=Selection("all"), output_format="png"))
         out[batch_max] = (result, counter.rows)
@@ -307,7 +278,7 @@ def _enhancing(model_root: Path, cache: Path, batch_max: int, optimised: bool = 
     fuser = load_fuser(Settings(model_path=model_root, cache_path=cache, execution_providers="cpu",
                                 optimised_graphs=optimised,
                                 batching=Settings.from_env({"BATCH_MAX": str(batch_max)}).batching))
-    counter = CountingSession(fuser.enhancer.session)
+    counter = RowCounter(fuser.enhancer.session)
     fuser.enhancer.session = counter
     return fuser, counter
 
@@ -386,7 +357,7 @@ def test_an_enhancer_graph_with_batch_1_enhances_face_by_face(model_root, tmp_pa
 
 def test_reference_mode_embeds_every_candidate_in_one_run(model_root, tmp_path):
     fuser = load_fuser(Settings(model_path=model_root, cache_path=tmp_path, execution_providers="cpu"))
-    counter = CountingSession(fuser.embedder.session)
+    counter = RowCounter(fuser.embedder.session)
     fuser.embedder.session = counter
     two = shared_file("images", "two_people.jpg").read_bytes()
     obama = shared_file("images", "obama.jpg").read_bytes()

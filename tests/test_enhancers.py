@@ -28,7 +28,7 @@ from pipeline.models.enhancer import EnhancerOptions
 from pipeline.paste import paste_back
 from pipeline.selection import Selection
 
-from .conftest import REPO, shared_file
+from .conftest import REPO, RowCounter, shared_file
 from .conftest import assert_bad_options as _problem
 from .conftest import fuse_json as _json
 from .conftest import fuse_multipart as _multipart
@@ -158,20 +158,6 @@ def test_the_enhancer_option_picks_a_role_of_the_set(fuser, images):
         FuseOptions(enhancement=EnhancerOptions(blend=50))
 
 
-class _RowCounter:
-    """A real session that records the rows of each run."""
-
-    def __init__(self, session) -> None:
-        self.session, self.rows = session, []
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, names, feeds, options=None):
-        self.rows.append(len(feeds["input"]))
-        return self.session.run(names, feeds, options)
-
-
 def test_codeformer_enhances_face_by_face_and_the_others_together(fuser, images):
     """CodeFormer's (1,) weight cannot share the batch axis the prepared graph would give its input (the
     probe refuses that rewrite: tests/test_batching.py), so its faces run one by one; gfpgan's together."""
@@ -179,7 +165,7 @@ def test_codeformer_enhances_face_by_face_and_the_others_together(fuser, images)
     rows = {}
     for role in ("enhancer", "codeformer"):
         enhancer = fuser.models.role(role)
-        counter = enhancer.session = _RowCounter(enhancer.session)
+        counter = enhancer.session = RowCounter(enhancer.session)
         try:
             options = FuseOptions(selection=Selection("all"), enhance=True, enhancement=EnhancerOptions(role=role))
             assert fuser.fuse(images["obama"], two, options).report.faces_swapped == 2

@@ -20,7 +20,6 @@ a part file `stitch` joins by stream copy.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from ..faces import Face
 from ..fuser import Fuser, runtime_failures
 from ..images import DecodedImage
 from ..selection import eligible
-from ..sources import check_count, list_key
+from ..sources import check_count, source_key
 from ..timing import StageTimer
 from .info import VideoInfo, probe
 from .output import VideoOptions, add_video_stream, check_audio, codec_for, container_of
@@ -129,17 +128,16 @@ def fuse_video(
         raise UnsupportedVideoOutput("the output would overwrite the input")
     sources = sources if isinstance(sources, list) else [sources]
     check_count(len(sources))  # 1..8 images, averaged as for a still image (pipeline/sources.py)
-    source_started = time.perf_counter()
-    source_timer = StageTimer()  # its detect and embed are not the frames': reported as one `source` stage
-    source_images = [fuser.decode(source, "source") for source in sources]
-    key = list_key([hashlib.sha256(source).hexdigest() for source in sources])
-    # embedded once here; each frame finds it by key (and the swapper role)
-    fuser.source_face(source_images, source_timer, key, options.fuse.swapper, options.fuse.detector_angles)
-    if options.fuse.selection.mode == "reference":  # the reference face too: embedded once, not per frame
-        embedding = fuser.reference_embedding(options.fuse.reference, source_timer, options.fuse.detector_angles)
-        options = replace(options, fuse=replace(options.fuse, reference=embedding))
     fuse_timer = StageTimer()
-    fuse_timer.add("source", (time.perf_counter() - source_started) * 1000.0)
+    source_timer = StageTimer()  # its detect and embed are not the frames': reported as one `source` stage
+    with fuse_timer.stage("source"):
+        source_images = [fuser.decode(source, "source") for source in sources]
+        key = source_key(sources)
+        # embedded once here; each frame finds it by key (and the swapper role)
+        fuser.source_face(source_images, source_timer, key, options.fuse.swapper, options.fuse.detector_angles)
+        if options.fuse.selection.mode == "reference":  # the reference face too: embedded once, not per frame
+            embedding = fuser.reference_embedding(options.fuse.reference, source_timer, options.fuse.detector_angles)
+            options = replace(options, fuse=replace(options.fuse, reference=embedding))
     first = segment.start_frame if segment is not None else 0
     last = segment.end_frame if segment is not None else info.frames
     resets = {first, *boundaries}
