@@ -32,7 +32,7 @@ def install(runtime: Any, probe_paths: frozenset[str]) -> None:
     config = runtime.config
     tracing.setup(config.service, config.revision)
     metrics.INFO.labels(config.service, config.revision).set(1)
-    runtime.warmup.on_ready.append(_ready_metrics(config.revision))
+    runtime.warmup.add_ready_hook(_ready_metrics(config.revision))
     _PROBES.clear()
     _PROBES.update(probe_paths)
     _WATCH.update(runtime=runtime, started=None)

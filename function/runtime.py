@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import Fuser, ImageLimits
-from warmup import Warmup
+from warmup import Warmup, adopt_prestarted
 
 from .config import FunctionConfig
 from .fusion import InflightLimiter
@@ -62,8 +62,10 @@ class Runtime:
     def from_env(cls) -> Runtime:
         config = FunctionConfig.from_env()
         prefix = output_prefix(config.output_uri)
-        # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import
-        return cls(config=config, warmup=Warmup(problems=config.problems), limiter=InflightLimiter(config.max_inflight),
+        # the warm-up reads the pipeline's settings in its own thread: a bad value fails readiness, not import;
+        # `python -m function.serve` started it before importing the app (warmup.prestart)
+        warmup = adopt_prestarted() or Warmup(problems=config.problems)
+        return cls(config=config, warmup=warmup, limiter=InflightLimiter(config.max_inflight),
                    allow=AllowList(config.allowed_prefixes),
                    allow_output=output_allow_list(config, prefix), source_face=_normalised(config.source_face_uri),
                    own_prefixes=tuple(p for p in (prefix, output_prefix(config.video_output_uri),

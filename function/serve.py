@@ -5,9 +5,10 @@ serves it through function/front_door.py, which checks every request before its 
 runs the app in a thread pool only once a request is complete. The README's run command, the
 Containerfile's ENTRYPOINT, tests/server.py and bench/common.py all start this module.
 
-One process serves by default (Knative scales by pods). It starts the warm-up before it listens, so
-`/readyz` answers 503 until the models are loaded; no fork happens after the app is imported, so
-inference sessions (CUDA) are created in the serving process only. WORKERS=N (N > 1) runs N such
+One process serves by default (Knative scales by pods). It starts the warm-up first, before it
+imports the app (warmup.prestart: loading the models, native work, overlaps the web stack's imports),
+and listens once the app is built, so `/readyz` answers 503 until the models are loaded; no fork happens
+after the app is imported, so inference sessions (CUDA) are created in the serving process only. WORKERS=N (N > 1) runs N such
 processes instead, each started fresh (`python -m function.serve --listen-fd`, no fork of a process
 that imported anything) on one listening socket that this process binds and keeps; a worker that dies
 is started again, and SIGTERM is passed on to all of them.
@@ -28,6 +29,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from function.config import FunctionConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "function" / "main.py"
@@ -64,15 +69,20 @@ def build_app():
     return FrontDoor(flask_app, limits, module.precheck, module.PROBE_PATHS), module, limits
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
+    from warmup import PROCESS_START, Warmup, prestart
+
+    prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
     import uvicorn
 
     from function import shutdown
     from function.front_door import Protocol
 
     app, module, limits = build_app()
-    module.RUNTIME.warmup.ensure_started()  # before the first request: /readyz turns 200 when loaded
+    module.RUNTIME.warmup.ensure_started()  # the prestarted warm-up (a no-op); /readyz turns 200 when loaded
+    # beside the warm-up's own timings: loading began before the app was imported (load_start < app_built)
+    module.RUNTIME.warmup.readiness.timings_s["app_built"] = round(time.time() - PROCESS_START, 3)
     from function import observe
 
     observe.start_watch()  # the cold-start span and metrics follow this warm-up
@@ -168,11 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.listen_fd is not None:
-        serve(socket.socket(fileno=args.listen_fd))
+        serve(socket.socket(fileno=args.listen_fd), config)
     sock = bind(args.host, args.port)
     if workers > 1:
         sys.exit(supervise(sock, workers))
-    serve(sock)
+    serve(sock, config)
 
 
 if __name__ == "__main__":

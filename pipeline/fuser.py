@@ -32,11 +32,10 @@ from .errors import (
 )
 from .faces import Face
 from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
-from .identity import SourceIdentity
 from .images import DecodedImage, JpegCodec, decode_image, encode_image
-from .masks import DEFAULT_MASKS, MaskOptions
+from .masks import MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
-from .models.enhancer import enhancer_roles, pick_enhancer
+from .models.enhancer import pick_enhancer
 from .models.swapper import swapper_roles
 from .paste import paste_back
 from .selection import choose, eligible, order_faces
@@ -325,31 +324,7 @@ class Fuser:
 
     # -- warm-up ----------------------------------------------------------------------------------
     def exercise(self) -> dict[str, float]:
-        """Run every model once on representative inputs so kernels and arenas settle before traffic."""
-        detector, embedder, swapper = self.detector, self.embedder, self.swapper
-        timer = StageTimer()
-        frame = np.full((720, 1280, 3), 127, dtype=np.uint8)
-        face = Face(
-            bbox=np.array([560, 280, 720, 480], np.float32),
-            score=1.0,
-            kps=np.array([[600, 350], [680, 350], [640, 390], [610, 430], [670, 430]], np.float32),
-        )
-        with timer.stage("detect"):
-            detector.detect(frame)
-        with timer.stage("embed"):
-            identity = SourceIdentity.average([(face, embedder.embed_raw(frame, face), frame)])
-            sources = {role: model.prepare_source(identity) for role, model in self.swappers.items()}
-        aligned, _ = swapper.align(frame, face)  # one alignment for the swapper and the maskers
-        with timer.stage("swap"):
-            for role, model in self.swappers.items():  # every swapper role a request may pick
-                model.swap_crop(aligned if model is swapper else model.align(frame, face)[0], sources[role])
-        for enhancer in enhancer_roles(self.models.models).values():  # every enhancer role a request may pick
-            with timer.stage("enhance"):
-                enhancer.enhance(frame, face)
-        if self.occluder is not None or self.parser is not None:
-            with timer.stage("mask"):
-                if self.occluder is not None:
-                    self.occluder.occlusion(aligned)
-                if self.parser is not None:
-                    self.parser.regions(aligned, DEFAULT_MASKS.regions)
-        return timer.rounded()
+        """Run every model once so kernels and arenas settle before traffic (pipeline/exercise.py)."""
+        from .exercise import exercise
+
+        return exercise(self)

@@ -235,6 +235,8 @@ def test_readiness_is_503_until_warm(tmp_path, scrfd_path):
         assert seen[-1] == (200, "ready")
         timings = requests.get(server.url + "/readyz", timeout=5).json()["timings_s"]
         assert {"model_load", "warmup", "cold_start"} <= set(timings)
+        # the models loaded while the web stack was imported (warmup.prestart), not after it
+        assert timings["load_start"] < timings["app_built"]
         files = {"source": (REPO.parent / "shared" / "images" / "obama.jpg").read_bytes(),
                  "target": (REPO.parent / "shared" / "images" / "biden.jpg").read_bytes()}
         assert requests.post(server.url + "/", files=files, timeout=60).status_code == 200
@@ -266,6 +268,25 @@ def test_the_cold_start_clock_starts_with_the_process_not_with_the_import():
             "print(t - warmup.PROCESS_START)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert 0.6 <= float(out.stdout.strip()) < 30
+
+
+def test_a_warm_up_started_before_the_app_is_adopted_and_its_metrics_recorded(model_root, tmp_path, monkeypatch):
+    """`python -m function.serve` starts loading before it imports the app; the app then takes that
+    warm-up over instead of loading a second time, and the ready hooks it adds afterwards (the metrics)
+    still see the cold start, even when the models were ready first."""
+    from function.runtime import Runtime
+    from warmup import Warmup, prestart
+
+    monkeypatch.setenv("MODEL_PATH", str(model_root))
+    monkeypatch.setenv("CACHE_PATH", str(tmp_path / "cache"))
+    early = prestart(Warmup())
+    assert early.wait(120), early.readiness.reason
+    runtime = Runtime.from_env()
+    assert runtime.warmup is early and runtime.fuser() is early.fuser
+    assert Runtime.from_env().warmup is not early  # adopted once; another runtime builds its own
+    seen: list[dict] = []
+    runtime.warmup.add_ready_hook(lambda readiness: seen.append(dict(readiness.timings_s)))
+    assert len(seen) == 1 and seen[0]["cold_start"] > 0 and seen[0]["model_load"] > 0
 
 
 def test_importing_the_function_leaves_the_libraries_of_other_paths_for_later():

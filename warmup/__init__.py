@@ -97,12 +97,21 @@ class Warmup:
         self.problems = problems
         self.wait_for_models = wait_for_models
         # called with the readiness just before it turns ready, so what they record (metrics) is in
-        # place before /readyz says 200
+        # place before /readyz says 200; added with `add_ready_hook`
         self.on_ready: list[Callable[[Readiness], None]] = []
+        self._hooks_lock = threading.Lock()
         self.readiness = Readiness()
         self.fuser: Fuser | None = None
         self._started_pid: int | None = None
         self._lock = threading.Lock()
+
+    def add_ready_hook(self, hook: Callable[[Readiness], None]) -> None:
+        """Call `hook` with the readiness just before the process turns ready, or now if it already is: a
+        warm-up started before the app was imported (`prestart`) may be done before the app adds its hooks."""
+        with self._hooks_lock:
+            if self.readiness.ready:
+                hook(self.readiness)
+            self.on_ready.append(hook)
 
     def ensure_started(self) -> None:
         """Start loading in a background thread, once per process."""
@@ -116,6 +125,7 @@ class Warmup:
     def _run(self) -> None:
         readiness = self.readiness
         started = time.time()
+        readiness.timings_s["load_start"] = round(started - PROCESS_START, 3)  # after the interpreter and imports
         try:
             readiness.state = "loading"
             config = WarmupConfig.from_env()
@@ -133,9 +143,10 @@ class Warmup:
                 readiness.timings_s["warmup"] = round(time.time() - t, 3)
             self.fuser = fuser
             readiness.timings_s["cold_start"] = round(time.time() - PROCESS_START, 3)
-            for hook in self.on_ready:
-                hook(readiness)
-            readiness.state = "ready"
+            with self._hooks_lock:
+                for hook in self.on_ready:
+                    hook(readiness)
+                readiness.state = "ready"
             log.info("ready: %s", readiness.timings_s)
             if fuser.models.batchers and (config.exercise if self.exercise is None else self.exercise):
                 threading.Thread(target=_warm_batches, args=(fuser, readiness), name="batch-warmup", daemon=True).start()
@@ -182,3 +193,24 @@ class Warmup:
 
     def wait(self, timeout: float) -> bool:
         return self.readiness.ready_event.wait(timeout) and self.readiness.ready
+
+
+_PRESTARTED: list[Warmup] = []
+
+
+def prestart(warmup: Warmup) -> Warmup:
+    """Start `warmup` now, before the web stack (Flask, functions-framework, uvicorn, the function's own
+    modules) is imported, and keep it for the app to adopt (`adopt_prestarted`).
+
+    Why: loading and first runs are native work that releases the GIL (on an H100 1.4-1.7 s of session
+    creation and first CUDA runs), and importing the web stack is Python work (~0.5-1 s); one after the
+    other they add up, side by side the start takes the longer of the two. `python -m function.serve`
+    calls this; a process that imports the function any other way (tests, gunicorn) builds its own."""
+    warmup.ensure_started()
+    _PRESTARTED.append(warmup)
+    return warmup
+
+
+def adopt_prestarted() -> Warmup | None:
+    """The warm-up `prestart` started in this process, once (the next caller builds its own)."""
+    return _PRESTARTED.pop() if _PRESTARTED else None
