@@ -166,7 +166,7 @@ class GpuJpeg:
             image = self.decoder.decode(self.nv.CodeStream(data), params=self.params)
         finally:
             self._decode_lock.release()
-        return self._counted("decode", self.name, self._to_host_bgr(image))
+        return self._counted("decode", "nvimgcodec", self._to_host_bgr(image))
 
     def _counted(self, op: str, codec: str, result: Any) -> Any:
         if result is not None:
@@ -195,7 +195,7 @@ class GpuJpeg:
             data = self._gpu_encode_locked(bgr, quality)
         finally:
             self._encode_lock.release()
-        return self._counted("encode", self.name, data)
+        return self._counted("encode", "nvimgcodec", data)
 
     def gpu_encode(self, bgr: np.ndarray, quality: int) -> bytes:
         """The device's encode alone, waiting for the encoder and not counted (the start-up check)."""

@@ -207,3 +207,24 @@ def test_the_function_with_nvimgcodec_serves_the_default_bytes_and_counts_its_im
             "decode nvimgcodec": 2, "decode opencv": 0, "encode nvimgcodec": 1, "encode opencv": 0}
     finally:
         server.stop()
+
+
+def test_the_codec_bench_measures_overflow_against_queueing_for_the_device(monkeypatch):
+    """bench.codec's GPU rows, run here with the stand-in as nvImageCodec: the server's codec (overflow),
+    the same pair with every image queued (the behaviour before), and one pair per thread; the split of the
+    threaded run between the GPU and OpenCV is a column of its own."""
+    shared_file("images", "obama.jpg")  # the bench's 1080p frame is built from it
+    monkeypatch.setattr("pipeline.gpu_jpeg.import_nvimgcodec", lambda: standin)
+    from bench.codec import main
+
+    result = main(["--reps", "2", "--threads", "3", "--sizes", "1080p"])
+    rows = {(row["codec"], row["op"]): row for row in result["rows"]}
+    for op in ("decode", "encode"):
+        for name in ("nvimgcodec", "nvimgcodec/queue", "nvimgcodec/thread"):
+            row = rows[(name, op)]
+            assert not row["error"] and row["ms_1_thread"] > 0 and row["per_s_threads"] > 0, row
+        assert rows[("nvimgcodec/queue", op)]["gpu_share"] == 1.0  # nothing overflowed
+        assert 0 < rows[("nvimgcodec", op)]["gpu_share"] <= 1  # some image always holds the device
+        assert rows[("nvimgcodec/thread", op)]["gpu_share"] is None
+    assert rows[("nvimgcodec", "decode")]["mean_abs_diff"] == 0.0
+    assert "gpu share" in result["table"] and "nvimgcodec/queue" in result["table"]
