@@ -8,8 +8,10 @@ device-to-host copy and, when the library cannot write BGR itself, the RGB->BGR 
 to JPEG bytes at quality 92. Per codec and image: the median ms per image in one thread, images/s with
 `--threads` threads at once (the server decodes in many request threads), and for nvImageCodec a batched
 decode of `--threads` images in one `Decoder.decode` call. `nvimgcodec` is what the server runs (one
-Decoder and one Encoder, each behind a lock); `nvimgcodec/thread` gives every thread its own pair, to show
-whether separate instances would scale. Decoded pixels are compared with OpenCV's decode
+Decoder and one Encoder, each behind a lock; an image whose decoder or encoder is busy goes to OpenCV at
+once), and its `gpu share` column says which fraction of the threaded run's images the GPU did;
+`nvimgcodec/queue` is the same pair with every image waiting for the device (the server before overflow);
+`nvimgcodec/thread` gives every thread its own pair, to show whether separate instances would scale. Decoded pixels are compared with OpenCV's decode
 (mean absolute difference); the ratio column is nvImageCodec's time over OpenCV's (below 1: the GPU wins).
 
 Without nvImageCodec or a CUDA device (the CPU image, CI) the nvImageCodec rows say why they are
@@ -74,6 +76,32 @@ def open_nvimgcodec() -> tuple[Any | None, str]:
         return None, f"unavailable: {exc}"
 
 
+def sibling(checked: Any, overflow: bool = True) -> Any:
+    """A GpuJpeg of its own (own Decoder and Encoder) with the checked codec's BGR/RGB choices."""
+    codec = type(checked)(checked.device_id, checked.nv, overflow=overflow)
+    codec.bgr_encode = checked.bgr_encode
+    if not checked.bgr_decode:
+        codec.use_rgb_decode()
+    return codec
+
+
+class QueuedGpuJpeg:
+    """The server's shared pair without overflow: every image waits for the device's lock (the baseline
+    that overflow to OpenCV is measured against)."""
+
+    name = "nvimgcodec/queue"
+
+    def __init__(self, checked: Any) -> None:
+        self.codec = sibling(checked, overflow=False)
+        self.counts = self.codec.counts
+
+    def decode(self, data: bytes) -> np.ndarray | None:
+        return self.codec.decode(data)
+
+    def encode(self, bgr: np.ndarray, quality: int) -> bytes:
+        return self.codec.encode(bgr, quality)
+
+
 class PerThreadGpuJpeg:
     """One GpuJpeg per thread (its own Decoder and Encoder), with the checked codec's BGR/RGB choices: shows
     whether separate instances decode in parallel where the server's one shared, locked instance cannot."""
@@ -87,11 +115,7 @@ class PerThreadGpuJpeg:
     def _codec(self) -> Any:
         codec = getattr(self.local, "codec", None)
         if codec is None:
-            codec = type(self.checked)(self.checked.device_id, self.checked.nv)
-            codec.bgr_encode = self.checked.bgr_encode
-            if not self.checked.bgr_decode:
-                codec.use_rgb_decode()
-            self.local.codec = codec
+            codec = self.local.codec = sibling(self.checked)
         return codec
 
     def decode(self, data: bytes) -> np.ndarray | None:
@@ -121,7 +145,8 @@ def per_second(fn: Callable[[], Any], reps: int, threads: int) -> float:
 def measure(codec: Any, op: str, data: bytes, pixels: np.ndarray, reps: int, threads: int) -> dict[str, Any]:
     """One row: median ms in one thread, images/s with `threads`, and (decode) the pixel difference."""
     row: dict[str, Any] = {"codec": codec.name, "op": op, "ms_1_thread": None, "per_s_threads": None,
-                           "batch_ms_per_image": None, "mean_abs_diff": None, "bytes": None, "error": ""}
+                           "gpu_share": None, "batch_ms_per_image": None, "mean_abs_diff": None, "bytes": None,
+                           "error": ""}
     try:
         if op == "decode":
             def fn() -> Any:
@@ -140,7 +165,13 @@ def measure(codec: Any, op: str, data: bytes, pixels: np.ndarray, reps: int, thr
             back = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
             row["mean_abs_diff"] = float(np.abs(back.astype(np.int16) - pixels.astype(np.int16)).mean())
         row["ms_1_thread"] = median_ms(fn, reps)
+        counts = getattr(codec, "counts", None)  # GpuJpeg's images per (op, path): the threaded run's split
+        before = counts.snapshot() if counts is not None else None
         row["per_s_threads"] = per_second(fn, reps, threads)
+        if counts is not None and before is not None:
+            after = counts.snapshot()
+            gpu, cpu = (after[(op, path)] - before[(op, path)] for path in ("nvimgcodec", "opencv"))
+            row["gpu_share"] = gpu / (gpu + cpu) if gpu + cpu else None
         if op == "decode" and hasattr(codec, "decode_batch"):
             blobs = [data] * threads
 
@@ -167,10 +198,10 @@ def run(images: dict[str, bytes], reps: int, threads: int, nv: Any | None) -> li
             rows.append(base)
             if nv is None:
                 rows.append({"codec": "nvimgcodec", "image": image, "op": op, "ms_1_thread": None,
-                             "per_s_threads": None, "batch_ms_per_image": None, "mean_abs_diff": None,
-                             "bytes": None, "error": "unavailable (see above)"})
+                             "per_s_threads": None, "gpu_share": None, "batch_ms_per_image": None,
+                             "mean_abs_diff": None, "bytes": None, "error": "unavailable (see above)"})
                 continue
-            for codec in (nv, PerThreadGpuJpeg(nv)):
+            for codec in (nv, QueuedGpuJpeg(nv), PerThreadGpuJpeg(nv)):
                 row = measure(codec, op, data, pixels, reps, threads)
                 row["image"] = image
                 if row["ms_1_thread"] and base["ms_1_thread"]:
@@ -184,10 +215,10 @@ def render(rows: list[dict[str, Any]], threads: int) -> str:
         return "-" if value is None else fmt.format(value)
 
     return table(
-        ["image", "op", "codec", "ms/img 1 thread", f"img/s {threads} threads", f"batch {threads} ms/img",
-         "nv/opencv", "mean |diff|", "bytes", "error"],
+        ["image", "op", "codec", "ms/img 1 thread", f"img/s {threads} threads", "gpu share",
+         f"batch {threads} ms/img", "nv/opencv", "mean |diff|", "bytes", "error"],
         [[r["image"], r["op"], r["codec"], cell(r["ms_1_thread"]), cell(r["per_s_threads"], "{:.0f}"),
-          cell(r["batch_ms_per_image"]), cell(r.get("ratio")), cell(r["mean_abs_diff"], "{:.3f}"),
+          cell(r["gpu_share"]), cell(r["batch_ms_per_image"]), cell(r.get("ratio")), cell(r["mean_abs_diff"], "{:.3f}"),
           cell(r["bytes"], "{}"), r["error"][:160]] for r in rows])
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("facefusion.metrics")
@@ -114,6 +114,37 @@ class GpuCollector(Collector):
 
 
 REGISTRY.register(GpuCollector())
+
+
+class ImageCodecCollector(Collector):
+    """`facefusion_image_codec_images_total{op, codec}`: JPEGs decoded and encoded with IMAGE_CODEC=nvimgcodec,
+    by the GPU (`codec="nvimgcodec"`) or by OpenCV because the GPU's decoder or encoder was busy with another
+    image (`codec="opencv"`, pipeline/gpu_jpeg.py). The codec counts for itself; this reads its counts at
+    scrape time through `source` (function/observe.py sets it), so the request path adds nothing. No series
+    at all while `source` gives None (the default codec, or no pipeline loaded yet)."""
+
+    NAME = "facefusion_image_codec_images"
+    HELP = ("JPEGs done with IMAGE_CODEC=nvimgcodec by op (decode, encode) and codec: nvimgcodec (the GPU) or "
+            "opencv (the GPU's decoder or encoder was busy, so OpenCV did it at once)")
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[tuple[str, str], int] | None] | None = None
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["op", "codec"])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self.source() if self.source is not None else None
+        if counts is None:
+            return
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["op", "codec"])
+        for (op, codec), value in sorted(counts.items()):
+            family.add_metric([op, codec], float(value))
+        yield family
+
+
+IMAGE_CODEC_IMAGES = ImageCodecCollector()
+REGISTRY.register(IMAGE_CODEC_IMAGES)
 
 
 def render() -> bytes:

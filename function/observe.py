@@ -10,7 +10,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +33,7 @@ def install(runtime: Any, probe_paths: frozenset[str]) -> None:
     tracing.setup(config.service, config.revision)
     metrics.INFO.labels(config.service, config.revision).set(1)
     runtime.warmup.add_ready_hook(_ready_metrics(config.revision))
+    metrics.IMAGE_CODEC_IMAGES.source = functools.partial(_image_codec_counts, runtime.warmup)
     _PROBES.clear()
     _PROBES.update(probe_paths)
     _WATCH.update(runtime=runtime, started=None)
@@ -77,6 +78,13 @@ def _watch_warmup(runtime: Any, process_start: float) -> None:
         readiness.done.wait(0.25)
     if not ended:
         tracing.end_cold_start(process_start, readiness.timings_s)
+
+
+def _image_codec_counts(warmup: Any) -> Mapping[tuple[str, str], int] | None:
+    """The loaded codec's images per (op, codec) at scrape time; None with OpenCV (IMAGE_CODEC's default,
+    which counts nothing) or before the pipeline is loaded."""
+    counts = getattr(getattr(warmup.fuser, "codec", None), "counts", None)
+    return counts.snapshot() if counts is not None else None
 
 
 def _ready_metrics(revision: str) -> Callable[[Any], None]:

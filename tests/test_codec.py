@@ -24,6 +24,8 @@ def test_the_default_codec_is_opencv_and_a_fusion_over_http_gives_the_same_bytes
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"] == "image/jpeg"
         assert r.content == expected.data
+        # the GPU codec's counter (tests/test_codec_overflow.py) has no series with the default codec
+        assert "facefusion_image_codec_images" not in requests.get(server.url + "/metrics", timeout=10).text
     finally:
         server.stop()
 
