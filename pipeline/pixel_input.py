@@ -11,7 +11,7 @@ GPU, after copying the uint8 canvas):
         -> Cast to float32 -> Sub mean -> Mul 1/std -> the graph's original float input
 
 Transposing first keeps the channel reorder a copy of three contiguous planes: a Gather on the last
-axis of the NHWC image took 11 ms on this CPU, the planes 0.9 ms (blobFromImage 1.0 ms). The arithmetic
+axis of the NHWC image took 11 ms in one thread of this CPU, the planes 0.9 ms (blobFromImage 1.0 ms). The arithmetic
 is OpenCV's (subtract the mean in the model's channel order, multiply by 1/std in float32), so the
 outputs are the float graph's: on the CPU the real SCRFD's differ by 0.0.
 
