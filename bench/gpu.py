@@ -38,7 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
 
 from bench.common import (
@@ -127,11 +126,11 @@ def _settings(models: Path, cache: Path, providers: str, config: str):
 
 
 def _median_ms(session, rows: int, runs: int) -> float:
-    """Median ms of `runs` runs of `session` on random inputs of `rows` rows, after one warm-up run."""
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [rows] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
-        feeds[inp.name] = np.random.default_rng(0).random(shape, dtype=np.float32)
+    """Median ms of `runs` runs of `session` on random inputs of `rows` rows (uint8 for the detector's
+    pixel input), after one warm-up run."""
+    from pipeline.batch_axis import probe_feeds
+
+    feeds = probe_feeds(session.get_inputs(), rows)
     return median_ms(lambda: session.run(None, feeds), runs)
 
 

@@ -7,13 +7,15 @@ loading that with optimisation and pre-packing off maps the weights from the pag
 process and pod on the node shares them.
 
 An artefact is only valid for the model bytes, runtime version, execution providers and hardware it
-was built with, and the recipe it was built to (`GraphRecipe`: a free batch axis, fp16), so that tuple is
-its key. The swapper's `emap` is dropped from optimised graphs (no node uses it) and lives in its own
+was built with, and the recipe it was built to (`GraphRecipe`: a free batch axis, fp16, uint8 pixel input),
+so that tuple is its key (with the kind's declared pixel normalisation, which a pixel-input graph bakes in). The swapper's `emap` is dropped from optimised graphs (no node uses it) and lives in its own
 side file (see `swap.load_emap`).
 
 The recipe's rewrites are kept only when a probe proves them (pipeline/batch_axis.py,
-pipeline/precision.py); what was kept and why not is written beside the graph (`<role>.onnx.json`) and
-logged, so a refused rewrite costs one build, not a wrong answer.
+pipeline/precision.py, pipeline/pixel_input.py); what was kept and why not is written beside the graph
+(`<role>.onnx.json`) and logged, so a refused rewrite costs one build, not a wrong answer. The pixel input
+comes last: the batch axis and fp16 are decided on the float graph (fp16 keeps float32 inputs), and the
+uint8 input is then put in front of whatever was kept, for kinds that declare a `pixel_format`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,21 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from .batch_axis import batch_matches, free_batch_axis
 from .manifest import ModelEntry
+from .models import kind_class
+from .pixel_input import PixelFormat, pixels_match, with_pixel_input
 from .precision import FP16_TOLERANCE, fp16_error, to_fp16
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 DATA_SUFFIX = ".data"
@@ -44,14 +52,17 @@ _MAX_REWRITE_BYTES = 2**31 - 1  # a protobuf above 2 GB cannot be serialised for
 
 @dataclass(frozen=True)
 class GraphRecipe:
-    """What an optimised graph is built to: for which GPU, with a free batch axis, in fp16."""
+    """What an optimised graph is built to: for which GPU, with a free batch axis, in fp16, taking the
+    uint8 image (`pixels`, for kinds that declare their pixel normalisation)."""
 
     gpu: str = ""
     batch: bool = True
     fp16: bool = False
+    pixels: bool = True
 
     def token(self) -> str:
-        return f"{self.gpu}|batch={int(self.batch)}|fp16={int(self.fp16)}|rewrite=1"
+        # rewrite=2: graphs built before the pixel input existed are rebuilt
+        return f"{self.gpu}|batch={int(self.batch)}|fp16={int(self.fp16)}|pixels={int(self.pixels)}|rewrite=2"
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,8 +80,16 @@ def _hardware(gpu: str) -> str:
     return f"{cpu}|{gpu}"
 
 
+def pixel_format(entry: ModelEntry) -> PixelFormat | None:
+    """The pixel normalisation `entry`'s kind declares (None: the kind keeps a float input)."""
+    cls = kind_class(entry.kind)
+    return cls.pixel_format if cls is not None else None
+
+
 def artefact_key(entry: ModelEntry, providers: Sequence[str], recipe: GraphRecipe = GraphRecipe()) -> str:
-    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware(recipe.gpu), recipe.token()])
+    pixels = pixel_format(entry) if recipe.pixels else None  # baked into the graph: another one, another key
+    raw = "|".join([entry.sha256, ort.__version__, ",".join(providers), _hardware(recipe.gpu), recipe.token(),
+                    repr(pixels) if pixels is not None else ""])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -79,7 +98,7 @@ def optimised_path(entry: ModelEntry, providers: Sequence[str], cache_dir: Path,
 
 
 def graph_notes(graph: Path) -> dict:
-    """What the build of `graph` kept of its recipe (`batch`, `fp16`) and why not (empty when unknown)."""
+    """What the build of `graph` kept of its recipe (`batch`, `fp16`, `pixels`) and why not (empty when unknown)."""
     try:
         return json.loads((graph.parent / (graph.name + NOTES_SUFFIX)).read_text())
     except (OSError, ValueError):
@@ -90,7 +109,7 @@ def _rewritten(entry: ModelEntry, providers: Sequence[str], recipe: GraphRecipe)
     """The model with the recipe's rewrites that its probes accept (None: none kept), and the notes."""
     import onnx
 
-    notes: dict = {"batch": False, "fp16": False}
+    notes: dict = {"batch": False, "fp16": False, "pixels": False}
     model = onnx.load(str(entry.path))
     if model.ByteSize() > _MAX_REWRITE_BYTES:
         notes["why"] = "the model is above 2 GB; served as published"
@@ -104,35 +123,65 @@ def _rewritten(entry: ModelEntry, providers: Sequence[str], recipe: GraphRecipe)
         return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=list(providers))
 
     original = session(model)
-    kept = model
+    kept, kept_session = model, original
     if recipe.batch:
         candidate = free_batch_axis(model)
         if candidate is None:
             notes["batch_why"] = "inputs or outputs have no fixed batch of 1 to free"
         else:
             try:
-                ok, why = batch_matches(original, session(candidate))
+                batched = session(candidate)
+                ok, why = batch_matches(original, batched)
             except Exception as exc:  # the runtime refuses the rewritten graph
                 ok, why = False, f"the rewritten graph does not load ({type(exc).__name__})"
             if ok:
-                kept, notes["batch"] = candidate, True
+                kept, kept_session, notes["batch"] = candidate, batched, True
             else:
                 notes["batch_why"] = why
     if recipe.fp16:
         try:
             half = to_fp16(kept)
-            error = fp16_error(original, session(half))
+            half_session = session(half)
+            error = fp16_error(original, half_session)
         except Exception as exc:  # the converter or the runtime refuses
             error, notes["fp16_why"] = float("inf"), f"conversion failed ({type(exc).__name__}: {str(exc)[:160]})"
         notes["fp16_error"] = error if error != float("inf") else None
         if error <= FP16_TOLERANCE:
-            kept, notes["fp16"] = half, True
+            kept, kept_session, notes["fp16"] = half, half_session, True
         else:
             notes.setdefault("fp16_why", f"outputs differ from fp32 by {error:.3g} of their range (limit {FP16_TOLERANCE})")
-    for what in ("batch", "fp16"):
-        if getattr(recipe, what) and not notes[what]:
-            log.info("%s: no %s graph: %s", entry.path.name, what, notes.get(f"{what}_why"))
+    cls = kind_class(entry.kind) if recipe.pixels else None
+    if cls is not None and cls.pixel_format is not None:  # last: in front of the kept batch axis and fp16
+        kept = _with_pixels(kept, kept_session, cls.pixel_format, entry.input_size or cls.default_input_size,
+                            session, notes)
+    for what in ("batch", "fp16", "pixels"):
+        if getattr(recipe, what) and not notes[what] and f"{what}_why" in notes:
+            log.info("%s: no %s graph: %s", entry.path.name, what, notes[f"{what}_why"])
     return (kept.SerializeToString() if kept is not model else None), notes
+
+
+def _with_pixels(kept: onnx.ModelProto, kept_session: ort.InferenceSession, fmt: PixelFormat, size: tuple[int, int],
+                 session: Callable[[onnx.ModelProto], ort.InferenceSession],
+                 notes: dict) -> onnx.ModelProto:
+    """`kept` taking the uint8 image when the probe proves it equal to `fmt.blob` + `kept` (pixel_input.py);
+    else `kept` as it was, and the notes say why. `size`: the probe images' (width, height) where the
+    graph's are not fixed."""
+    candidate, why = with_pixel_input(kept, fmt)
+    if candidate is None:
+        notes["pixels_why"] = why
+        return kept
+    try:
+        pixel_session = session(candidate)
+    except Exception as exc:  # the runtime refuses the rewritten graph
+        notes["pixels_why"] = f"the uint8 graph does not load ({type(exc).__name__})"
+        return kept
+    ok, why, error = pixels_match(kept_session, pixel_session, fmt, size)
+    notes["pixels_error"] = error if error != float("inf") else None
+    if not ok:
+        notes["pixels_why"] = why
+        return kept
+    notes["pixels"] = True
+    return candidate
 
 
 def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path, recipe: GraphRecipe = GraphRecipe()) -> Path:
@@ -154,7 +203,8 @@ def build_optimised(entry: ModelEntry, providers: Sequence[str], cache_dir: Path
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + DATA_SUFFIX)
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         opts.log_severity_level = 3
-        source, notes = _rewritten(entry, providers, recipe) if recipe.batch or recipe.fp16 else (None, {})
+        rewrites = recipe.batch or recipe.fp16 or (recipe.pixels and pixel_format(entry) is not None)
+        source, notes = _rewritten(entry, providers, recipe) if rewrites else (None, {})
         ort.InferenceSession(source if source is not None else str(entry.path), sess_options=opts, providers=list(providers))
         del source
         (work / (target.name + NOTES_SUFFIX)).write_text(json.dumps(notes))

@@ -123,17 +123,22 @@ def _resize_sizes_to_scales(model: onnx.ModelProto) -> None:
 
 
 def probe_feeds(inputs: Sequence[ort.NodeArg], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs in [-1, 1] (every model here takes normalised images or unit vectors)."""
+    """Deterministic inputs: floats in [-1, 1] (every float input here is a normalised image or a unit
+    vector), uint8 images in 0..255 (a graph that takes the image's pixels, pipeline/pixel_input.py)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for arg in inputs:
         shape = [batch] + [d if isinstance(d, int) else 1 for d in arg.shape[1:]]
+        if arg.type == "tensor(uint8)":
+            feeds[arg.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+            continue
         dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(arg.type, np.float32)
         feeds[arg.name] = rng.uniform(-1.0, 1.0, shape).astype(dtype)
     return feeds
 
 
-def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest difference as a fraction of `want`'s largest magnitude (inf: other shape, not finite)."""
     got, want = got.astype(np.float64), want.astype(np.float64)
     if got.shape != want.shape or not np.all(np.isfinite(got)):
         return float("inf")
@@ -151,7 +156,7 @@ def batch_matches(original: ort.InferenceSession, batched: ort.InferenceSession)
         return False, f"a batch of 2 fails to run ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     for index, out in enumerate(original.get_outputs()):
         want = np.concatenate([alone[0][index], alone[1][index]])
-        error = _relative_error(together[index], want)
+        error = relative_error(together[index], want)
         if error > BATCH_TOLERANCE:
             return False, f"output {out.name} of a batch of 2 differs from two single runs (relative error {error:.2g})"
     return True, ""

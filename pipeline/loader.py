@@ -69,7 +69,7 @@ def _kind(entry: ModelEntry) -> type[ModelKind]:
 def graph_recipe(settings: Settings, providers: list[str]) -> GraphRecipe:
     """What the optimised graphs are built to: for which GPU model (NVIDIA_GPU_NAME, else the device's
     model and compute capability where a GPU provider comes first), a batch axis unless BATCH_MAX is 1,
-    fp16 per MODEL_FP16."""
+    fp16 per MODEL_FP16, and a uint8 image input for kinds that declare their pixel normalisation."""
     on_gpu = bool(providers) and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
     gpu = settings.gpu.name or (gpu_model(settings.gpu.device_id) if on_gpu else "")
     return GraphRecipe(gpu=gpu, batch=settings.batching.max_size > 1,

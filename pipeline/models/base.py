@@ -3,7 +3,9 @@
 A kind is one model family with its own pre- and post-processing (SCRFD, ArcFace, inswapper, GFPGAN,
 and the swappers, enhancers and maskers to come). It serves one role category (`detector`,
 `recognizer`, `swapper`, `enhancer`), declares its default input size, may build derived artefacts
-ahead of serving (`prepare`), and wraps a ready inference session (`create`).
+ahead of serving (`prepare`), and wraps a ready inference session (`create`). A kind that normalises
+whole images may declare how (`pixel_format`): its prepared graph then takes the uint8 image itself
+(pipeline/pixel_input.py), which saves CPU per request and host-to-device bytes on GPU pods.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from ..pixel_input import PixelFormat
+
 if TYPE_CHECKING:  # the manifest module imports this package's table; hints only, no import cycle
     from ..manifest import ModelEntry
 
@@ -25,6 +29,10 @@ class ModelKind:
     kind: ClassVar[str]
     category: ClassVar[str]
     default_input_size: ClassVar[tuple[int, int]]
+    # The normalisation of the kind's float image input, declared when the kind feeds whole images that
+    # the graph may take as uint8 pixels instead (the graph preparation proves it; see pixel_input.py).
+    # None: the graph is prepared with its float input.
+    pixel_format: ClassVar[PixelFormat | None] = None
 
     @classmethod
     def prepare(cls, entry: ModelEntry, cache_dir: Path) -> list[str]:

@@ -5,19 +5,26 @@ anchor-distance boxes and keypoints, score threshold, greedy NMS) so results mat
 implementation; tests compare the two on real photographs. insightface 2.x runs two passes by default
 (128 and 640) and costs about a second of imports; one pass and our own decoder keep both the request
 and the cold start short.
+
+The pixel normalisation is insightface's (`SCRFD.__init__`: input_mean 127.5, input_std 128.0;
+`SCRFD.detect`: `cv2.dnn.blobFromImage(img, 1.0/input_std, input_size, (input_mean,)*3, swapRB=True)`),
+declared as `pixel_format` so that the prepared graph takes the letterboxed canvas as uint8 and does that
+arithmetic itself (pipeline/pixel_input.py: CPU per request and host-to-device bytes on GPU pods). The
+detector looks at its session's input when it is created: uint8 gets the canvas, float the blob
+(original graphs with OPTIMISED_GRAPHS=0, or a graph whose rewrite the probe refused).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
 from ..faces import Face
+from ..pixel_input import PixelFormat, takes_pixels
 from .base import ModelKind
-
-INPUT_MEAN = 127.5
-INPUT_STD = 128.0
 
 
 def _distance_to_boxes(centers: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -53,6 +60,7 @@ class ScrfdDetector(ModelKind):
     kind = "scrfd"
     category = "detector"
     default_input_size = (640, 640)
+    pixel_format: ClassVar[PixelFormat] = PixelFormat(mean=(127.5, 127.5, 127.5), std=128.0, rgb=True)
 
     strides = (8, 16, 32)
     anchors_per_location = 2
@@ -69,6 +77,7 @@ class ScrfdDetector(ModelKind):
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.input_name = session.get_inputs()[0].name
+        self.takes_pixels = takes_pixels(session)  # uint8 canvas in (a prepared graph), else the float blob
         self.output_names = [o.name for o in session.get_outputs()]
         if len(self.output_names) != 9:
             raise ValueError(f"expected an SCRFD model with 9 outputs (scores, boxes, keypoints), got {len(self.output_names)}")
@@ -85,7 +94,7 @@ class ScrfdDetector(ModelKind):
         return centers
 
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Resize keeping the aspect ratio into the top-left of the input canvas; returns blob, scale."""
+        """Resize keeping the aspect ratio into the top-left of the input canvas; returns canvas (BGR, uint8), scale."""
         in_w, in_h = self.input_size
         height, width = image.shape[:2]
         if height / width > in_h / in_w:
@@ -95,13 +104,17 @@ class ScrfdDetector(ModelKind):
         scale = new_h / height
         canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h))
-        blob = cv2.dnn.blobFromImage(canvas, 1.0 / INPUT_STD, (in_w, in_h), (INPUT_MEAN,) * 3, swapRB=True)
-        return blob, scale
+        return canvas, scale
+
+    def feed(self, canvas: np.ndarray) -> np.ndarray:
+        """The session's input for one letterboxed canvas: the canvas itself (1 x H x W x 3 uint8) when the
+        graph takes pixels, else the float blob (1 x 3 x H x W)."""
+        return self.pixel_format.feed(canvas[None], self.takes_pixels)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in `image` (BGR), ordered by descending score."""
-        blob, scale = self.letterbox(image)
-        outputs = self.session.run(self.output_names, {self.input_name: blob})
+        canvas, scale = self.letterbox(image)
+        outputs = self.session.run(self.output_names, {self.input_name: self.feed(canvas)})
         in_w, in_h = self.input_size
         scores_all, boxes_all, kps_all = [], [], []
         for idx, stride in enumerate(self.strides):
