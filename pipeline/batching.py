@@ -26,7 +26,10 @@ grows the arena: about 100 ms. Merged batches of any size from 1 to 32 made near
 run, and on an H100 the detector's stage took 155 ms at concurrency 32 instead of 6 (35 requests/s, no
 better than one at a time). With buckets a model sees at most six shapes (BATCH_MAX 32), and `warm` runs each once,
 in the background after the pod turns ready (pipeline/loader.py `ModelBundle.warm_batches`), so the
-cold start does not wait for them. Rows are independent (the batch axis was proven so when the graph was
+cold start does not wait for them. An input with a free dimension besides the batch (SCRFD's height and
+width) has no one shape to warm from the graph alone, so `warm` also warms the per-row shapes the batcher
+has already run (the warm-up's exercise ran the detector at its 640x640 input before the pod turned
+ready); before that, such a model's buckets were left for requests to pay. Rows are independent (the batch axis was proven so when the graph was
 prepared), so padding never changes a caller's rows; it costs at most the padded rows' compute.
 """
 
@@ -41,6 +44,17 @@ from typing import Any
 import numpy as np
 
 from .batch_axis import probe_feeds
+
+
+def _random_rows(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """One row of `shape` and `dtype`: 0..255 for images in uint8, [-1, 1] for everything else."""
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 256, (1, *shape)).astype(dtype)
+    return rng.uniform(-1.0, 1.0, (1, *shape)).astype(dtype)
+
+
+def _same_rows(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape[1:] == b[k].shape[1:] and a[k].dtype == b[k].dtype for k in a)
 
 
 @dataclass
@@ -77,6 +91,8 @@ class MicroBatcher:
         self.runs = 0  # session runs made (a batch counts once): merging shows as runs < calls
         self.calls = 0
         self.buckets = bucket_sizes(self.max_size)
+        # per-row shapes and types of the feeds run so far, by name: what `warm` warms besides the graph's own
+        self._seen: dict[tuple, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
 
     def padded_size(self, rows: int) -> int:
         """The bucket `rows` rows run as: the smallest bucket that holds them."""
@@ -91,14 +107,26 @@ class MicroBatcher:
         return outputs if size == rows else [out[:rows] for out in outputs]
 
     def warm(self) -> list[int]:
-        """Run every bucket size once on probe inputs, so no request pays a shape's first run; returns the sizes
-        run. Inputs with another free dimension than the batch have no one shape to warm: nothing is run."""
+        """Run every bucket size once, so no request pays a shape's first run; returns the sizes run.
+
+        The shapes: the graph's own where every dimension but the batch is fixed (probe inputs), and every
+        per-row shape already run through this batcher (random inputs of those shapes and types). A graph
+        with free dimensions that has not run yet has nothing to warm."""
         inputs = self.session.get_inputs()
-        if any(not isinstance(d, int) for arg in inputs for d in arg.shape[1:]):
-            return []
-        for size in self.buckets:
-            self.session.run(None, probe_feeds(inputs, size))
-        return list(self.buckets)
+        signatures: list[dict[str, np.ndarray]] = []
+        if not any(not isinstance(d, int) for arg in inputs for d in arg.shape[1:]):
+            signatures.append(probe_feeds(inputs, 1))
+        with self._lock:
+            seen = list(self._seen.values())
+        rng = np.random.default_rng(0)
+        for rows in seen:
+            feeds = {name: _random_rows(rng, shape, dtype) for name, (shape, dtype) in rows.items()}
+            if not any(_same_rows(feeds, known) for known in signatures):
+                signatures.append(feeds)
+        for feeds in signatures:
+            for size in self.buckets:
+                self.session.run(None, {name: np.repeat(row, size, axis=0) for name, row in feeds.items()})
+        return list(self.buckets) if signatures else []
 
     def __getattr__(self, name: str) -> Any:  # get_inputs, get_outputs, get_providers, ... of the session
         return getattr(self.session, name)
@@ -119,6 +147,8 @@ class MicroBatcher:
             return self._direct(output_names, feeds, run_options)
         with self._lock:
             self.calls += 1
+            if key[1] not in self._seen:
+                self._seen[key[1]] = {name: (v.shape[1:], v.dtype) for name, v in feeds.items()}
             batch = self._open.get(key)
             if batch is not None and batch.rows + rows <= self.max_size:
                 index = len(batch.feeds)

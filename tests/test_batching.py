@@ -201,6 +201,30 @@ def test_warm_runs_every_bucket_size_once():
     assert MicroBatcher(slow, wait_ms=2, max_size=12).warm() == [1, 2, 4, 8, 12] and slow.rows == [1, 2, 4, 8, 12]
 
 
+def test_a_detector_with_a_free_image_size_is_warmed_at_the_size_it_has_run():
+    """SCRFD's height and width are free: the graph alone gives no shape to warm, so before this every
+    bucket's first run on CUDA (~100 ms) fell on requests. The warm-up's exercise runs it at 640x640
+    through the batcher first; `warm` then runs every bucket at that size, with the feeds' own type."""
+    model = onnx.load(str(shared_file("models", "scrfd_2.5g_bnkps.onnx")))  # exported at 640x640 ...
+    for axis, name in ((2, "height"), (3, "width")):  # ... insightface's det_10g leaves both free
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    session = _session(free_batch_axis(model))
+    assert session.get_inputs()[0].shape[1:] == [3, "height", "width"]
+    shapes: list[tuple] = []
+
+    class Shapes(RowCounter):
+        def run(self, names, feeds, options=None):
+            shapes.append(next(iter(feeds.values())).shape)
+            return super().run(names, feeds, options)
+
+    batcher = MicroBatcher(Shapes(session), wait_ms=2, max_size=4)
+    assert batcher.warm() == [] and shapes == []  # nothing run yet: nothing to warm
+    frame = np.random.default_rng(1).uniform(-1, 1, (1, 3, 640, 640)).astype(np.float32)
+    batcher.run(None, {session.get_inputs()[0].name: frame})
+    assert batcher.warm() == [1, 2, 4]
+    assert shapes[1:] == [(1, 3, 640, 640), (2, 3, 640, 640), (4, 3, 640, 640)]
+
+
 def test_the_batch_sizes_are_warmed_after_the_pod_turns_ready(model_root, tmp_path):
     """Readiness does not wait for them (cold start); /readyz's timings say when they were done."""
     from warmup import Warmup
