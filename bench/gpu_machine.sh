@@ -5,7 +5,7 @@
 # .gpu/wheels/ (see ../shared/gpu/README.md), the files bench.gpu reads in .gpu/shared/ (images/obama.jpg,
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
-#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu codec gpucodec" by default)
+#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect gpucodec" by default)
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -21,16 +21,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nproc | tee -a "$O/machine.txt"
 python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
 WORK=/tmp/ff-bench-gpu
-for step in ${STEPS:-gpu codec gpucodec}; do
+for step in ${STEPS:-gpu detect gpucodec}; do
   echo "=== $step $(date +%T)"
   case $step in
-    gpu)  # the issue's bench: the defaults, batching off (the baseline), four workers, merged runs
+    gpu)  # the issue's bench: the defaults, batching off (the baseline), four and eight workers
       timeout "${GPU_TIMEOUT:-330}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" \
-        --configs "${CONFIGS:-defaults,unbatched,defaults@4,merged}" --images "${IMAGES:-1080p,4k,solvay}" \
+        --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
-    codec)  # JPEG decode/encode: OpenCV against nvImageCodec, in-process
+    detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
+      timeout 90 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
+    codec)  # JPEG decode/encode: OpenCV against nvImageCodec (with overflow, queued, per thread), in-process
       timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log" ;;
-    gpucodec)  # the server with IMAGE_CODEC=nvimgcodec (graphs prepared by the gpu step, reused)
+    gpucodec)  # the server with IMAGE_CODEC=nvimgcodec, overflowing to OpenCV (graphs prepared by the gpu step)
       timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" --images 1080p,4k \
         --configs nvimgcodec --model-only "" --json "$O/gpucodec.json" 2>&1 | tee "$O/gpucodec.log" ;;
     batching)  # frame and micro-batching in-process with the compute-realistic proxies

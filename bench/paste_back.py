@@ -1,8 +1,9 @@
 """Paste back: ours (face region only) against insightface's INSwapper.get(paste_back=True), per face.
 
 Both paste the same swapped crop with the same matrix; insightface's paste cost is measured as
-get(paste_back=True) minus get(paste_back=False) on the same inputs. Also prints the stage table of a
-full request for a 1080p single-face JPEG. Run: python -m bench.paste_back [--repeat N]
+get(paste_back=True) minus get(paste_back=False) on the same inputs. Then all faces of a frame pasted
+one at a time against `paste_all` (disjoint faces side by side, PASTE_THREADS threads), same crops, and
+the stage table of a full request for a 1080p single-face JPEG. Run: python -m bench.paste_back [--repeat N]
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from bench.common import SHARED, insightface_t1, median_ms, single_face_1080p, standin_models, table
 from pipeline import Settings, StageTimer, load_fuser
-from pipeline.paste import paste_back
+from pipeline import paste as paste_module
+from pipeline.paste import disjoint_waves, paste_all, paste_back, paste_region
 
 
 def main() -> None:
@@ -56,6 +58,29 @@ def main() -> None:
         rows.append([name, len(faces), a, b, a / b, worst])
     print("paste back, ms per face (median of", args.repeat, "runs each)")
     print(table(["frame", "faces", "insightface ms", "ours ms", "speed-up", "max diff (grey levels)"], rows))
+
+    rows = []
+    for name, frame in (("t1 1280x886", t1), ("solvay 3000x2171", solvay), ("4k 3840x2160", uhd)):
+        faces = fuser.detect(SimpleNamespace(bgr=frame))
+        pastes = []
+        for face in faces:
+            crop, matrix = fuser.swapper.align(frame, face)
+            pastes.append((255 - crop, matrix, []))
+        waves = disjoint_waves([paste_region(m, c.shape[0], frame.shape) for c, m, _ in pastes])
+
+        def loop(pastes=pastes, frame=frame) -> None:
+            out = frame.copy()
+            for crop, matrix, crop_masks in pastes:
+                paste_back(out, crop, matrix, crop_masks=crop_masks)
+
+        def together(pastes=pastes, frame=frame) -> None:
+            paste_all(frame.copy(), pastes)
+        copy_ms = median_ms(lambda frame=frame: frame.copy(), args.repeat)
+        one = median_ms(loop, args.repeat) - copy_ms
+        side = median_ms(together, args.repeat) - copy_ms
+        rows.append([name, len(faces), len(waves), one, side, one / side])
+    print(f"\nall faces of a frame, ms (median of {args.repeat}; frame copy excluded), PASTE_THREADS={paste_module.PASTE_THREADS}")
+    print(table(["frame", "faces", "waves", "one at a time", "paste_all", "speed-up"], rows))
 
     data = single_face_1080p()
     fuser.fuse_bytes(data, data)  # warm

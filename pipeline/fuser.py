@@ -37,7 +37,7 @@ from .masks import MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
 from .models.enhancer import pick_enhancer
 from .models.swapper import swapper_roles
-from .paste import paste_back
+from .paste import paste_all
 from .selection import choose, eligible, order_faces
 from .sources import SourceFaces, SourceInput, check_count, identify, largest_face, source_key
 from .timing import StageTimer
@@ -276,6 +276,7 @@ class Fuser:
             for start in range(0, len(aligned), per_run):
                 rows = latents[start:start + per_run] if per_face else latents[:1]
                 swapped += swapper.swap_crops([a for a, _ in aligned[start:start + per_run]], rows, boost)
+        pastes = []
         for (crop, matrix), out in zip(aligned, swapped, strict=True):
             crop_masks = []
             if "occlusion" in masks.types and self.occluder is not None:
@@ -284,8 +285,9 @@ class Fuser:
             if "region" in masks.types and self.parser is not None:
                 with timer.stage("mask"):  # of the swapped face, as FaceFusion parses it
                     crop_masks.append(self.parser.regions(out, masks.regions))
-            with timer.stage("paste"):
-                paste_back(frame, out, matrix, masks, crop_masks)
+            pastes.append((out, matrix, crop_masks))
+        with timer.stage("paste"):  # disjoint faces side by side (pipeline/paste.py)
+            paste_all(frame, pastes, masks)
 
     def reference_embedding(self, reference: bytes | DecodedImage | np.ndarray | None, timer: StageTimer,
                             angles: tuple[int, ...] = DEFAULT_DETECTOR_ANGLES) -> np.ndarray:

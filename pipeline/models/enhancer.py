@@ -47,7 +47,7 @@ from ..batch_axis import has_free_batch
 from ..errors import InvalidOptions, ModelSetInvalid
 from ..faces import Face
 from ..masks import MaskOptions
-from ..paste import paste_back, paste_region
+from ..paste import disjoint_waves, paste_back, paste_region
 from .base import ModelKind
 from .xseg import FaceOccluder
 
@@ -224,13 +224,8 @@ class FaceEnhancer(ModelKind):
         result of the face-by-face loop: a face goes one wave past the latest earlier face whose paste
         region meets its own."""
         box = self._box(masks)
-        regions = [paste_region(umeyama_similarity(face.kps, self.template), self.input_size, frame_shape, box)
-                   for face in faces]
-        level: list[int] = []
-        for j, r in enumerate(regions):
-            before = [level[i] for i, q in enumerate(regions[:j]) if r is not None and q is not None and _meet(q, r)]
-            level.append(max(before, default=-1) + 1)
-        return [[i for i, lv in enumerate(level) if lv == wave] for wave in range(max(level, default=-1) + 1)]
+        return disjoint_waves([paste_region(umeyama_similarity(face.kps, self.template), self.input_size, frame_shape, box)
+                               for face in faces])
 
     @staticmethod
     def _box(masks: MaskOptions | None) -> MaskOptions:
@@ -257,10 +252,6 @@ class FaceEnhancer(ModelKind):
             return
         frame[y0:y1, x0:x1] = cv2.addWeighted(before, 1.0 - blend, frame[y0:y1, x0:x1], blend, 0)
 
-
-def _meet(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """Whether two (x0, y0, x1, y1) boxes, ends exclusive, share a pixel."""
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def enhancer_roles(models: Mapping[str, ModelKind]) -> dict[str, FaceEnhancer]:
