@@ -321,8 +321,9 @@ def batch_warmup(url: str, limit_s: float = 20.0) -> float | None:
 
 
 def serve_config(config: str, models: Path, cache: Path, providers: str, images: dict, source: bytes,
-                 levels: list[int], requests_per_row: int, client_procs: int) -> dict:
-    """Start the function with `config`'s settings and measure cold start, stages, throughput, memory."""
+                 levels: list[int], requests_per_row: int, client_procs: int, gil_seconds: float = 0.0) -> dict:
+    """Start the function with `config`'s settings and measure cold start, stages, throughput, memory, and
+    with `gil_seconds` (one worker) where the process holds the GIL per request (bench/gil.py)."""
     name, workers = parse_config(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -354,11 +355,32 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
                 print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
                       " | ".join(out["stages"][-1][3:]), flush=True)
         pids = worker_pids(proc.pid)
+        if gil_seconds > 0 and len(pids) == 1:
+            out["gil"] = gil_profile(url, pids[0], images["1080p"], source, out["rows"], gil_seconds, client_procs, config)
         out["serving_processes"] = len(pids)
         out["memory"] = [[config, *row] for row in gpu_memory_mib({str(p) for p in pids})]
     finally:
         stop_process(proc)
     return out
+
+
+def gil_profile(url: str, pid: int, image: tuple[bytes, dict], source: bytes, rows: list[list], seconds: float,
+                client_procs: int, config: str) -> dict | None:
+    """1080p fusions at concurrency 8 for about `seconds` (the count from that row's requests/s) while py-spy
+    records the GIL-held samples of the serving process; their summary per request, None without py-spy."""
+    from bench import gil
+
+    measured = [r for r in rows if r[0] == "1080p" and r[1] == 8]
+    count = max(16, int((measured[0][2] if measured else 10.0) * seconds))
+    started = gil.start(pid, seconds + 2)  # a little longer than the load: the load is counted, not the clock
+    rps, *_ = load(url, {"source": source, "target": image[0]}, image[1], 8, count, client_procs)
+    samples, why = gil.finish(started)
+    if samples is None:
+        print(f"[{config}] GIL profile skipped: {why}", flush=True)
+        return None
+    summary = gil.summarise(samples, count)
+    gil.print_summary(summary, f"[{config}] 1080p, concurrency 8, {count} requests ({rps:.1f} req/s)")
+    return summary
 
 
 ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %", "config"]
@@ -378,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-only", default="fp32", help="configs measured in the model table only (not served)")
     parser.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
                         help="load-generating processes")
+    parser.add_argument("--gil-seconds", type=float, default=0.0, help="after each one-worker config's rows, "
+                        "profile where the serving process holds the GIL for about this long (bench/gil.py, py-spy)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--work", type=Path, help="a folder for the model set and prepared graphs, kept and reused "
                         "by a later run (default: a new temporary folder)")
@@ -417,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     for config in configs:  # a config that fails is reported and the others still run
         try:
             runs.append(serve_config(config, models, work / "cache", providers, images, source, levels, args.requests,
-                                     args.client_procs))
+                                     args.client_procs, args.gil_seconds))
         except (SystemExit, AssertionError, OSError, requests.RequestException) as exc:
             print(f"[{config}] FAILED: {exc}", flush=True)
     print()

@@ -15,7 +15,7 @@ if [ -f .gpu/codec.tar.xz ]; then  # nvImageCodec and nvJPEG, trimmed to what Py
   mkdir -p /tmp/nvimg && tar -xJf .gpu/codec.tar.xz -C /tmp/nvimg
   export LD_LIBRARY_PATH="/tmp/nvimg/nvidia/cu13/lib:$LD_LIBRARY_PATH"
 fi
-export PYTHONPATH=$PWD:/tmp/site:/tmp/nvimg PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:/tmp/site:/tmp/nvimg PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH  # py-spy from the kit's wheels
 [ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$O/machine.txt"
 nproc | tee -a "$O/machine.txt"
@@ -27,7 +27,8 @@ for step in ${STEPS:-gpu detect gpucodec}; do
     gpu)  # the bench: the defaults, batching off (the baseline), four and eight workers
       timeout "${GPU_TIMEOUT:-330}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" \
         --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
-        --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
+        --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
+        --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
       timeout 90 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
     codec)  # JPEG decode/encode: OpenCV against nvImageCodec (with overflow, queued, per thread), in-process

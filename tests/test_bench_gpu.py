@@ -11,7 +11,7 @@ def test_gpu_bench_runs_on_the_cpu():
     from bench.gpu import main
 
     result = main(["--cpu", "--requests", "3", "--concurrency", "1,2", "--images", "1080p,solvay", "--model-runs", "2",
-                   "--configs", "defaults,unbatched,defaults@2,merged", "--client-procs", "2"])
+                   "--configs", "defaults,unbatched,defaults@2,merged", "--client-procs", "2", "--gil-seconds", "1"])
     assert result["ready_s"] > 0 and result["first_s"] >= result["ready_s"]
     assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("defaults", "unbatched", "merged", "fp32")
                                                                for role in ("detector", "recognizer", "swapper")}
@@ -24,3 +24,6 @@ def test_gpu_bench_runs_on_the_cpu():
     for run in result["runs"]:  # the baseline ran in the same invocation, over the same rows
         assert [(row[0], row[1]) for row in run["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
         assert all(row[5] == 0 for row in run["rows"]), run["rows"]  # no request failed
+        # one worker: a GIL profile where py-spy can read the process (None where it cannot)
+        assert ("gil" in run) == (run["serving_processes"] == 1)
+        assert run.get("gil") is None or run["gil"]["ms_per_request"] > 0
