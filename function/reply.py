@@ -23,6 +23,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def without_body_type(response: flask.Response) -> flask.Response:
     """A response without a body carries no Content-Type: Flask's default, text/html, would claim
     one (202 for events, the OPTIONS handshake, an empty batch)."""
-    if not response.is_streamed and response.status_code != 304 and not response.get_data():
+    # the body's length, not the body: get_data() joined a fused image's bytes on every answer
+    if not response.is_streamed and response.status_code != 304 and not response.calculate_content_length():
         del response.headers["Content-Type"]
     return response
