@@ -10,8 +10,9 @@ every request runs through).
 
     python -m bench.gil --pid PID --seconds 20 --requests N     (or through bench.gpu --gil-seconds)
 
-py-spy (a dev dependency; the GPU kit carries its wheel) needs to be allowed to read the process
-(root, or ptrace permission); when it cannot, `record` says why and the benches go on without it.
+py-spy is not a dependency (`pip install py-spy`; bench/gpu_machine.sh takes its wheel from the GPU kit)
+and needs to be allowed to read the process (root, or ptrace permission); when it cannot, `finish` says
+why and the benches go on without it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 from bench.common import table
 
 RATE = 200  # samples a second
-WRAPPER_SHARE = 0.5  # a function on at least this share of all samples wraps the request: not listed
+# a function on at least this share of all samples wraps the request (threads, Flask, the handler): not
+# listed among the functions; a hot spot that large still shows as a line in the `self` table
+WRAPPER_SHARE = 0.5
 
 
 def py_spy() -> str | None:
@@ -39,33 +44,32 @@ def py_spy() -> str | None:
     return None
 
 
-def record(pid: int, seconds: float, rate: int = RATE) -> tuple[str | None, str]:
-    """py-spy's raw GIL-held samples of `pid` for `seconds`: (the samples' text, "") or (None, why not).
-    Runs in the background; call `finish` on what `start` returns to wait for it."""
-    return finish(start(pid, seconds, rate))
-
-
-def start(pid: int, seconds: float, rate: int = RATE) -> tuple[subprocess.Popen | None, Path | None, str]:
-    """Start recording `pid` for `seconds` (the caller then puts the load on)."""
+def start(pid: int, rate: int = RATE) -> tuple[subprocess.Popen | None, Path | None, str]:
+    """Start recording `pid` (the caller then puts the load on and calls `finish`): the recorder, its output
+    file, and "" (or None, None and why not)."""
     exe = py_spy()
     if exe is None:
         return None, None, "py-spy is not installed (pip install py-spy)"
     out = Path(tempfile.mkdtemp(prefix="ff-gil-")) / "samples.txt"
     cmd = [exe, "record", "--gil", "--nonblocking", "--rate", str(rate), "--format", "raw", "--output", str(out),
-           "--duration", str(max(1, round(seconds))), "--pid", str(pid)]
+           "--duration", "600", "--pid", str(pid)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out, ""
 
 
 def finish(started: tuple[subprocess.Popen | None, Path | None, str]) -> tuple[str | None, str]:
+    """Stop the recorder once the load is done (SIGINT: py-spy writes what it has) and return its samples'
+    text, so the samples cover the load and not a guessed duration; or (None, why not)."""
     proc, out, why = started
     if proc is None or out is None:
         return None, why
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode != 0 or not out.is_file():
-        return None, f"py-spy failed ({proc.returncode}): {(err or '').strip().splitlines()[-1:] or ''}"
-    text = out.read_text()
-    shutil.rmtree(out.parent, ignore_errors=True)
-    return text, ""
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if not out.is_file():
+            return None, f"py-spy wrote no samples ({proc.returncode}): {(err or '').strip()[-300:]}"
+        return out.read_text(), ""
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 def _function(frame: str) -> str:
@@ -109,9 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pid", type=int, required=True, help="the serving process")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--requests", type=int, required=True, help="requests it served while recorded")
+    parser.add_argument("--requests", type=int, required=True, help="requests it serves while recorded")
     args = parser.parse_args()
-    samples, why = record(args.pid, args.seconds)
+    started = start(args.pid)
+    time.sleep(args.seconds)
+    samples, why = finish(started)
     if samples is None:
         raise SystemExit(why)
     print_summary(summarise(samples, args.requests), f"process {args.pid}, {args.seconds:g} s")

@@ -372,9 +372,12 @@ def gil_profile(url: str, pid: int, image: tuple[bytes, dict], source: bytes, ro
 
     measured = [r for r in rows if r[0] == "1080p" and r[1] == 8]
     count = max(16, int((measured[0][2] if measured else 10.0) * seconds))
-    started = gil.start(pid, seconds + 2)  # a little longer than the load: the load is counted, not the clock
+    started = gil.start(pid)
+    if started[0] is None:
+        print(f"[{config}] GIL profile skipped: {started[2]}", flush=True)
+        return None
     rps, *_ = load(url, {"source": source, "target": image[0]}, image[1], 8, count, client_procs)
-    samples, why = gil.finish(started)
+    samples, why = gil.finish(started)  # stopped once the load is done: the samples are those of its requests
     if samples is None:
         print(f"[{config}] GIL profile skipped: {why}", flush=True)
         return None
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             runs.append(serve_config(config, models, work / "cache", providers, images, source, levels, args.requests,
                                      args.client_procs, args.gil_seconds))
+            if args.json:  # what is done so far, in case a time limit ends the run before the summary
+                args.json.write_text(json.dumps({"partial": True, "models": model_rows, "runs": runs}, indent=1,
+                                                default=str))
         except (SystemExit, AssertionError, OSError, requests.RequestException) as exc:
             print(f"[{config}] FAILED: {exc}", flush=True)
     print()

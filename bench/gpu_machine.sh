@@ -6,6 +6,8 @@
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
 #   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect gpucodec" by default)
+# The default steps take at most 380 + 60 + 100 s of timeouts (a device call may run 600 s): run it with
+# timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -25,16 +27,16 @@ for step in ${STEPS:-gpu detect gpucodec}; do
   echo "=== $step $(date +%T)"
   case $step in
     gpu)  # the issue's bench: the defaults, batching off (the baseline), four and eight workers
-      timeout "${GPU_TIMEOUT:-330}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" \
+      timeout "${GPU_TIMEOUT:-380}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" \
         --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
-      timeout 90 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
+      timeout 60 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
     codec)  # JPEG decode/encode: OpenCV against nvImageCodec (with overflow, queued, per thread), in-process
       timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log" ;;
     gpucodec)  # the server with IMAGE_CODEC=nvimgcodec, overflowing to OpenCV (graphs prepared by the gpu step)
-      timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-120}" --images 1080p,4k \
+      timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" --images 1080p,4k \
         --configs nvimgcodec --model-only "" --json "$O/gpucodec.json" 2>&1 | tee "$O/gpucodec.log" ;;
     batching)  # frame and micro-batching in-process with the compute-realistic proxies
       timeout 180 python3 -m bench.batching --proxies --providers cuda --reps 9 --requests 96 2>&1 | tee "$O/batching.log" ;;

@@ -3,8 +3,8 @@
     python -m function.serve
 
 Importing this module loads no model. function/serve.py (the one way to serve it) starts the warm-up
-once the app is built, before it listens, and asks `precheck` about each request before reading its
-body; a fork hook starts the warm-up in a forked worker, and a process that does neither (the Flask
+before it imports this module (the Runtime adopts that warm-up), listens once the app is built, and
+asks `precheck` about each request before reading its body; a fork hook starts the warm-up in a forked worker, and a process that does neither (the Flask
 debug server) starts it on its first request. The work itself lives beside this module: direct
 fusions in direct.py, event jobs in jobs.py, the process-wide objects in runtime.py.
 """

@@ -71,7 +71,7 @@ def build_app():
 
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
-    from warmup import PROCESS_START, Warmup, prestart
+    from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
     import uvicorn
@@ -81,8 +81,7 @@ def serve(sock: socket.socket, config: FunctionConfig) -> None:
 
     app, module, limits = build_app()
     module.RUNTIME.warmup.ensure_started()  # the prestarted warm-up (a no-op); /readyz turns 200 when loaded
-    # beside the warm-up's own timings: loading began before the app was imported (load_start < app_built)
-    module.RUNTIME.warmup.readiness.timings_s["app_built"] = round(time.time() - PROCESS_START, 3)
+    module.RUNTIME.warmup.app_built()  # loading began before the imports (load_start < app_built)
     from function import observe
 
     observe.start_watch()  # the cold-start span and metrics follow this warm-up

@@ -5,7 +5,9 @@ use, the arena growing; on an H100 0.8-1.1 s for the three models one after the 
 must not pay it. The first runs of different models do not depend on each other, and they are native
 work that releases the GIL, so they run side by side: the detector, each enhancer, and the chain that
 needs a source identity (recognizer, then every swapper role and the maskers on the swapper's crop).
-The warm-up then takes about as long as its longest chain instead of the sum.
+The warm-up then takes about as long as its longest chain instead of the sum. With
+CUDA_CONV_ALGO_SEARCH=EXHAUSTIVE they run one after the other (`ModelBundle.first_runs_together`): cuDNN
+then times every algorithm, and runs side by side would time each other.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def exercise(fuser: Fuser) -> dict[str, float]:
             with timer.stage(stage):
                 work(timer)
 
-    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="exercise") as pool:
+    workers = len(tasks) if fuser.models.first_runs_together else 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exercise") as pool:
         for future in [pool.submit(run, index) for index in range(len(tasks))]:
             future.result()
     total = StageTimer()

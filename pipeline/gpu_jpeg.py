@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 from .errors import ProviderUnavailable
+from .images import opencv_decode, opencv_encode
 
 IMAGE_CODECS = ("opencv", "nvimgcodec")
 OPS = ("decode", "encode")
@@ -92,19 +93,6 @@ class CodecCounts:
     def snapshot(self) -> Mapping[tuple[str, str], int]:
         with self._lock:
             return dict(self._counts)
-
-
-def opencv_decode(data: bytes) -> np.ndarray | None:
-    """The default codec's decode of a complete JPEG (pipeline/images.py): BGR, EXIF orientation applied."""
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-
-
-def opencv_encode(bgr: np.ndarray, quality: int) -> bytes:
-    """The default codec's JPEG encode (pipeline/images.py's encode_image)."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - OpenCV fails only on impossible shapes
-        raise RuntimeError("OpenCV could not encode the image as JPEG")
-    return buf.tobytes()
 
 
 class GpuJpeg:
@@ -192,24 +180,30 @@ class GpuJpeg:
         if not self._encode_lock.acquire(blocking=not self.overflow):
             return self._counted("encode", "opencv", opencv_encode(bgr, quality))
         try:
-            data = self._gpu_encode_locked(bgr, quality)
+            stream = self._device_encode(bgr, quality)
         finally:
             self._encode_lock.release()
-        return self._counted("encode", "nvimgcodec", data)
+        return self._counted("encode", "nvimgcodec", self._encoded_bytes(stream))
 
     def gpu_encode(self, bgr: np.ndarray, quality: int) -> bytes:
         """The device's encode alone, waiting for the encoder and not counted (the start-up check)."""
         with self._encode_lock:
-            return self._gpu_encode_locked(bgr, quality)
+            stream = self._device_encode(bgr, quality)
+        return self._encoded_bytes(stream)
 
-    def _gpu_encode_locked(self, bgr: np.ndarray, quality: int) -> bytes:
+    def _device_encode(self, bgr: np.ndarray, quality: int) -> Any:
+        """The encoder's call, with the encoder's lock held by the caller; the bytes are copied out after
+        it is released (`_encoded_bytes`), so the encoder is busy only while it encodes."""
         nv = self.nv
         if self.bgr_encode:
             image = nv.as_image(np.ascontiguousarray(bgr), sample_format=nv.SampleFormat.I_BGR)
         else:
             image = nv.as_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sample_format=nv.SampleFormat.I_RGB)
         params = nv.EncodeParams(quality_type=nv.QualityType.QUALITY, quality_value=float(quality))
-        stream = self.encoder.encode(image, "jpeg", params=params)
+        return self.encoder.encode(image, "jpeg", params=params)
+
+    @staticmethod
+    def _encoded_bytes(stream: Any) -> bytes:
         if stream is None:
             raise RuntimeError("nvImageCodec could not encode the image as JPEG")
         return bytes(memoryview(stream))

@@ -130,6 +130,20 @@ def _complete_jpeg(data: bytes, fmt: str) -> bool:
     return fmt == "JPEG" and data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
+def opencv_decode(data: bytes) -> np.ndarray | None:
+    """OpenCV's decode of a complete JPEG: BGR, EXIF orientation applied; None when it cannot. The default
+    codec, and where IMAGE_CODEC=nvimgcodec sends an image while the GPU's decoder is busy."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def opencv_encode(bgr: np.ndarray, quality: int) -> bytes:
+    """OpenCV's JPEG of BGR pixels at `quality`: the default codec, and nvimgcodec's overflow."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV fails only on impossible shapes
+        raise UndecodableImage("could not encode the result as jpeg")
+    return buf.tobytes()
+
+
 def decode_image(data: bytes, limits: ImageLimits, codec: JpegCodec | None = None) -> DecodedImage:
     """Decode `data` into BGR pixels, honouring limits and EXIF orientation.
 
@@ -141,10 +155,7 @@ def decode_image(data: bytes, limits: ImageLimits, codec: JpegCodec | None = Non
     img = _open_checked(data, limits)
     fmt = img.format or ""
     if _complete_jpeg(data, fmt):
-        if codec is not None:
-            bgr = codec.decode(data)
-        else:
-            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        bgr = codec.decode(data) if codec is not None else opencv_decode(data)
         if bgr is not None:
             return DecodedImage(bgr=bgr, alpha=None, source_format="jpeg")
     try:
@@ -169,18 +180,13 @@ def encode_image(image: DecodedImage, fmt: str = "jpeg", quality: int = 92,
     fmt = normalise_format(fmt)
     if not 1 <= quality <= 100:
         raise InvalidOptions(f"quality must be between 1 and 100, got {quality}")
-    if fmt == "jpeg" and codec is not None:
-        return codec.encode(image.bgr, quality), OUTPUT_FORMATS[fmt]
-    pixels = image.bgr
-    if image.alpha is not None and fmt in ("png", "webp"):
-        pixels = np.dstack([pixels, image.alpha])
     if fmt == "jpeg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    elif fmt == "webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
-    else:
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), pixels, params)
+        return (codec.encode if codec is not None else opencv_encode)(image.bgr, quality), OUTPUT_FORMATS[fmt]
+    pixels = image.bgr
+    if image.alpha is not None:
+        pixels = np.dstack([pixels, image.alpha])
+    params = [cv2.IMWRITE_WEBP_QUALITY, quality] if fmt == "webp" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode("." + fmt, pixels, params)
     if not ok:  # pragma: no cover - OpenCV fails only on impossible shapes
         raise UndecodableImage(f"could not encode the result as {fmt}")
     return buf.tobytes(), OUTPUT_FORMATS[fmt]

@@ -45,6 +45,9 @@ class ModelBundle:
     active: dict[str, list[str]] = field(default_factory=dict)  # role -> providers its session runs on
     batch_max: int = 32  # BATCH_MAX: the most rows (faces, tiles) of one run
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # role -> its micro-batched session
+    # the models' first runs side by side (pipeline/exercise.py), except where CUDA_CONV_ALGO_SEARCH is
+    # EXHAUSTIVE: concurrent cuDNN benchmarks would time each other and keep the algorithms that won
+    first_runs_together: bool = True
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
@@ -152,6 +155,7 @@ def load_models(settings: Settings) -> ModelBundle:
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
     return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
                        batch_max=settings.batching.max_size,
+                       first_runs_together=settings.gpu.conv_algo_search != "EXHAUSTIVE",
                        batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 

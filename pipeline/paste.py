@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import cv2
 import numpy as np
@@ -163,10 +163,13 @@ def paste_all(frame: np.ndarray, pastes: Sequence[tuple[np.ndarray, np.ndarray, 
     for wave in disjoint_waves(regions):
         threaded = [i for i in wave if _pixels(regions[i]) >= THREADED_MIN_PIXELS][1:]  # this thread keeps one
         futures = [_paste_pool().submit(paste_back, frame, *pastes[i][:2], masks, pastes[i][2]) for i in threaded]
-        for i in wave:
-            if i not in threaded:
-                crop, matrix, crop_masks = pastes[i]
-                paste_back(frame, crop, matrix, masks, crop_masks)
+        try:
+            for i in wave:
+                if i not in threaded:
+                    crop, matrix, crop_masks = pastes[i]
+                    paste_back(frame, crop, matrix, masks, crop_masks)
+        finally:  # no thread still writes into the frame once this returns or raises
+            wait(futures)
         for future in futures:
             future.result()
 

@@ -155,6 +155,8 @@ def test_without_overflow_a_second_decode_waits_for_the_device(obama, turned):
     first = Worker(lambda: queued.decode(obama))
     assert gate.entered.wait(WAIT_S)
     second = Worker(lambda: queued.decode(turned))
+    second.join(0.3)
+    assert second.is_alive()  # it waits for the device (with overflow it would be done by now)
     gate.release.set()
     assert np.array_equal(second.value(), opencv_decoded(turned)) and first.value() is not None
     assert queued.decoder.calls == 2  # both went to the device: the second queued behind the first

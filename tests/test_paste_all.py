@@ -50,6 +50,7 @@ def test_side_by_side_gives_the_face_by_face_image(fuser, solvay, masks, threade
     """The Solvay faces are small, so by default this thread pastes them all; with no size limit every
     face of a wave but one goes to the paste threads."""
     monkeypatch.setattr(paste_module, "THREADED_MIN_PIXELS", threaded_min_pixels)
+    monkeypatch.setattr(paste_module, "PASTE_THREADS", 3)  # threads even on a 1-CPU runner
     image, faces = solvay
     shifted = [Face(bbox=f.bbox + 12, score=f.score, kps=f.kps + 12) for f in faces[:6]]  # they meet the originals
     pastes = _pastes(fuser, image, [*faces, *shifted])
@@ -65,6 +66,7 @@ def test_side_by_side_gives_the_face_by_face_image(fuser, solvay, masks, threade
 
 def test_occlusion_like_crop_masks_go_with_their_face(fuser, solvay, monkeypatch):
     monkeypatch.setattr(paste_module, "THREADED_MIN_PIXELS", 0)
+    monkeypatch.setattr(paste_module, "PASTE_THREADS", 3)
     image, faces = solvay
     pastes = _pastes(fuser, image, faces[:8])
     half = np.zeros(pastes[0][0].shape[:2], np.float32)

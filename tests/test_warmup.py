@@ -235,8 +235,9 @@ def test_readiness_is_503_until_warm(tmp_path, scrfd_path):
         assert seen[-1] == (200, "ready")
         timings = requests.get(server.url + "/readyz", timeout=5).json()["timings_s"]
         assert {"model_load", "warmup", "cold_start"} <= set(timings)
-        # the models loaded while the web stack was imported (warmup.prestart), not after it
-        assert timings["load_start"] < timings["app_built"]
+        # the models loaded while the web stack was imported (warmup.prestart), not after it, and the cold
+        # start counts until the process could answer (its app built), not just until the models were
+        assert timings["load_start"] < timings["app_built"] <= timings["cold_start"]
         files = {"source": (REPO.parent / "shared" / "images" / "obama.jpg").read_bytes(),
                  "target": (REPO.parent / "shared" / "images" / "biden.jpg").read_bytes()}
         assert requests.post(server.url + "/", files=files, timeout=60).status_code == 200
@@ -274,19 +275,37 @@ def test_a_warm_up_started_before_the_app_is_adopted_and_its_metrics_recorded(mo
     """`python -m function.serve` starts loading before it imports the app; the app then takes that
     warm-up over instead of loading a second time, and the ready hooks it adds afterwards (the metrics)
     still see the cold start, even when the models were ready first."""
+    import warmup
     from function.runtime import Runtime
     from warmup import Warmup, prestart
 
+    monkeypatch.setattr(warmup, "_PRESTARTED", [])  # whatever happens here stays here
     monkeypatch.setenv("MODEL_PATH", str(model_root))
     monkeypatch.setenv("CACHE_PATH", str(tmp_path / "cache"))
     early = prestart(Warmup())
-    assert early.wait(120), early.readiness.reason
+    assert not early.wait(1)  # loaded or not, not ready before the app is built: nothing could answer
     runtime = Runtime.from_env()
-    assert runtime.warmup is early and runtime.fuser() is early.fuser
+    assert runtime.warmup is early
     assert Runtime.from_env().warmup is not early  # adopted once; another runtime builds its own
+    runtime.warmup.app_built()
+    assert early.wait(120), early.readiness.reason
+    assert runtime.fuser() is early.fuser
     seen: list[dict] = []
     runtime.warmup.add_ready_hook(lambda readiness: seen.append(dict(readiness.timings_s)))
-    assert len(seen) == 1 and seen[0]["cold_start"] > 0 and seen[0]["model_load"] > 0
+    assert len(seen) == 1 and seen[0]["cold_start"] >= seen[0]["app_built"] > 0 and seen[0]["model_load"] > 0
+
+
+def test_a_ready_hook_that_fails_after_the_warm_up_leaves_the_process_not_ready_with_the_reason(model_root, tmp_path):
+    """A hook added once the models are ready (the app imported after a fast warm-up) runs in the
+    importing thread; its failure must read as the warm-up's would, not crash the import."""
+    from pipeline import Settings
+    from warmup import Warmup
+
+    warm = Warmup(settings=Settings.from_env({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c")}))
+    warm.ensure_started()
+    assert warm.wait(120), warm.readiness.reason
+    warm.add_ready_hook(lambda readiness: 1 / 0)
+    assert warm.readiness.state == "failed" and "ZeroDivisionError" in warm.readiness.reason
 
 
 def test_importing_the_function_leaves_the_libraries_of_other_paths_for_later():

@@ -1,9 +1,10 @@
 """When the serving process is ready: load the model set, exercise every model, then flip readiness.
 
-This is the only place that decides readiness. `python -m function.serve` calls `ensure_started()`
-once the app is built and before it listens; a fork hook calls it in a forked worker (gunicorn forks
-after importing the app, and CUDA must not be touched before the fork); a process that does neither
-starts it on its first request.
+This is the only place that decides readiness. `python -m function.serve` starts it first, before it
+imports the app (`prestart`: loading overlaps the imports), and tells it when the app is built
+(`app_built`): the process turns ready no earlier, so `cold_start` is the time until the process can
+answer; a fork hook starts it in a forked worker (gunicorn forks after importing the app, and CUDA must
+not be touched before the fork); a process that does neither starts it on its first request.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def process_start_time() -> float:
 
 PROCESS_START = process_start_time()
 RETRY_MAX_S = 60.0
+APP_WAIT_S = 300.0  # a prestarted warm-up waits this long at most for the app to be built
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Warmup:
         # place before /readyz says 200; added with `add_ready_hook`
         self.on_ready: list[Callable[[Readiness], None]] = []
         self._hooks_lock = threading.Lock()
+        self._app_built: threading.Event | None = None  # set by `prestart`: ready no earlier than the app
         self.readiness = Readiness()
         self.fuser: Fuser | None = None
         self._started_pid: int | None = None
@@ -109,9 +112,21 @@ class Warmup:
         """Call `hook` with the readiness just before the process turns ready, or now if it already is: a
         warm-up started before the app was imported (`prestart`) may be done before the app adds its hooks."""
         with self._hooks_lock:
-            if self.readiness.ready:
-                hook(self.readiness)
             self.on_ready.append(hook)
+            if not self.readiness.ready:
+                return
+            try:
+                hook(self.readiness)
+            except Exception as exc:  # as in the warm-up thread: not ready, with the reason, not a failed import
+                self.readiness.state, self.readiness.reason = "failed", f"{type(exc).__name__}: {exc}"
+                log.exception("not ready")
+
+    def app_built(self) -> None:
+        """The serving process has imported and built its app (function/serve.py), so it can answer: the
+        time is shown in `/readyz` (`app_built`), and a prestarted warm-up turns ready no earlier."""
+        self.readiness.timings_s["app_built"] = round(time.time() - PROCESS_START, 3)
+        if self._app_built is not None:
+            self._app_built.set()
 
     def ensure_started(self) -> None:
         """Start loading in a background thread, once per process."""
@@ -125,7 +140,7 @@ class Warmup:
     def _run(self) -> None:
         readiness = self.readiness
         started = time.time()
-        readiness.timings_s["load_start"] = round(started - PROCESS_START, 3)  # after the interpreter and imports
+        readiness.timings_s["load_start"] = round(started - PROCESS_START, 3)  # when loading began
         try:
             readiness.state = "loading"
             config = WarmupConfig.from_env()
@@ -142,6 +157,8 @@ class Warmup:
                 fuser.exercise()
                 readiness.timings_s["warmup"] = round(time.time() - t, 3)
             self.fuser = fuser
+            if self._app_built is not None:  # prestarted: the process can answer once its app is built
+                self._app_built.wait(APP_WAIT_S)
             readiness.timings_s["cold_start"] = round(time.time() - PROCESS_START, 3)
             with self._hooks_lock:
                 for hook in self.on_ready:
@@ -205,7 +222,10 @@ def prestart(warmup: Warmup) -> Warmup:
     Why: loading and first runs are native work that releases the GIL (on an H100 1.4-1.7 s of session
     creation and first CUDA runs), and importing the web stack is Python work (~0.5-1 s); one after the
     other they add up, side by side the start takes the longer of the two. `python -m function.serve`
-    calls this; a process that imports the function any other way (tests, gunicorn) builds its own."""
+    calls this, and `app_built` once the app is built: the warm-up turns ready (and takes `cold_start`) no
+    earlier, since nothing answers before. A process that imports the function any other way (tests,
+    gunicorn) builds its own."""
+    warmup._app_built = threading.Event()  # ready, and `cold_start` taken, once the app is built too
     warmup.ensure_started()
     _PRESTARTED.append(warmup)
     return warmup
