@@ -12,7 +12,9 @@ Decoder and one Encoder, each behind a lock; an image whose decoder or encoder i
 once), and its `gpu share` column says which fraction of the threaded run's images the GPU did;
 `nvimgcodec/queue` is the same pair with every image waiting for the device (the server before overflow);
 `nvimgcodec/thread` gives every thread its own pair, to show whether separate instances would scale. Decoded pixels are compared with OpenCV's decode
-(mean absolute difference); the ratio column is nvImageCodec's time over OpenCV's (below 1: the GPU wins).
+(mean absolute difference); the ratio column (`/opencv`) is a row's time over one-thread OpenCV's (below 1:
+faster). `opencv/strips` is the pipeline's default encode: a large image in strips on several threads
+(pipeline/jpeg_strips.py), the same pixels as the one-thread encode.
 
 Without nvImageCodec or a CUDA device (the CPU image, CI) the nvImageCodec rows say why they are
 unavailable and OpenCV is still measured; any error of a single nvImageCodec call shows in its row.
@@ -35,6 +37,8 @@ import cv2
 import numpy as np
 
 from bench.common import SHARED, frame_with_face, median_ms, table
+from pipeline.images import opencv_encode
+from pipeline.jpeg_strips import ENCODE_THREADS
 
 QUALITY = 92
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
@@ -55,7 +59,8 @@ def build_images(names: list[str]) -> dict[str, bytes]:
 
 
 class OpenCvCodec:
-    """The pipeline's default: cv2.imdecode (BGR, EXIF applied) and cv2.imencode."""
+    """OpenCV on one thread: cv2.imdecode (BGR, EXIF applied) and one cv2.imencode of the whole image (the
+    baseline every other row is compared with)."""
 
     name = "opencv"
 
@@ -64,6 +69,16 @@ class OpenCvCodec:
 
     def encode(self, bgr: np.ndarray, quality: int) -> bytes:
         return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+class OpenCvStrips(OpenCvCodec):
+    """The pipeline's default encode: a large image in strips on the encoder threads
+    (pipeline/jpeg_strips.py)."""
+
+    name = "opencv/strips"
+
+    def encode(self, bgr: np.ndarray, quality: int) -> bytes:
+        return opencv_encode(bgr, quality)
 
 
 def open_nvimgcodec() -> tuple[Any | None, str]:
@@ -196,6 +211,12 @@ def run(images: dict[str, bytes], reps: int, threads: int, nv: Any | None) -> li
             base = measure(opencv, op, data, pixels, reps, threads)
             base["image"] = image
             rows.append(base)
+            if op == "encode":
+                strips = measure(OpenCvStrips(), op, data, pixels, reps, threads)
+                strips["image"] = image
+                if strips["ms_1_thread"] and base["ms_1_thread"]:
+                    strips["ratio"] = strips["ms_1_thread"] / base["ms_1_thread"]
+                rows.append(strips)
             if nv is None:
                 rows.append({"codec": "nvimgcodec", "image": image, "op": op, "ms_1_thread": None,
                              "per_s_threads": None, "gpu_share": None, "batch_ms_per_image": None,
@@ -216,7 +237,7 @@ def render(rows: list[dict[str, Any]], threads: int) -> str:
 
     return table(
         ["image", "op", "codec", "ms/img 1 thread", f"img/s {threads} threads", "gpu share",
-         f"batch {threads} ms/img", "nv/opencv", "mean |diff|", "bytes", "error"],
+         f"batch {threads} ms/img", "/opencv", "mean |diff|", "bytes", "error"],
         [[r["image"], r["op"], r["codec"], cell(r["ms_1_thread"]), cell(r["per_s_threads"], "{:.0f}"),
           cell(r["gpu_share"]), cell(r["batch_ms_per_image"]), cell(r.get("ratio")), cell(r["mean_abs_diff"], "{:.3f}"),
           cell(r["bytes"], "{}"), r["error"][:160]] for r in rows])
@@ -233,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nv, why = open_nvimgcodec()
     rows = run(images, max(1, args.reps), max(1, args.threads), nv)
     text = render(rows, args.threads)
-    print(f"JPEG quality {QUALITY}; OpenCV {cv2.__version__}, {cv2.getNumThreads()} OpenCV threads; "
+    print(f"JPEG quality {QUALITY}; OpenCV {cv2.__version__}, {cv2.getNumThreads()} OpenCV threads, "
+          f"{ENCODE_THREADS} encoder threads for strips; "
           f"nvImageCodec: {describe(nv) if nv is not None else why}")
     print(text)
     result = {"rows": rows, "table": text, "reps": args.reps, "threads": args.threads,

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ImageLimits
 from .errors import EmptyImage, ImageTooLarge, InvalidOptions, UndecodableImage, UnsupportedImageType
+from .jpeg_strips import encode_in_strips
 
 # We enforce our own pixel limit before decoding; Pillow's own (warning, then error at 2x) would only
 # duplicate it with a different message.
@@ -137,11 +138,13 @@ def opencv_decode(data: bytes) -> np.ndarray | None:
 
 
 def opencv_encode(bgr: np.ndarray, quality: int) -> bytes:
-    """OpenCV's JPEG of BGR pixels at `quality`: the default codec, and nvimgcodec's overflow."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - OpenCV fails only on impossible shapes
+    """OpenCV's JPEG of BGR pixels at `quality`: the default codec, and nvimgcodec's overflow. A large image
+    is encoded in strips on several threads (pipeline/jpeg_strips.py: the same pixels, restart markers
+    between the strips)."""
+    data = encode_in_strips(bgr, quality)
+    if data is None:  # pragma: no cover - OpenCV fails only on impossible shapes
         raise UndecodableImage("could not encode the result as jpeg")
-    return buf.tobytes()
+    return data
 
 
 def decode_image(data: bytes, limits: ImageLimits, codec: JpegCodec | None = None) -> DecodedImage:
