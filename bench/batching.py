@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.proxies:
         from bench.gpu import build_models
 
-        models = build_models(work / "models", cpu=False)
+        models = build_models(work / "models", standins=False)
     else:
         models = standin_models(work / "models")
     frame = frame_batching(models, work / "cache", args.providers, args.reps)

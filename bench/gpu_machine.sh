@@ -8,6 +8,7 @@
 #   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect gpucodec" by default)
 # The default steps take at most 380 + 60 + 100 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
+# A second, short run: STEPS="overlap codec" (at most 90 + 90 s): sources beside the target, JPEG in strips.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -38,6 +39,8 @@ for step in ${STEPS:-gpu detect gpucodec}; do
     gpucodec)  # the server with IMAGE_CODEC=nvimgcodec, overflowing to OpenCV (graphs prepared by the gpu step)
       timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" --images 1080p,4k \
         --configs nvimgcodec --model-only "" --json "$O/gpucodec.json" 2>&1 | tee "$O/gpucodec.log" ;;
+    overlap)  # a new source made beside the target against in turn, in-process with the proxies, concurrency 1
+      timeout 90 python3 -m bench.source_overlap --providers cuda --proxies --requests 40 2>&1 | tee "$O/overlap.log" ;;
     batching)  # frame and micro-batching in-process with the compute-realistic proxies
       timeout 180 python3 -m bench.batching --proxies --providers cuda --reps 9 --requests 96 2>&1 | tee "$O/batching.log" ;;
   esac

@@ -143,7 +143,7 @@ def _models(gpu: bool, root: Path) -> Settings:
     if gpu:
         from bench.gpu import build_models
 
-        build_models(root, cpu=False)
+        build_models(root, standins=False)
         return Settings(model_path=root, cache_path=root / "cache", execution_providers="cuda")
     standin_models(root, enhancer=False)
     return Settings(model_path=root, cache_path=root / "cache")

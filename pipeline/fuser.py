@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from . import overlap
 from .angles import DEFAULT_DETECTOR_ANGLES, detect_at_angles
 from .boost import boost_factor
 from .config import ImageLimits
@@ -37,6 +38,7 @@ from .masks import MaskOptions
 from .models import ArcFaceEmbedder, FaceEnhancer, FaceOccluder, FaceParser, FaceSwapper, ScrfdDetector
 from .models.enhancer import pick_enhancer
 from .models.swapper import swapper_roles
+from .overlap import Pending
 from .paste import paste_all
 from .selection import choose, eligible, order_faces
 from .sources import SourceFaces, SourceInput, check_count, identify, largest_face, source_key
@@ -86,6 +88,9 @@ class Fuser:
         self.enhancer = cast(FaceEnhancer | None, models.role("enhancer"))
         self.occluder = cast(FaceOccluder | None, models.role("occluder"))
         self.parser = cast(FaceParser | None, models.role("face_parser"))
+        # a new source beside the target (pipeline/overlap.py) only where the detector runs on a GPU: on the
+        # CPU its runs use every core, and two side by side were 1.11x slower (bench/source_overlap.py)
+        self.sources_beside = models.active.get("detector", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider"
         self._sources: OrderedDict[str, tuple[SourceFaces, np.ndarray]] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -123,6 +128,10 @@ class Fuser:
                 self._sources.move_to_end(key)
             return hit
 
+    @staticmethod
+    def _cache_key(key: str, swapper: str, angles: tuple[int, ...]) -> str:
+        return f"{swapper}:{','.join(map(str, angles))}:{key}"
+
     def swapper_for(self, role: str) -> FaceSwapper:
         """The swapper of manifest role `role` (option `swapper`); InvalidOptions naming it otherwise."""
         swapper = self.swappers.get(role)
@@ -140,7 +149,7 @@ class Fuser:
         A source may be a callable that decodes the image, so a cached source is never decoded.
         """
         model = self.swapper_for(swapper)
-        cache_key = None if key is None else f"{swapper}:{','.join(map(str, angles))}:{key}"
+        cache_key = None if key is None else self._cache_key(key, swapper, angles)
         hit = self._cached_source(cache_key)
         if hit is not None:
             return hit
@@ -178,18 +187,31 @@ class Fuser:
         options = options or FuseOptions()
         timer = timer or StageTimer()
         with runtime_failures():
-            return self._fuse(source, target, options, timer, source_key, faces)
+            # with the target's faces at hand there is nothing to do meanwhile: the source is made inline
+            return self._fuse(self.start_source(source, options, timer, source_key, beside=faces is None),
+                              target, options, timer, faces)
+
+    def start_source(self, source: SourceInput | Sequence[SourceInput], options: FuseOptions, timer: StageTimer,
+                     key: str | None, beside: bool = True) -> Pending[tuple[SourceFaces, np.ndarray]]:
+        """`source_face` for `options`: from the cache, else (`beside`, on a GPU) on a helper thread while the
+        caller decodes and detects the target (pipeline/overlap.py), else when the fusion needs it."""
+        hit = self._cached_source(None if key is None else self._cache_key(key, options.swapper, options.detector_angles))
+        if hit is not None:
+            return overlap.ready(hit)
+        make = partial(self.source_face, source, timer, key, options.swapper, options.detector_angles)
+        return overlap.start(make) if beside and self.sources_beside else overlap.inline(make)
 
     def _fuse(
-        self, source: SourceInput | Sequence[SourceInput], target: DecodedImage, options: FuseOptions, timer: StageTimer,
-        source_key: str | None, faces: list[Face] | None = None,
+        self, source: Pending[tuple[SourceFaces, np.ndarray]], target: DecodedImage, options: FuseOptions,
+        timer: StageTimer, faces: list[Face] | None = None,
     ) -> FusionResult:
         boost, swapper, enhancer = self._plan(options)
         selection = options.selection
-        src_faces, latent = self.source_face(source, timer, source_key, options.swapper, options.detector_angles)
         if faces is None:
             with timer.stage("detect"):
                 faces = self.detect(target, options.detector_angles)
+        # the source's problems come first, as when it was made before the target's detection
+        src_faces, latent = source.result()
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
             detail = f" of at least {selection.min_face_size} px" if faces else ""
@@ -314,11 +336,13 @@ class Fuser:
         timer = timer or StageTimer()
         blobs = [source] if isinstance(source, bytes) else list(source)
         check_count(len(blobs))
+        # a source not seen before is decoded, detected and embedded beside the target's decode and detection
+        pending = self.start_source([partial(decode_image, blob, self.limits, self.codec) for blob in blobs], options,
+                                    timer, source_key(blobs))
         with timer.stage("decode"):
             tgt = self.decode(target, "target")
-        key = source_key(blobs)
-        result = self.fuse([partial(decode_image, blob, self.limits, self.codec) for blob in blobs], tgt, options, timer,
-                           source_key=key)
+        with runtime_failures():
+            result = self._fuse(pending, tgt, options, timer)
         with timer.stage("encode"):
             data, media_type = encode_image(result.image, options.output_format, options.quality, self.codec)
         result.report.timings_ms = timer.rounded()

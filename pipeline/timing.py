@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,13 +13,16 @@ StageHook = Callable[[str, int, int], None]
 
 
 class StageTimer:
-    """Accumulates milliseconds per named stage; a stage entered twice (one per face) adds up.
+    """Accumulates milliseconds per named stage; a stage entered twice (one per face) adds up, also from
+    two threads at once (a new source's stages run beside the target's: pipeline/overlap.py), so a
+    request's stages may add up to more than its wall-clock time.
 
     `on_stage`, when given, is told of every stage as it ends (its wall-clock start and end)."""
 
     def __init__(self, on_stage: StageHook | None = None) -> None:
         self.ms: dict[str, float] = {}
         self.on_stage = on_stage
+        self._lock = threading.Lock()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -32,7 +36,9 @@ class StageTimer:
                 self.on_stage(name, wall, time.time_ns())
 
     def add(self, name: str, ms: float) -> None:
-        self.ms[name] = self.ms.get(name, 0.0) + ms
+        with self._lock:
+            self.ms[name] = self.ms.get(name, 0.0) + ms
 
     def rounded(self) -> dict[str, float]:
-        return {name: round(value, 2) for name, value in self.ms.items()}
+        with self._lock:
+            return {name: round(value, 2) for name, value in self.ms.items()}

@@ -1,0 +1,81 @@
+"""Work that may run beside the request's own thread: on a helper thread when one is free, else where its
+result is first needed.
+
+Why: a fusion with a source the process has not seen needs two independent chains before they meet at
+the swap: the source's decode, detection and embedding, and the target's decode and detection. Done one
+after the other, a request at low concurrency waits for both while the GPU and most cores idle; side by
+side, it waits for the longer. Under load there is no idle core to gain, and a queue of source work
+behind a few helper threads would make requests wait for each other, so work goes to a helper only when
+one is free at that moment (a non-blocking semaphore) and otherwise runs inline, exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# helper threads per process: enough for the requests of a lightly loaded pod to overlap their sources
+HELPER_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+_pool: ThreadPoolExecutor | None = None
+_slots = threading.BoundedSemaphore(HELPER_THREADS)
+_pool_lock = threading.Lock()
+
+
+def _helpers() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=HELPER_THREADS, thread_name_prefix="overlap")
+        return _pool
+
+
+class Pending(Generic[T]):
+    """A value being made on a helper thread, or to be made by the first `result()` call; `result()`
+    returns it or raises what making it raised, once, in the calling thread."""
+
+    def __init__(self, fn: Callable[[], T] | None = None, future: Future[T] | None = None,
+                 value: T | None = None) -> None:
+        self._fn, self._future, self._value = fn, future, value
+        self.on_helper = future is not None
+
+    def result(self) -> T:
+        if self._future is not None:
+            return self._future.result()
+        if self._fn is not None:
+            fn, self._fn = self._fn, None
+            self._value = fn()
+        return self._value  # type: ignore[return-value]
+
+
+def ready(value: T) -> Pending[T]:
+    """A value already at hand (a cache hit)."""
+    return Pending(value=value)
+
+
+def inline(fn: Callable[[], T]) -> Pending[T]:
+    """Made by the first `result()` call, in its thread."""
+    return Pending(fn=fn)
+
+
+def start(fn: Callable[[], T]) -> Pending[T]:
+    """`fn` on a helper thread if one is free now, else `inline`."""
+    slots = _slots
+    if not slots.acquire(blocking=False):
+        return inline(fn)
+
+    def on_helper() -> T:
+        try:
+            return fn()
+        finally:  # before the result is set: a caller that got it finds the slot free again
+            slots.release()
+    try:
+        return Pending(future=_helpers().submit(on_helper))
+    except BaseException:  # the interpreter is shutting down: do it inline
+        slots.release()
+        return inline(fn)

@@ -1,0 +1,113 @@
+"""A source the process has not seen is made beside the target's decode and detection on a GPU
+(pipeline/overlap.py): the answer, the report and which error wins must be those of making it in turn."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import Fuser, NoSourceFace, NoTargetFace, overlap
+from pipeline.errors import ImageError
+
+from .conftest import shared_file
+
+
+def blank_jpeg(value: int = 200) -> bytes:
+    return cv2.imencode(".jpg", np.full((300, 400, 3), value, np.uint8))[1].tobytes()
+
+
+class SourceThreads:
+    """Records the thread every `source_face` call of a fuser runs on."""
+
+    def __init__(self, fuser: Fuser, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        original = fuser.source_face
+
+        def recorded(*args, **kwargs):
+            self.names.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(fuser, "source_face", recorded)
+
+
+@pytest.fixture()
+def beside(fuser: Fuser, monkeypatch: pytest.MonkeyPatch) -> Fuser:
+    """The session fuser as on a GPU (its CPU detector would make sources in turn), with an empty cache."""
+    monkeypatch.setattr(fuser, "sources_beside", True)
+    fuser._sources.clear()
+    yield fuser
+    fuser._sources.clear()
+
+
+def test_on_the_cpu_sources_are_made_in_turn(fuser: Fuser, monkeypatch):
+    assert fuser.models.active["detector"][0] == "CPUExecutionProvider" and fuser.sources_beside is False
+    threads = SourceThreads(fuser, monkeypatch)
+    fuser._sources.clear()
+    fuser.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(), shared_file("images", "biden.jpg").read_bytes())
+    assert threads.names == [threading.current_thread().name]
+
+
+def test_a_new_source_beside_the_target_gives_the_same_answer_and_report(beside: Fuser, monkeypatch):
+    source, target = shared_file("images", "obama.jpg").read_bytes(), shared_file("images", "biden.jpg").read_bytes()
+    threads = SourceThreads(beside, monkeypatch)
+    made_beside = beside.fuse_bytes(source, target)
+    assert threads.names[0].startswith("overlap")  # made on a helper thread
+    assert made_beside.report.timings_ms["decode"] > 0 and made_beside.report.timings_ms["embed"] > 0
+
+    beside._sources.clear()
+    monkeypatch.setattr(beside, "sources_beside", False)
+    in_turn = beside.fuse_bytes(source, target)
+    assert threads.names[1] == threading.current_thread().name
+    assert made_beside.data == in_turn.data
+    assert made_beside.report.source_face == in_turn.report.source_face
+    assert made_beside.report.faces == in_turn.report.faces
+
+    monkeypatch.setattr(beside, "sources_beside", True)  # a cached source: nothing is started
+    beside.fuse_bytes(source, target)
+    assert len(threads.names) == 2
+
+
+def test_with_every_helper_busy_the_source_is_made_in_the_requests_thread(beside: Fuser, monkeypatch):
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))
+    overlap._slots.acquire()  # the one helper is taken
+    threads = SourceThreads(beside, monkeypatch)
+    result = beside.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(),
+                               shared_file("images", "biden.jpg").read_bytes())
+    assert threads.names == [threading.current_thread().name] and result.report.faces_swapped == 1
+
+
+def test_the_source_error_wins_over_the_targets_as_before(beside: Fuser):
+    obama, faceless = shared_file("images", "obama.jpg").read_bytes(), blank_jpeg()
+    with pytest.raises(NoSourceFace):  # neither has a face: the source is named, as when made first
+        beside.fuse_bytes(faceless, blank_jpeg(90))
+    with pytest.raises(NoTargetFace):
+        beside.fuse_bytes(obama, faceless)
+    with pytest.raises(ImageError) as caught:  # a target that cannot be decoded is named at once
+        beside.fuse_bytes(faceless, b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(64))
+    assert caught.value.image == "target"
+
+
+def test_pending_work_raises_in_the_caller_and_frees_its_helper():
+    def fails() -> int:
+        raise ValueError("made on a helper")
+
+    pending = overlap.start(fails)
+    assert pending.on_helper
+    with pytest.raises(ValueError, match="made on a helper"):
+        pending.result()
+    names = [overlap.start(threading.current_thread).result().name for _ in range(overlap.HELPER_THREADS * 3)]
+    assert all(name.startswith("overlap") for name in names)  # every slot came back
+    assert overlap.inline(lambda: 7).result() == 7 and overlap.ready(8).result() == 8
+
+
+def test_the_bench_compares_beside_with_in_turn_on_the_cpu(capsys):
+    shared_file("models", "scrfd_2.5g_bnkps.onnx")
+    from bench.source_overlap import main
+
+    main(["--requests", "2"])
+    out = capsys.readouterr().out
+    assert "would make a new source in turn" in out  # the CPU's choice, said in the header
+    rows = [line for line in out.splitlines() if line.startswith(("in turn", "beside"))]
+    assert len(rows) == 4 and all(float(line.split("|")[2]) > 0 for line in rows)
