@@ -101,6 +101,14 @@ def raise_problems(problems: Sequence[str]) -> None:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset, not the host's count): what the pools of
+    helper threads (paste, JPEG strips, sources beside the target) are sized by."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_cache_path(model_path: Path) -> Path:
     """A writable folder beside the models, else a folder under the system temp dir.
 

@@ -186,10 +186,13 @@ class Fuser:
         frames, ordered as `detect` orders them); detection is then skipped."""
         options = options or FuseOptions()
         timer = timer or StageTimer()
-        with runtime_failures():
-            # with the target's faces at hand there is nothing to do meanwhile: the source is made inline
-            return self._fuse(self.start_source(source, options, timer, source_key, beside=faces is None),
-                              target, options, timer, faces)
+        # with the target's faces at hand there is nothing to do meanwhile: the source is made inline
+        pending = self.start_source(source, options, timer, source_key, beside=faces is None)
+        try:
+            with runtime_failures():
+                return self._fuse(pending, target, options, timer, faces)
+        finally:
+            pending.settle()
 
     def start_source(self, source: SourceInput | Sequence[SourceInput], options: FuseOptions, timer: StageTimer,
                      key: str | None, beside: bool = True) -> Pending[tuple[SourceFaces, np.ndarray]]:
@@ -207,10 +210,15 @@ class Fuser:
     ) -> FusionResult:
         boost, swapper, enhancer = self._plan(options)
         selection = options.selection
+        if not source.on_helper:  # in turn: the source first, as it always was (a bad one fails fast)
+            source.result()
         if faces is None:
-            with timer.stage("detect"):
-                faces = self.detect(target, options.detector_angles)
-        # the source's problems come first, as when it was made before the target's detection
+            try:
+                with timer.stage("detect"):
+                    faces = self.detect(target, options.detector_angles)
+            except Exception:
+                source.result()  # the source's problem, if it has one, is named first, as made in turn
+                raise
         src_faces, latent = source.result()
         candidates = eligible(faces, selection.min_face_size)
         if not candidates:
@@ -339,10 +347,13 @@ class Fuser:
         # a source not seen before is decoded, detected and embedded beside the target's decode and detection
         pending = self.start_source([partial(decode_image, blob, self.limits, self.codec) for blob in blobs], options,
                                     timer, source_key(blobs))
-        with timer.stage("decode"):
-            tgt = self.decode(target, "target")
-        with runtime_failures():
-            result = self._fuse(pending, tgt, options, timer)
+        try:
+            with timer.stage("decode"):
+                tgt = self.decode(target, "target")
+            with runtime_failures():
+                result = self._fuse(pending, tgt, options, timer)
+        finally:  # a request that failed meanwhile ends with its source work, inside its admission
+            pending.settle()
         with timer.stage("encode"):
             data, media_type = encode_image(result.image, options.output_format, options.quality, self.codec)
         result.report.timings_ms = timer.rounded()

@@ -142,7 +142,7 @@ def opencv_encode(bgr: np.ndarray, quality: int) -> bytes:
     is encoded in strips on several threads (pipeline/jpeg_strips.py: the same pixels, restart markers
     between the strips)."""
     data = encode_in_strips(bgr, quality)
-    if data is None:  # pragma: no cover - OpenCV fails only on impossible shapes
+    if data is None:  # OpenCV refuses an image past 65,500 pixels a side
         raise UndecodableImage("could not encode the result as jpeg")
     return data
 

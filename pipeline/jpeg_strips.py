@@ -13,13 +13,14 @@ decode to the same pixels as an encode without restart markers: libjpeg's colour
 downsampling and DCT never look across an MCU row's bottom edge, and every strip but the last ends on one.
 
 No maintained Python library encodes one JPEG on several threads; this module only splits pixels and
-joins bytes, and where the strips do not have the headers it expects (other tables, another frame type,
-an interval past 16 bits) it gives one plain encode instead.
+joins bytes. A strip never holds more MCUs than DRI's 16 bits count (a huge image gets more, shorter
+strips than threads), an image past JPEG's 65,500 rows or columns gets OpenCV's plain encode (which
+refuses it), and strips that do not have the headers expected (other tables, another frame type) are
+thrown away for one plain encode.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from .config import usable_cpus
+
 # threads of this process's encoder pool: a strip per thread (fewer on fewer CPUs)
-ENCODE_THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+ENCODE_THREADS = min(8, usable_cpus())
 # a strip is at least this many pixels: below, a thread's hand-off and a strip's headers (about 600
 # bytes written per strip) cost more than its share of the encode saves; 1080p gets 4 strips, 4K 8
 MIN_STRIP_PIXELS = 480_000
 MCU_ROWS_MULTIPLE = 16  # strip heights are multiples of the tallest MCU (4:2:0: 16 rows, gray: 8)
+MAX_SIDE = 65_500  # what libjpeg (and so cv2.imencode) encodes; the frame header holds 16 bits
+MAX_INTERVAL = 0xFFFF  # DRI's 16 bits: the most MCUs of one strip
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 SOS, DRI, SOF_BASELINE = 0xDA, 0xDD, (0xC0, 0xC1)  # markers: start of scan, restart interval, frame
 TABLE_MARKERS = (0xDB, 0xC4)  # quantisation and Huffman tables: every strip must carry the first's
@@ -67,10 +72,14 @@ def encode_in_strips(bgr: np.ndarray, quality: int, strips: int | None = None) -
     the encoder threads (default: `strip_count`); None when OpenCV refuses to encode."""
     height, width = bgr.shape[:2]
     strips = strip_count(height, width) if strips is None else strips
-    if strips <= 1:
+    if strips <= 1 or height > MAX_SIDE or width > MAX_SIDE:  # too large for one JPEG: OpenCV says no
         return plain_encode(bgr, quality)
     bands = -(-height // MCU_ROWS_MULTIPLE)
-    strip_height = -(-bands // strips) * MCU_ROWS_MULTIPLE
+    # a strip's MCUs must fit DRI: a huge image gets more (shorter) strips than threads, queued on them
+    smallest_mcu = 8  # gray; 4:2:0 colour has 16x16 MCUs, so this bounds both
+    mcus_per_band = -(-width // smallest_mcu) * (MCU_ROWS_MULTIPLE // smallest_mcu)
+    strip_bands = min(-(-bands // strips), MAX_INTERVAL // mcus_per_band)
+    strip_height = strip_bands * MCU_ROWS_MULTIPLE
     pieces = [bgr[top:top + strip_height] for top in range(0, height, strip_height)]
     parts = list(_encode_pool().map(lambda piece: plain_encode(piece, quality), pieces))
     if any(part is None for part in parts):
@@ -82,7 +91,10 @@ def encode_in_strips(bgr: np.ndarray, quality: int, strips: int | None = None) -
 def join_strips(parts: list[bytes], height: int, strip_height: int) -> bytes | None:
     """One JPEG of `height` rows from baseline JPEGs of consecutive strips, each `strip_height` rows but the
     last: the first's headers, its frame height made `height`, a DRI of one strip's MCUs before the scan,
-    and the scans' data with RSTn between them. None when the parts do not fit together."""
+    and the scans' data with RSTn between them. None when the parts do not fit together (other tables,
+    not baseline, an interval past DRI's 16 bits) or `height` is more than a JPEG holds."""
+    if height > MAX_SIDE:
+        return None
     split = [_split(part) for part in parts]
     if any(s is None for s in split):
         return None
@@ -142,4 +154,4 @@ def _restart_interval(headers: list[tuple[int, bytes]], strip_height: int) -> in
     if strip_height % mcu_height:
         return None
     interval = -(-width // mcu_width) * (strip_height // mcu_height)
-    return interval if 0 < interval <= 0xFFFF else None
+    return interval if 0 < interval <= MAX_INTERVAL else None

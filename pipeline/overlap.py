@@ -11,16 +11,17 @@ one is free at that moment (a non-blocking semaphore) and otherwise runs inline,
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
+
+from .config import usable_cpus
 
 T = TypeVar("T")
 
 # helper threads per process: enough for the requests of a lightly loaded pod to overlap their sources
-HELPER_THREADS = max(1, min(4, os.cpu_count() or 1))
+HELPER_THREADS = min(4, usable_cpus())
 
 _pool: ThreadPoolExecutor | None = None
 _slots = threading.BoundedSemaphore(HELPER_THREADS)
@@ -37,20 +38,32 @@ def _helpers() -> ThreadPoolExecutor:
 
 class Pending(Generic[T]):
     """A value being made on a helper thread, or to be made by the first `result()` call; `result()`
-    returns it or raises what making it raised, once, in the calling thread."""
+    returns it or raises what making it raised, in the calling thread, as often as it is called."""
 
     def __init__(self, fn: Callable[[], T] | None = None, future: Future[T] | None = None,
                  value: T | None = None) -> None:
-        self._fn, self._future, self._value = fn, future, value
+        self._future: Future[T] | None = future
+        self._fn = fn
+        self._value = value
         self.on_helper = future is not None
 
     def result(self) -> T:
+        if self._fn is not None:  # inline: made now, its outcome kept like a helper's
+            fn, self._fn = self._fn, None
+            self._future = Future()
+            try:
+                self._future.set_result(fn())
+            except BaseException as exc:
+                self._future.set_exception(exc)
         if self._future is not None:
             return self._future.result()
-        if self._fn is not None:
-            fn, self._fn = self._fn, None
-            self._value = fn()
         return self._value  # type: ignore[return-value]
+
+    def settle(self) -> None:
+        """Wait until work on a helper has ended, whatever its outcome (a request that failed meanwhile
+        must not leave work running outside its admission and the drain); inline work is not started."""
+        if self.on_helper and self._future is not None:
+            wait([self._future])
 
 
 def ready(value: T) -> Pending[T]:

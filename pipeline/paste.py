@@ -19,7 +19,6 @@ keep their order (`disjoint_waves`), so the image is the one a face-by-face loop
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import cv2
 import numpy as np
 
+from .config import usable_cpus
 from .masks import DEFAULT_MASKS, MaskOptions, box_square, feather_kernels
 
 
@@ -134,7 +134,7 @@ def disjoint_waves(regions: Sequence[Region | None]) -> list[list[int]]:
 
 # a few threads per process: enough for a crowded photograph at low concurrency; under load the
 # requests' own threads already keep the cores busy
-PASTE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+PASTE_THREADS = min(4, usable_cpus())
 # a face's paste goes to a thread only when its region is this large: a small face's paste is mostly
 # NumPy bookkeeping under the GIL, and handing it to a thread cost more than it saved (the Solvay
 # photograph's 29 faces of ~100 px: 0.94x with two threads; six 4K faces of ~400 px: 1.32x)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import DecodedImage, encode_image, jpeg_strips
+from pipeline import DecodedImage, UndecodableImage, encode_image, jpeg_strips
 from pipeline.jpeg_strips import encode_in_strips, join_strips, plain_encode, strip_count
 from tests.conftest import IMAGES
 
@@ -108,3 +108,18 @@ def test_strips_that_do_not_fit_together_are_refused_and_the_image_is_encoded_pl
 
     monkeypatch.setattr(jpeg_strips, "join_strips", lambda *args: None)
     assert encode_in_strips(img, 90, strips=2) == plain_encode(img, 90)
+
+
+def test_a_very_wide_image_gets_more_strips_than_asked_so_each_fits_the_restart_interval():
+    img = photo_like(400, 40_000)  # a 16-row band of it is 10,000 gray-sized MCUs: at most 6 bands a strip
+    data = encode_in_strips(img, 85, strips=2)
+    assert data.count(b"\xff\xdd") == 1 and data.count(b"\xff\xd3") == 1  # 5 strips (RST0..RST3)
+    assert np.array_equal(decode_cv(data), decode_cv(plain_encode(img, 85)))
+
+
+def test_an_image_taller_than_a_jpeg_holds_is_refused_as_before_not_sent_broken(monkeypatch):
+    monkeypatch.setattr(jpeg_strips, "ENCODE_THREADS", 8)
+    tall = np.zeros((65_520, 16, 3), np.uint8)
+    assert encode_in_strips(tall, 90) is None and encode_in_strips(tall, 90, strips=8) is None
+    with pytest.raises(UndecodableImage, match="could not encode"):
+        encode_image(DecodedImage(bgr=tall), "jpeg", 90)

@@ -78,27 +78,69 @@ def test_with_every_helper_busy_the_source_is_made_in_the_requests_thread(beside
     assert threads.names == [threading.current_thread().name] and result.report.faces_swapped == 1
 
 
-def test_the_source_error_wins_over_the_targets_as_before(beside: Fuser):
+def helpers_idle() -> bool:
+    """Every helper slot free: no source work is left running."""
+    taken = [overlap._slots.acquire(blocking=False) for _ in range(overlap.HELPER_THREADS)]
+    for ok in taken:
+        if ok:
+            overlap._slots.release()
+    return all(taken)
+
+
+def test_the_source_error_wins_over_the_targets_as_before(beside: Fuser, monkeypatch):
     obama, faceless = shared_file("images", "obama.jpg").read_bytes(), blank_jpeg()
+    threads = SourceThreads(beside, monkeypatch)
     with pytest.raises(NoSourceFace):  # neither has a face: the source is named, as when made first
         beside.fuse_bytes(faceless, blank_jpeg(90))
     with pytest.raises(NoTargetFace):
         beside.fuse_bytes(obama, faceless)
+    assert len(threads.names) == 2 and all(name.startswith("overlap") for name in threads.names)
+
+    def detection_fails(*args, **kwargs):
+        raise RuntimeError("the target's detection failed")
+    monkeypatch.setattr(beside, "detect", detection_fails)
+    with pytest.raises(ImageError) as caught:  # an undecodable source is still named before that
+        beside.fuse_bytes(b"\xff\xd8\xff\xe0 not a source" + bytes(64), obama)
+    assert caught.value.image == "source"
+    with pytest.raises(RuntimeError, match="target's detection"):
+        beside.fuse_bytes(obama + b"\x00", obama)  # a new source with a face: the detection's own error
+    assert helpers_idle()
+
+
+def test_a_request_that_fails_meanwhile_ends_with_its_source_work(beside: Fuser, monkeypatch):
+    threads = SourceThreads(beside, monkeypatch)
     with pytest.raises(ImageError) as caught:  # a target that cannot be decoded is named at once
-        beside.fuse_bytes(faceless, b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(64))
-    assert caught.value.image == "target"
+        beside.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(), b"\xff\xd8\xff\xe0 not a jpeg" + bytes(64))
+    assert caught.value.image == "target" and threads.names[0].startswith("overlap")
+    # the source work did not outlive the request: finished (and cached) before the error was raised
+    assert helpers_idle() and len(beside._sources) == 1
 
 
-def test_pending_work_raises_in_the_caller_and_frees_its_helper():
+def test_in_turn_a_faceless_source_fails_before_the_target_is_searched(fuser: Fuser, monkeypatch):
+    searched = []
+    monkeypatch.setattr(fuser, "detect", lambda *args, **kwargs: searched.append(1) or [])
+    with pytest.raises(NoSourceFace):
+        fuser.fuse_bytes(blank_jpeg(33), shared_file("images", "obama.jpg").read_bytes())
+    assert fuser.sources_beside is False and searched == []
+
+
+def test_pending_work_raises_in_the_caller_and_frees_its_helper(monkeypatch):
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(overlap.HELPER_THREADS))
+
     def fails() -> int:
         raise ValueError("made on a helper")
 
     pending = overlap.start(fails)
     assert pending.on_helper
-    with pytest.raises(ValueError, match="made on a helper"):
-        pending.result()
+    for _ in range(2):  # as often as it is asked
+        with pytest.raises(ValueError, match="made on a helper"):
+            pending.result()
     names = [overlap.start(threading.current_thread).result().name for _ in range(overlap.HELPER_THREADS * 3)]
     assert all(name.startswith("overlap") for name in names)  # every slot came back
+    made = overlap.inline(fails)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            made.result()
     assert overlap.inline(lambda: 7).result() == 7 and overlap.ready(8).result() == 8
 
 
