@@ -19,6 +19,7 @@ a GPU, where a detection is mostly waiting for the device. `--providers cuda` me
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -62,7 +63,7 @@ def run(fuser, sources: list[bytes], target: bytes, new: bool = True) -> list[li
     rows = []
     for mode in MODES:
         ms = sorted(times[mode])
-        rows.append([mode, len(ms), f"{statistics.median(ms):.2f}", f"{ms[int(0.9 * (len(ms) - 1))]:.2f}",
+        rows.append([mode, len(ms), f"{statistics.median(ms):.2f}", f"{ms[math.ceil(0.9 * len(ms)) - 1]:.2f}",
                      *(f"{_stage(stages[mode], name):.2f}" for name in ("decode", "detect", "embed"))])
     base, new = (statistics.median(times[m]) for m in MODES)
     rows[1].append(f"{new / base:.2f}")
