@@ -13,8 +13,10 @@ once), and its `gpu share` column says which fraction of the threaded run's imag
 `nvimgcodec/queue` is the same pair with every image waiting for the device (the server before overflow);
 `nvimgcodec/thread` gives every thread its own pair, to show whether separate instances would scale. Decoded pixels are compared with OpenCV's decode
 (mean absolute difference); the ratio column (`/opencv`) is a row's time over one-thread OpenCV's (below 1:
-faster). `opencv/strips` is the pipeline's default encode: a large image in strips on several threads
-(pipeline/jpeg_strips.py), the same pixels as the one-thread encode.
+faster). `opencv/strips` is the pipeline's default: a large image encoded in strips on several threads
+(pipeline/jpeg_strips.py), the same pixels as the one-thread encode; `IMAGE+RST` rows decode the same
+pixels re-encoded with a restart marker every MCU row, in one piece (`opencv`) and cut at its markers on
+several threads (`opencv/strips`, pipeline/jpeg_strip_decode.py), whose ratio is against the former.
 
 Without nvImageCodec or a CUDA device (the CPU image, CI) the nvImageCodec rows say why they are
 unavailable and OpenCV is still measured; any error of a single nvImageCodec call shows in its row.
@@ -38,7 +40,8 @@ import numpy as np
 
 from bench.common import SHARED, frame_with_face, median_ms, table
 from pipeline.images import opencv_encode
-from pipeline.jpeg_strips import ENCODE_THREADS
+from pipeline.jpeg_strip_decode import decode_in_strips
+from pipeline.overlap import HELPER_THREADS
 
 QUALITY = 92
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
@@ -72,13 +75,25 @@ class OpenCvCodec:
 
 
 class OpenCvStrips(OpenCvCodec):
-    """The pipeline's default encode: a large image in strips on the encoder threads
-    (pipeline/jpeg_strips.py)."""
+    """The pipeline's default: a large image encoded in strips on the strip threads
+    (pipeline/jpeg_strips.py), and decoded in strips when it carries restart markers
+    (pipeline/jpeg_strip_decode.py; one piece otherwise)."""
 
     name = "opencv/strips"
 
+    def decode(self, data: bytes) -> np.ndarray | None:
+        pixels = decode_in_strips(data)
+        return pixels if pixels is not None else super().decode(data)
+
     def encode(self, bgr: np.ndarray, quality: int) -> bytes:
         return opencv_encode(bgr, quality)
+
+
+def with_restarts(pixels: np.ndarray) -> bytes:
+    """The image as a JPEG (quality 92, 4:2:0) with a restart marker every MCU row, as many cameras and
+    this function's own answers carry them."""
+    return cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, QUALITY,
+                                         cv2.IMWRITE_JPEG_RST_INTERVAL, -(-pixels.shape[1] // 16)])[1].tobytes()
 
 
 def open_nvimgcodec() -> tuple[Any | None, str]:
@@ -217,6 +232,14 @@ def run(images: dict[str, bytes], reps: int, threads: int, nv: Any | None) -> li
                 if strips["ms_1_thread"] and base["ms_1_thread"]:
                     strips["ratio"] = strips["ms_1_thread"] / base["ms_1_thread"]
                 rows.append(strips)
+            else:  # the same pixels with a restart marker every MCU row, one piece against strips
+                marked = with_restarts(pixels)
+                one, cut = (measure(codec, op, marked, pixels, reps, threads) for codec in (opencv, OpenCvStrips()))
+                for row in (one, cut):
+                    row["image"] = f"{image}+RST"
+                if cut["ms_1_thread"] and one["ms_1_thread"]:
+                    cut["ratio"] = cut["ms_1_thread"] / one["ms_1_thread"]
+                rows += [one, cut]
             if nv is None:
                 rows.append({"codec": "nvimgcodec", "image": image, "op": op, "ms_1_thread": None,
                              "per_s_threads": None, "gpu_share": None, "batch_ms_per_image": None,
@@ -255,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = run(images, max(1, args.reps), max(1, args.threads), nv)
     text = render(rows, args.threads)
     print(f"JPEG quality {QUALITY}; OpenCV {cv2.__version__}, {cv2.getNumThreads()} OpenCV threads, "
-          f"{ENCODE_THREADS} encoder threads for strips; "
+          f"{HELPER_THREADS} helper threads for strips; "
           f"nvImageCodec: {describe(nv) if nv is not None else why}")
     print(text)
     result = {"rows": rows, "table": text, "reps": args.reps, "threads": args.threads,

@@ -1,27 +1,30 @@
 """Work that may run beside the request's own thread: on a helper thread when one is free, else where its
 result is first needed.
 
-Why: a fusion with a source the process has not seen needs two independent chains before they meet at
-the swap: the source's decode, detection and embedding, and the target's decode and detection. Done one
-after the other, a request at low concurrency waits for both while the GPU and most cores idle; side by
-side, it waits for the longer. Under load there is no idle core to gain, and a queue of source work
-behind a few helper threads would make requests wait for each other, so work goes to a helper only when
-one is free at that moment (a non-blocking semaphore) and otherwise runs inline, exactly as before.
+Why: a request at low concurrency leaves most cores (and on a GPU pod, the device) idle while its one
+thread works through independent pieces: a new source's decode, detection and embedding beside the
+target's (pipeline/fuser.py, on a GPU), the strips of a large JPEG (pipeline/jpeg_strips.py,
+pipeline/jpeg_strip_decode.py). Under load there is no idle core to gain, and a queue of such work behind
+a few helper threads would make requests wait for each other, so work goes to a helper only when one is
+free at that moment (a non-blocking semaphore) and otherwise runs in the request's thread, exactly as it
+would without helpers. What is computed never depends on where it ran.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Generic, TypeVar
 
 from .config import usable_cpus
 
 T = TypeVar("T")
+A = TypeVar("A")
 
-# helper threads per process: enough for the requests of a lightly loaded pod to overlap their sources
-HELPER_THREADS = min(4, usable_cpus())
+# helper threads per process (fewer on fewer CPUs): a 4K JPEG's 8 strips at once on a quiet pod
+HELPER_THREADS = min(8, usable_cpus())
 
 _pool: ThreadPoolExecutor | None = None
 _slots = threading.BoundedSemaphore(HELPER_THREADS)
@@ -92,3 +95,16 @@ def start(fn: Callable[[], T]) -> Pending[T]:
     except BaseException:  # the interpreter is shutting down: do it inline
         slots.release()
         return inline(fn)
+
+
+def each(fn: Callable[[A], T], items: Sequence[A]) -> list[T]:
+    """`fn` of every item, in order: the items after the first on helpers that are free now, the first and
+    the rest in the calling thread. Returns or raises only once none of them is still running (they may
+    write into the same array)."""
+    pending = [start(partial(fn, item)) for item in items[1:]]
+    try:
+        first = fn(items[0])
+        return [first, *(p.result() for p in pending)]
+    finally:
+        for p in pending:
+            p.settle()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import DecodedImage, UndecodableImage, encode_image, jpeg_strips
+from pipeline import DecodedImage, UndecodableImage, encode_image, jpeg_strips, overlap
 from pipeline.jpeg_strips import encode_in_strips, join_strips, plain_encode, strip_count
 from tests.conftest import IMAGES
 
@@ -84,14 +84,14 @@ def test_how_many_strips_follows_the_size_and_the_threads():
 
 
 def test_a_small_answer_is_one_plain_encode(monkeypatch):
-    monkeypatch.setattr(jpeg_strips, "ENCODE_THREADS", 8)
+    monkeypatch.setattr(overlap, "HELPER_THREADS", 8)
     img = photo_like(480, 640)
     data, _ = encode_image(DecodedImage(bgr=img, alpha=None, source_format="jpeg"), "jpeg", 92)
     assert data == plain_encode(img, 92) and b"\xff\xdd" not in data
 
 
 def test_a_large_answer_is_encoded_in_strips_through_encode_image(monkeypatch):
-    monkeypatch.setattr(jpeg_strips, "ENCODE_THREADS", 4)  # strips even on a one-CPU runner
+    monkeypatch.setattr(overlap, "HELPER_THREADS", 4)  # 4 strips, wherever they run
     img = photo_like(1080, 1920)
     data, _ = encode_image(DecodedImage(bgr=img, alpha=None, source_format="jpeg"), "jpeg", 92)
     assert data.count(b"\xff\xdd") == 1 and data.count(b"\xff\xd0") == 1 and data.count(b"\xff\xd2") == 1
@@ -118,7 +118,7 @@ def test_a_very_wide_image_gets_more_strips_than_asked_so_each_fits_the_restart_
 
 
 def test_an_image_taller_than_a_jpeg_holds_is_refused_as_before_not_sent_broken(monkeypatch):
-    monkeypatch.setattr(jpeg_strips, "ENCODE_THREADS", 8)
+    monkeypatch.setattr(overlap, "HELPER_THREADS", 8)
     tall = np.zeros((65_520, 16, 3), np.uint8)
     assert encode_in_strips(tall, 90) is None and encode_in_strips(tall, 90, strips=8) is None
     with pytest.raises(UndecodableImage, match="could not encode"):
