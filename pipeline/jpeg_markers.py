@@ -87,11 +87,13 @@ def frame(segments: list[Segment]) -> Frame | None:
 
 
 def restart_interval(segments: list[Segment]) -> int:
-    """The DRI's MCUs between restart markers; 0 when there is none."""
+    """The MCUs between restart markers in the scan: the last DRI's before it, as libjpeg reads them (a
+    later DRI replaces an earlier one); 0 when there is none."""
+    interval = 0
     for marker, segment in segments:
         if marker == DRI and len(segment) >= 6:
-            return struct.unpack_from(">H", segment, 4)[0]
-    return 0
+            interval = struct.unpack_from(">H", segment, 4)[0]
+    return interval
 
 
 def with_height(segment: bytes, height: int) -> bytes:

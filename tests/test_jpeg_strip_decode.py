@@ -86,6 +86,20 @@ def test_what_cannot_be_cut_safely_is_left_to_the_one_piece_decode():
     assert decode_in_strips(cut_short, threads=4) is None
 
 
+def test_the_last_of_two_restart_intervals_is_the_one_cut_on():
+    """libjpeg reads the DRI nearest the scan; cutting on an earlier one gave a garbled lower half."""
+    marked = jpeg(photo_like(1080, 1920), interval=2 * ROWS_1080 + 1)  # not whole rows: one-piece decode
+    dri = marked.index(b"\xff\xdd")
+    for earlier in (ROWS_1080, 2 * ROWS_1080):  # whole rows, and the other interval's count of markers
+        twice = marked[:dri] + b"\xff\xdd\x00\x04" + earlier.to_bytes(2, "big") + marked[dri:]
+        assert np.array_equal(opencv(twice), opencv(marked))
+        assert decode_in_strips(twice, threads=4) is None
+    whole = jpeg(photo_like(1080, 1920), interval=ROWS_1080)
+    dri = whole.index(b"\xff\xdd")
+    twice = whole[:dri] + b"\xff\xdd\x00\x04" + (ROWS_1080 + 1).to_bytes(2, "big") + whole[dri:]
+    assert np.array_equal(decode_in_strips(twice, threads=4), opencv(whole))
+
+
 def turned(data: bytes, orientation: int) -> bytes:
     """`data` re-saved by Pillow with restart markers and an EXIF orientation."""
     exif = Image.Exif()
