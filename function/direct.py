@@ -25,7 +25,11 @@ JSON_FIELDS = (*IMAGE_FIELDS, "output", "options")  # the rest of a JSON body's 
 
 def multipart(rt: Runtime, request: flask.Request) -> Reply:
     limit = rt.max_image_bytes()  # the body as a whole was held to MAX_REQUEST_BYTES by the front door
+    if not request.mimetype_params.get("boundary"):
+        raise Problem(400, "malformed-multipart", f"{request.mimetype} needs a boundary parameter in Content-Type")
     files, form = request.files, request.form
+    if not files and not form and request.content_length:  # werkzeug found no part where there is a body
+        raise Problem(400, "malformed-multipart", "the body holds no multipart part with the Content-Type's boundary")
     for name in (*files, *form):
         if len(files.getlist(name)) + len(form.getlist(name)) > 1 and name != "source":
             raise Problem(400, "invalid-options", f"multipart field '{name}' is given more than once")

@@ -249,6 +249,11 @@ def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:
         except Problem as problem:
             jobs.append(EventJob(event_id=event_id, event_type=str(item.get("type", "")) if isinstance(item, dict) else "",
                                  problem=problem))
+    # not one entry is a CloudEvent (`[1, 2]`, a JSON array posted by mistake): the request itself is
+    # malformed, a 400 rather than a 200 whose every result failed
+    malformed = [job.problem for job in jobs if job.problem is not None and job.problem.code == "malformed-event"]
+    if jobs and len(malformed) == len(jobs):
+        raise Problem(400, "malformed-event", f"no entry of the batch is a valid CloudEvent; the first: {malformed[0].detail}")
     return jobs
 
 

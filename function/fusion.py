@@ -86,8 +86,12 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, defa
     option, else what `accept` prefers (pass it only when the image is the answer), else `default_format`.
     Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400."""
     values = validate({k: v for k, v in raw.items() if k != "reference"}, form=form)
+    mode = values.get("faces", "largest")
+    for name, needs in (("index", "index"), ("reference_threshold", "reference")):
+        if name in values and mode != needs:  # as enhancer without enhance: not silently ignored
+            raise InvalidOptions(f"{name} applies when faces is {needs}, not {mode}")
     selection = Selection(
-        mode=values.get("faces", "largest"),
+        mode=mode,
         index=values.get("index"),
         min_face_size=values.get("min_face_size", 0),
         reference_threshold=values.get("reference_threshold", DEFAULT_REFERENCE_THRESHOLD),

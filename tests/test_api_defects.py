@@ -230,8 +230,9 @@ def test_json_options_must_have_their_types(server, store, opts, named, where):
 
 def test_json_options_well_typed_are_taken(server, store):
     images = {"source": f"file://{store}/faces/obama.jpg", "target": f"file://{store}/faces/obama.jpg"}
-    r = requests.post(server.url + "/", json={**images, "options": {"quality": 50.0, "enhance": False, "format": "png",
-                                                                   "reference_threshold": 1}}, timeout=60)
+    r = requests.post(server.url + "/", json={**images, "reference": images["source"],
+                                             "options": {"quality": 50.0, "enhance": False, "format": "png",
+                                                         "faces": "reference", "reference_threshold": 0}}, timeout=60)
     assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text
     r = requests.post(server.url + "/", json={**images, "format": "png", "options": {"format": "webp"}}, timeout=60)
     assert "given both" in problem(r, 400)["detail"]
@@ -244,9 +245,35 @@ def test_json_options_well_typed_are_taken(server, store):
     ({"quality": "0"}, "quality"),
     ({"reference_threshold": "nan", "faces": "reference"}, "reference_threshold"),
     ({"bogus": "1"}, "bogus"),
+    ({"index": "1"}, "index applies when faces is index, not largest"),
+    ({"faces": "all", "reference_threshold": "0.9"}, "reference_threshold applies when faces is reference, not all"),
 ])
 def test_multipart_options_are_parsed_from_text_strictly(server, fields, named):
     assert named in problem(fuse(server, **fields), 400)["detail"]
+
+
+def test_an_option_of_another_selection_is_refused_not_ignored(server, store):
+    """index without faces=index (or a threshold without faces=reference) would be ignored, and the client
+    would get another face swapped than it asked for; as with enhancer without enhance, it is a 400."""
+    images = {"source": f"file://{store}/faces/obama.jpg", "target": f"file://{store}/faces/two_people.jpg"}
+    for opts in ({"index": 1}, {"faces": "all", "index": 0}, {"faces": "index", "index": 0, "reference_threshold": 0.5}):
+        detail = problem(requests.post(server.url + "/", json={**images, "options": opts}, timeout=60), 400)["detail"]
+        assert "applies when faces is" in detail, detail
+    r = requests.post(server.url + "/", json={**images, "options": {"faces": "index", "index": 1}}, timeout=60)
+    assert r.status_code == 200 and r.headers["X-Faces-Swapped"] == "1", r.text
+
+
+def test_a_multipart_body_that_cannot_be_parsed_says_so(server):
+    """Not "field 'source' is required" for a request that carried one the server could not find."""
+    good = requests.Request("POST", server.url + "/", files={"source": image("obama.jpg"), "target": image("biden.jpg")}).prepare()
+    small = requests.Request("POST", server.url + "/", files={"source": _png(), "target": _png()}).prepare()
+    for ctype, body in (("multipart/form-data", good.body),  # no boundary
+                        ("multipart/form-data; boundary=elsewhere", small.body),  # not the body's boundary
+                        (good.headers["Content-Type"], b"not multipart at all")):
+        r = requests.post(server.url + "/", data=body, headers={"Content-Type": ctype}, timeout=30)
+        assert problem(r, 400)["type"].endswith("/malformed-multipart"), (ctype, r.text)
+    r = requests.post(server.url + "/", data=good.body, headers={"Content-Type": good.headers["Content-Type"]}, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def test_multipart_options_as_text(server):
@@ -362,6 +389,15 @@ def test_image_errors_name_the_image(server):
         body = problem(fuse(server, **fields), status)
         assert body["type"].endswith("/" + code) and body["image"] == name, body
         assert name in body["detail"], body
+
+
+@pytest.mark.parametrize("size", [(641, 1), (1, 641), (20000, 3)])
+def test_a_sliver_of_an_image_has_no_face_not_an_internal_error(server, size):
+    """An image over 640 times wider than tall (or taller than wide) letterboxes to under one pixel of the
+    detector's input: it was a 503 (retry) for a request that can never succeed."""
+    assert problem(fuse(server, target=_png(size)), 422)["type"].endswith("/no-target-face")
+    assert problem(fuse(server, source=_png(size)), 422)["type"].endswith("/no-source-face")
+    assert fuse(server).status_code == 200
 
 
 def test_json_image_errors_name_the_image(server, store):

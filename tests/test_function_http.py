@@ -240,6 +240,15 @@ def test_batches_are_handled_event_by_event(server):
     assert r.status_code == 202
 
 
+@pytest.mark.parametrize("ctype", ["application/cloudevents-batch+json", "application/json"])
+def test_a_batch_with_no_cloudevent_in_it_is_a_400(server, ctype):
+    """An array posted by mistake is not a batch whose every entry failed (200): the request is malformed."""
+    for body in ("[1, 2]", "[{}]", '[{"specversion": "1.0"}, "x"]'):
+        r = requests.post(server.url + "/", data=body, headers={"Content-Type": ctype}, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["type"].endswith("malformed-event") and "no entry of the batch" in r.json()["detail"]
+
+
 # -- statuses ------------------------------------------------------------------------------------------
 def _good_request(server) -> None:
     files, _ = multipart(target="biden.jpg")

@@ -97,10 +97,12 @@ class ScrfdDetector(ModelKind):
         """Resize keeping the aspect ratio into the top-left of the input canvas; returns canvas (BGR, uint8), scale."""
         in_w, in_h = self.input_size
         height, width = image.shape[:2]
+        # at least one pixel: an image more than 640 times wider than tall (or taller than wide) would
+        # otherwise be resized to nothing, which OpenCV refuses (and the request ended as a 503)
         if height / width > in_h / in_w:
-            new_h, new_w = in_h, int(in_h / (height / width))
+            new_h, new_w = in_h, max(1, int(in_h / (height / width)))
         else:
-            new_w, new_h = in_w, int(in_w * (height / width))
+            new_w, new_h = in_w, max(1, int(in_w * (height / width)))
         scale = new_h / height
         canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h))
