@@ -2,7 +2,7 @@
 
 Both paste the same swapped crop with the same matrix; insightface's paste cost is measured as
 get(paste_back=True) minus get(paste_back=False) on the same inputs. Then all faces of a frame pasted
-one at a time against `paste_all` (disjoint faces side by side, PASTE_THREADS threads), same crops, and
+one at a time against `paste_all` (disjoint faces side by side, on overlap's free helper threads), same crops, and
 the stage table of a full request for a 1080p single-face JPEG. Run: python -m bench.paste_back [--repeat N]
 """
 
@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 
 from bench.common import SHARED, insightface_t1, median_ms, single_face_1080p, standin_models, table
-from pipeline import Settings, StageTimer, load_fuser
-from pipeline import paste as paste_module
+from pipeline import Settings, StageTimer, load_fuser, overlap
 from pipeline.paste import disjoint_waves, paste_all, paste_back, paste_region
 
 
@@ -79,7 +78,7 @@ def main() -> None:
         one = median_ms(loop, args.repeat) - copy_ms
         side = median_ms(together, args.repeat) - copy_ms
         rows.append([name, len(faces), len(waves), one, side, one / side])
-    print(f"\nall faces of a frame, ms (median of {args.repeat}; frame copy excluded), PASTE_THREADS={paste_module.PASTE_THREADS}")
+    print(f"\nall faces of a frame, ms (median of {args.repeat}; frame copy excluded), HELPER_THREADS={overlap.HELPER_THREADS}")
     print(table(["frame", "faces", "waves", "one at a time", "paste_all", "speed-up"], rows))
 
     data = single_face_1080p()

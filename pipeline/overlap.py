@@ -4,7 +4,7 @@ result is first needed.
 Why: a request at low concurrency leaves most cores (and on a GPU pod, the device) idle while its one
 thread works through independent pieces: a new source's decode, detection and embedding beside the
 target's (pipeline/fuser.py, on a GPU), the strips of a large JPEG (pipeline/jpeg_strips.py,
-pipeline/jpeg_strip_decode.py). Under load there is no idle core to gain, and a queue of such work behind
+pipeline/jpeg_strip_decode.py), the large faces of a group photograph (pipeline/paste.py). Under load there is no idle core to gain, and a queue of such work behind
 a few helper threads would make requests wait for each other, so work goes to a helper only when one is
 free at that moment (a non-blocking semaphore) and otherwise runs in the request's thread, exactly as it
 would without helpers. What is computed never depends on where it ran.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from functools import partial
 from typing import Generic, TypeVar
 
 from .config import usable_cpus
@@ -97,14 +96,47 @@ def start(fn: Callable[[], T]) -> Pending[T]:
         return inline(fn)
 
 
+def free_helpers() -> int:
+    """How many helpers are free at this moment (a hint: another thread may take one the next moment)."""
+    return _slots._value  # threading.Semaphore's count; BoundedSemaphore has no public reader
+
+
 def each(fn: Callable[[A], T], items: Sequence[A]) -> list[T]:
-    """`fn` of every item, in order: the items after the first on helpers that are free now, the first and
-    the rest in the calling thread. Returns or raises only once none of them is still running (they may
-    write into the same array)."""
-    pending = [start(partial(fn, item)) for item in items[1:]]
+    """`fn` of every item; the results in the items' order. The calling thread and every helper that is
+    free now (up to one per item after the first) take the items in turn from one queue, so a helper
+    that ends early takes the next item rather than leaving it to the caller, and with no helper free
+    the caller does them all, one after another. After a failure no new item is begun; the first
+    failure in the items' order is raised. Returns or raises only once no helper is still running an
+    item (they may write into the same array)."""
+    count = len(items)
+    results: list[T | None] = [None] * count
+    errors: dict[int, BaseException] = {}
+    order = iter(range(count))
+    lock = threading.Lock()
+
+    def take() -> None:
+        while True:
+            with lock:
+                index = None if errors else next(order, None)
+            if index is None:
+                return
+            try:
+                results[index] = fn(items[index])
+            except BaseException as exc:  # kept for the caller, in the items' order
+                with lock:
+                    errors[index] = exc
+
+    helpers: list[Pending[None]] = []
+    for _ in range(count - 1):
+        pending = start(take)
+        if not pending.on_helper:
+            break  # none free: the caller takes the rest
+        helpers.append(pending)
     try:
-        first = fn(items[0])
-        return [first, *(p.result() for p in pending)]
+        take()
     finally:
-        for p in pending:
-            p.settle()
+        for pending in helpers:
+            pending.settle()
+    if errors:
+        raise errors[min(errors)]
+    return results  # type: ignore[return-value]

@@ -19,14 +19,12 @@ keep their order (`disjoint_waves`), so the image is the one a face-by-face loop
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import cv2
 import numpy as np
 
-from .config import usable_cpus
+from . import overlap
 from .masks import DEFAULT_MASKS, MaskOptions, box_square, feather_kernels
 
 
@@ -132,46 +130,41 @@ def disjoint_waves(regions: Sequence[Region | None]) -> list[list[int]]:
     return [[i for i, lv in enumerate(level) if lv == wave] for wave in range(max(level, default=-1) + 1)]
 
 
-# a few threads per process: enough for a crowded photograph at low concurrency; under load the
-# requests' own threads already keep the cores busy
-PASTE_THREADS = min(4, usable_cpus())
-# a face's paste goes to a thread only when its region is this large: a small face's paste is mostly
+# a face's paste goes to a helper only when its region is this large: a small face's paste is mostly
 # NumPy bookkeeping under the GIL, and handing it to a thread cost more than it saved (the Solvay
 # photograph's 29 faces of ~100 px: 0.94x with two threads; six 4K faces of ~400 px: 1.32x)
 THREADED_MIN_PIXELS = 300 * 300
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _paste_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=PASTE_THREADS, thread_name_prefix="paste")
-        return _pool
 
 
 def paste_all(frame: np.ndarray, pastes: Sequence[tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]],
               masks: MaskOptions = DEFAULT_MASKS) -> None:
     """`paste_back` of every (crop, matrix, crop_masks) into `frame`: faces with disjoint regions side by
-    side, faces whose regions meet in their order, so the image is the one a loop over `pastes` gives."""
-    if len(pastes) < 2 or PASTE_THREADS == 1:
+    side, faces whose regions meet in their order, so the image is the one a loop over `pastes` gives.
+
+    Side by side means this thread and overlap's helper threads that are free (pipeline/overlap.py: under
+    load the paste stays in the request's thread rather than queue behind other requests' work)."""
+    if len(pastes) < 2 or overlap.HELPER_THREADS == 1:
         for crop, matrix, crop_masks in pastes:
             paste_back(frame, crop, matrix, masks, crop_masks)
         return
     regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes]
+
+    def paste_group(group: list[int]) -> None:
+        for i in group:
+            crop, matrix, crop_masks = pastes[i]
+            paste_back(frame, crop, matrix, masks, crop_masks)
+
     for wave in disjoint_waves(regions):
-        threaded = [i for i in wave if _pixels(regions[i]) >= THREADED_MIN_PIXELS][1:]  # this thread keeps one
-        futures = [_paste_pool().submit(paste_back, frame, *pastes[i][:2], masks, pastes[i][2]) for i in threaded]
-        try:
-            for i in wave:
-                if i not in threaded:
-                    crop, matrix, crop_masks = pastes[i]
-                    paste_back(frame, crop, matrix, masks, crop_masks)
-        finally:  # no thread still writes into the frame once this returns or raises
-            wait(futures)
-        for future in futures:
-            future.result()
+        overlap.each(paste_group, _groups(wave, regions))  # returns once no helper still writes into the frame
+
+
+def _groups(wave: list[int], regions: Sequence[Region | None]) -> list[list[int]]:
+    """A wave's faces as the items threads take in turn: each large face on its own, largest first (the
+    longest pastes begin first, so no thread is left with one at the end), then the small ones together,
+    one hand-off for all of them."""
+    large = sorted((i for i in wave if _pixels(regions[i]) >= THREADED_MIN_PIXELS), key=lambda i: -_pixels(regions[i]))
+    small = [i for i in wave if _pixels(regions[i]) < THREADED_MIN_PIXELS]
+    return [*([i] for i in large), *([small] if small else [])]
 
 
 def _pixels(region: Region | None) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -142,6 +143,65 @@ def test_pending_work_raises_in_the_caller_and_frees_its_helper(monkeypatch):
         with pytest.raises(ValueError):
             made.result()
     assert overlap.inline(lambda: 7).result() == 7 and overlap.ready(8).result() == 8
+
+
+def test_each_shares_its_items_between_the_caller_and_the_free_helpers(monkeypatch):
+    """A helper that ends its item takes the next: with one slow item and a helper free, the helper does
+    the quick ones rather than the caller after the slow one (the caller took them all before)."""
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(2))
+    caller = threading.current_thread().name
+    slow_started = threading.Event()
+    ran: dict[int, str] = {}
+
+    def work(item: int) -> int:
+        if item == 0:
+            slow_started.set()
+            time.sleep(0.3)  # the caller's first item
+        else:
+            slow_started.wait(5)
+        ran[item] = threading.current_thread().name
+        return item * 10
+
+    assert overlap.each(work, range(8)) == [i * 10 for i in range(8)]
+    assert ran[0] == caller and all(ran[i] != caller for i in range(1, 8)), ran
+    assert overlap.free_helpers() == 2
+
+    overlap._slots.acquire()
+    overlap._slots.acquire()  # none free: the caller does them all, in order
+    try:
+        done: list[int] = []
+        assert overlap.each(lambda i: done.append(i) or threading.current_thread().name, range(4)) == [caller] * 4
+        assert done == [0, 1, 2, 3]
+    finally:
+        overlap._slots.release()
+        overlap._slots.release()
+
+
+def test_each_raises_the_first_failure_in_order_once_every_item_has_ended(monkeypatch):
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(3))
+    ended: list[int] = []
+
+    def work(item: int) -> None:
+        time.sleep(0.05 * (3 - item))  # item 2 fails first, item 1 after it
+        ended.append(item)
+        if item in (1, 2):
+            raise ValueError(f"item {item}")
+
+    with pytest.raises(ValueError, match="item 1"):
+        overlap.each(work, range(3))
+    assert sorted(ended) == [0, 1, 2]  # nothing still running when it raised
+
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))
+    overlap._slots.acquire()  # no helper: after a failure no further item is begun
+    begun: list[int] = []
+
+    def fails(item: int) -> None:
+        begun.append(item)
+        raise RuntimeError(item)
+
+    with pytest.raises(RuntimeError):
+        overlap.each(fails, range(5))
+    assert begun == [0]
 
 
 def test_the_bench_compares_beside_with_in_turn_on_the_cpu(capsys):
