@@ -135,8 +135,14 @@ def _complete_jpeg(data: bytes, fmt: str) -> bool:
 
 
 def _upright(img: Image.Image) -> bool:
-    """No EXIF orientation to apply (OpenCV turns only for values 2-8)."""
-    return img.getexif().get(0x0112, 1) not in range(2, 9)
+    """No EXIF orientation to apply (OpenCV turns only for values 2-8). EXIF that Pillow cannot read
+    counts as not upright: the one-piece decode then has OpenCV's own reading of it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return img.getexif().get(0x0112, 1) not in range(2, 9)
+    except Exception:  # Pillow raises SyntaxError, ValueError, struct.error ... on damaged EXIF
+        return False
 
 
 def opencv_decode(data: bytes) -> np.ndarray | None:
@@ -170,7 +176,7 @@ def decode_image(data: bytes, limits: ImageLimits, codec: JpegCodec | None = Non
         bgr = None
         if codec is None and has_restarts(data) and _upright(img):  # cut at its restart markers
             try:
-                bgr = decode_in_strips(data)
+                bgr = decode_in_strips(data, size=img.size)  # the size the limits were checked on
             except Exception:  # a file that fools the cutting still gets the one-piece decode and its verdict
                 log.debug("decoding in strips failed; decoding in one piece", exc_info=True)
         if bgr is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 SOS, DRI = 0xDA, 0xDD  # start of scan, define restart interval
 SOF_SEQUENTIAL = (0xC0, 0xC1)  # baseline and extended sequential, Huffman coded
+SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every frame header (C4 DHT, C8 JPG, CC DAC)
 TABLE_MARKERS = (0xDB, 0xC4)  # quantisation and Huffman tables
 RST0 = 0xD0  # restart markers RST0..RST7 follow each other modulo 8
 
@@ -71,7 +72,10 @@ class Frame:
 
 
 def frame(segments: list[Segment]) -> Frame | None:
-    """The sequential frame header among `segments`, or None (progressive, lossless, 12-bit, none)."""
+    """The one sequential frame header among `segments`, or None (progressive, lossless, 12-bit, none, or
+    more than one frame header: libjpeg refuses such a file, and Pillow reads its size from the last)."""
+    if sum(marker in SOF_ANY for marker, _ in segments) != 1:
+        return None
     for marker, segment in segments:
         if marker in SOF_SEQUENTIAL:
             if len(segment) < 10:

@@ -13,8 +13,9 @@ The pixels are exactly cv2.imdecode's of the whole file (tests/test_jpeg_strip_d
 DCT and colour conversion work per block and pixel, and where chroma has fewer rows than luma (4:2:0)
 libjpeg's upsampling reads the chroma rows either side of a band edge, so such a strip is decoded with
 one interval more above and below, and those rows are dropped. Anything else (no restart markers, an
-interval that is not whole rows, markers out of order, a progressive or 12-bit file, four components, an
-EXIF orientation to apply) gets None, and the caller's one-piece decode.
+interval that is not whole rows, markers out of order, a progressive or 12-bit file, four components,
+more than one frame header, a frame of another size than the caller checked, strips that would be
+mostly margin, no helper free, an EXIF orientation to apply) gets None, and the caller's one-piece decode.
 """
 
 from __future__ import annotations
@@ -38,24 +39,30 @@ from .jpeg_markers import (
 )
 from .jpeg_strips import MIN_STRIP_PIXELS
 
-# what a strip's JPEG keeps of the original's segments before the scan: the tables, the frame, the
-# restart interval, and the markers that say how to read the colours (JFIF APP0, Adobe APP14); EXIF,
-# ICC profiles and comments are left out (the image is only decoded in strips when upright)
-KEPT_MARKERS = frozenset({0xDB, 0xC4, 0xC0, 0xC1, 0xDD, 0xDA, 0xE0, 0xEE})
+# what a strip's JPEG leaves out of the original's segments before the scan: application data (EXIF,
+# ICC profiles, XMP; the image is only decoded in strips when upright) and comments. JFIF APP0 and Adobe
+# APP14 say how to read the colours, and anything else (tables, the frame, DRI, markers libjpeg would
+# refuse) is kept, so each strip meets libjpeg's verdict on the whole file
+DROPPED_MARKERS = frozenset(range(0xE1, 0xF0)) - {0xEE} | {0xFE}
+# with chroma subsampled vertically each strip decodes one interval more above and below: a strip is at
+# least this many intervals, so those extra rows cost at most half a strip
+MIN_INTERVALS_WITH_MARGIN = 4
 MARKER = re.compile(rb"\xff[^\x00]")  # in entropy-coded data a data byte FF is always followed by 00
 
 
 def has_restarts(data: bytes) -> bool:
-    """A cheap first look: a DRI segment before the first scan."""
-    scan = data.find(b"\xff\xda")
-    return scan > 0 and data.find(b"\xff\xdd", 0, scan) > 0
+    """A DRI among the segments before the first scan (walked segment by segment: a camera's EXIF
+    thumbnail, a JPEG of its own inside APP1, has a scan of its own)."""
+    cut = header_segments(data)
+    return cut is not None and restart_interval(cut[0]) > 0
 
 
-def decode_in_strips(data: bytes, threads: int | None = None) -> np.ndarray | None:
+def decode_in_strips(data: bytes, threads: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray | None:
     """BGR pixels of the complete JPEG `data` (HxWx3 uint8, as cv2.imdecode with IMREAD_COLOR gives them,
-    without EXIF orientation: callers use this only for upright images), decoded in strips, each on a
-    helper thread that is free and the others in this thread (pipeline/overlap.py); None when the file
-    cannot be cut or is too small to gain from it."""
+    without EXIF orientation: callers use this only for upright images), decoded in strips on this
+    thread and the helper threads free now (pipeline/overlap.py), or on `threads` threads; None when the
+    file cannot be cut, is too small to gain from it, no helper is free, or its frame is not `size`
+    (width, height: what the caller checked against its limits)."""
     cut = header_segments(data)
     if cut is None:
         return None
@@ -64,12 +71,18 @@ def decode_in_strips(data: bytes, threads: int | None = None) -> np.ndarray | No
     interval = restart_interval(segments)
     if layout is None or interval == 0 or len(layout.factors) not in (1, 3):
         return None
+    if size is not None and (layout.width, layout.height) != tuple(size):
+        return None
     rows_per_interval, rest = divmod(interval, layout.mcus_per_row)
     if rows_per_interval == 0 or rest:
         return None
     intervals = -(-layout.mcu_rows // rows_per_interval)
-    threads = overlap.HELPER_THREADS if threads is None else threads
-    strips = min(threads, (layout.width * layout.height) // MIN_STRIP_PIXELS, intervals)
+    # no helper free: one piece, as fast as strips one after another and without their margins; never
+    # more strips than CPUs (HELPER_THREADS), since each strip beyond them only adds margins and hand-offs
+    threads = min(overlap.free_helpers() + 1, overlap.HELPER_THREADS) if threads is None else threads
+    margin = 1 if layout.subsampled_vertically else 0
+    most = intervals // MIN_INTERVALS_WITH_MARGIN if margin else intervals
+    strips = min(threads, (layout.width * layout.height) // MIN_STRIP_PIXELS, most)
     if strips < 2:
         return None
     bounds = _interval_bounds(data, scan_start, intervals)
@@ -77,8 +90,7 @@ def decode_in_strips(data: bytes, threads: int | None = None) -> np.ndarray | No
         return None
     per_strip = -(-intervals // strips)
     band = rows_per_interval * layout.mcu_height  # pixel rows of one interval
-    margin = 1 if layout.subsampled_vertically else 0
-    header = [(marker, segment) for marker, segment in segments if marker in KEPT_MARKERS]
+    header = [(marker, segment) for marker, segment in segments if marker not in DROPPED_MARKERS]
     image = np.empty((layout.height, layout.width, 3), np.uint8)
 
     def decode_strip(first: int) -> bool:

@@ -45,6 +45,7 @@ from .jpeg_markers import (
 # a strip is at least this many pixels: below, a thread's hand-off and a strip's headers (about 600
 # bytes written per strip) cost more than its share of the encode saves; 1080p gets 4 strips, 4K 8
 MIN_STRIP_PIXELS = 480_000
+MAX_STRIPS = 8  # 4K: a strip per thread of a 16-CPU GPU node's helpers
 MCU_ROWS_MULTIPLE = 16  # strip heights are multiples of the tallest MCU (4:2:0: 16 rows, gray: 8)
 MAX_SIDE = 65_500  # what libjpeg (and so cv2.imencode) encodes; the frame header holds 16 bits
 MAX_INTERVAL = 0xFFFF  # DRI's 16 bits: the most MCUs of one strip
@@ -56,12 +57,12 @@ def plain_encode(bgr: np.ndarray, quality: int) -> bytes | None:
     return buf.tobytes() if ok else None
 
 
-def strip_count(height: int, width: int, threads: int | None = None) -> int:
-    """How many strips an image of this size is cut in: one per MIN_STRIP_PIXELS, at most one per helper
-    thread (pipeline/overlap.py) and per 16-row band; 1 means one plain encode. It depends on the size
-    alone, so the same image always gives the same bytes, however busy the process is."""
-    threads = overlap.HELPER_THREADS if threads is None else threads
-    return max(1, min(threads, (height * width) // MIN_STRIP_PIXELS, height // MCU_ROWS_MULTIPLE))
+def strip_count(height: int, width: int) -> int:
+    """How many strips an image of this size is cut in: one per MIN_STRIP_PIXELS, at most MAX_STRIPS and
+    one per 16-row band; 1 means one plain encode. It depends on the size alone, so the same image gives
+    the same bytes on every pod, however many CPUs it has and however busy it is (pipeline/overlap.py
+    runs the strips on as many threads as are free)."""
+    return max(1, min(MAX_STRIPS, (height * width) // MIN_STRIP_PIXELS, height // MCU_ROWS_MULTIPLE))
 
 
 def encode_in_strips(bgr: np.ndarray, quality: int, strips: int | None = None) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import threading
 
 import cv2
@@ -56,8 +57,10 @@ def test_strips_give_exactly_the_pixels_of_one_decode(name, height, width, inter
 def test_gray_and_this_functions_own_answers_are_cut_too():
     gray = jpeg(photo_like(1000, 1500, channels=1), interval=2 * 188)  # 8-px MCUs: 188 a row
     assert np.array_equal(decode_in_strips(gray, threads=4), opencv(gray))
-    ours = jpeg_strips.encode_in_strips(photo_like(1080, 1920), 90, strips=4)  # restart markers between strips
+    ours = jpeg_strips.encode_in_strips(photo_like(2160, 3840), 90)  # 8 strips, restart markers between them
     assert np.array_equal(decode_in_strips(ours, threads=4), opencv(ours))
+    ours_1080 = jpeg_strips.encode_in_strips(photo_like(1080, 1920), 90)  # 4 intervals: 4:2:0's margins cost
+    assert decode_in_strips(ours_1080, threads=4) is None  # more than two strips of them would save
 
 
 def test_real_photographs_with_restart_markers_decode_the_same():
@@ -100,6 +103,57 @@ def test_the_last_of_two_restart_intervals_is_the_one_cut_on():
     assert np.array_equal(decode_in_strips(twice, threads=4), opencv(whole))
 
 
+def test_a_second_frame_header_is_not_cut_past_the_pixel_limit():
+    """SOF0 says 8000x8000 and a SOF2 after it 100x100: Pillow checks the limit on the last, libjpeg
+    refuses two frames. Cut on the first, the strips made a 64-MP image of a 400-byte file."""
+    small = jpeg(np.zeros((8, 8), np.uint8))
+    sof, sos = small.index(b"\xff\xc0"), small.index(b"\xff\xda")
+    sof0 = small[sof:sof + 2 + struct.unpack(">H", small[sof + 2:sof + 4])[0]]
+    huge = sof0[:5] + struct.pack(">HH", 8000, 8000) + sof0[9:]
+    tiny = b"\xff\xc2" + sof0[2:5] + struct.pack(">HH", 100, 100) + sof0[9:]
+    dri = b"\xff\xdd\x00\x04" + struct.pack(">H", 1000 * 50)  # 50 MCU rows of 1000: 20 intervals
+    scan = b"\x00".join(bytes((0xFF, 0xD0 + i % 8)) for i in range(19))
+    data = (small[:sof] + huge + tiny + dri + small[sof + len(sof0):sos]
+            + small[sos:sos + 2 + struct.unpack(">H", small[sos + 2:sos + 4])[0]] + b"\x00" + scan + b"\x00\xff\xd9")
+    assert decode_in_strips(data, threads=4) is None
+    with pytest.raises(ImageError):
+        decode_image(data, LIMITS)
+    one_frame = data.replace(tiny, b"")  # a frame the caller did not check is not cut either
+    assert decode_in_strips(one_frame, threads=4, size=(100, 100)) is None
+
+
+def test_exif_pillow_cannot_read_leaves_the_decode_to_opencv():
+    out = io.BytesIO()
+    Image.fromarray(photo_like(64, 64)).save(out, "JPEG", dpi=(72, 72), restart_marker_rows=1)
+    payload = b"Exif\x00\x00not a tiff header"
+    data = out.getvalue()
+    data = data[:20] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[20:]  # after APP0
+    assert np.array_equal(decode_image(data, LIMITS).bgr, opencv(data))
+
+
+def test_a_cameras_exif_thumbnail_does_not_hide_the_restart_markers():
+    thumbnail = jpeg(photo_like(60, 80))  # a scan of its own, before the photograph's headers
+    payload = b"Exif\x00\x00" + thumbnail
+    marked = jpeg(photo_like(1080, 1920), interval=ROWS_1080)
+    data = marked[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + marked[2:]
+    assert has_restarts(data) and not has_restarts(jpeg(photo_like(1080, 1920)))
+    assert np.array_equal(decode_in_strips(data, threads=4), opencv(data))
+
+
+def test_strips_are_cut_only_where_they_gain():
+    coarse = jpeg(photo_like(2160, 3840), interval=240 * 68)  # 4:2:0 in two intervals: each strip would be the image
+    assert decode_in_strips(coarse, threads=4) is None
+    marked = jpeg(photo_like(1080, 1920), interval=ROWS_1080)
+    taken = [overlap._slots.acquire(blocking=False) for _ in range(overlap.HELPER_THREADS)]
+    try:  # every helper busy: strips one after another would only add their margins
+        assert decode_in_strips(marked) is None
+    finally:
+        for got in taken:
+            if got:
+                overlap._slots.release()
+    assert overlap.free_helpers() == overlap.HELPER_THREADS
+
+
 def turned(data: bytes, orientation: int) -> bytes:
     """`data` re-saved by Pillow with restart markers and an EXIF orientation."""
     exif = Image.Exif()
@@ -113,8 +167,8 @@ def test_decode_image_cuts_an_upright_jpeg_but_leaves_turning_to_opencv(monkeypa
     cut: list[str] = []
     real = images_module.decode_in_strips
     monkeypatch.setattr(images_module, "decode_in_strips",
-                        lambda data: cut.append(threading.current_thread().name) or real(data))
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 4)  # strips whatever the runner's CPUs
+                        lambda data, **kw: cut.append(threading.current_thread().name) or real(data, **kw))
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(4))  # strips whatever the runner's CPUs
     base = jpeg(photo_like(1080, 1920))
     upright, sideways = turned(base, 1), turned(base, 6)
     assert has_restarts(upright) and has_restarts(sideways)
@@ -154,3 +208,14 @@ def test_a_frame_header_that_says_nothing_usable_is_not_cut():
     assert frame([(0xC0, sof[:11] + b"\x00" + sof[12:])]) is None  # a sampling factor of 0
     zero_factor = good[:at + 11] + b"\x00" + good[at + 12:]
     assert decode_in_strips(zero_factor, threads=4) is None
+
+
+def test_the_strip_decode_bench_compares_call_for_call_with_the_same_pixels(monkeypatch, capsys):
+    monkeypatch.setattr(overlap, "HELPER_THREADS", 3)  # strips even on a 1-CPU runner
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(3))
+    from bench.strip_decode import main
+
+    rows = main(["--calls", "2", "--rounds", "1"])
+    assert {row[0] for row in rows} >= {"1080p+RST", "4k+RST"}
+    assert all(row[-1] == "yes" and row[3] > 0 and row[4] > 0 for row in rows), rows
+    assert "strips / one" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 
 import cv2
 import numpy as np
@@ -75,23 +76,24 @@ def test_a_real_photograph_answers_with_the_same_pixels():
     assert np.array_equal(decode_cv(data), decode_cv(plain_encode(photo, 92)))
 
 
-def test_how_many_strips_follows_the_size_and_the_threads():
-    assert strip_count(480, 640, threads=8) == 1  # a small answer: one plain encode
-    assert strip_count(1080, 1920, threads=8) == 4
-    assert strip_count(2160, 3840, threads=8) == 8
-    assert strip_count(2160, 3840, threads=1) == 1
-    assert strip_count(20, 100_000, threads=8) == 1  # a band of 16 rows is the least a strip holds
+def test_how_many_strips_follows_the_size_alone(monkeypatch):
+    for helpers in (1, 2, 8):  # the same bytes on every pod
+        monkeypatch.setattr(overlap, "HELPER_THREADS", helpers)
+        assert strip_count(480, 640) == 1  # a small answer: one plain encode
+        assert strip_count(1080, 1920) == 4
+        assert strip_count(2160, 3840) == 8
+        assert strip_count(4320, 7680) == 8
+        assert strip_count(20, 100_000) == 1  # a band of 16 rows is the least a strip holds
 
 
 def test_a_small_answer_is_one_plain_encode(monkeypatch):
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 8)
     img = photo_like(480, 640)
     data, _ = encode_image(DecodedImage(bgr=img, alpha=None, source_format="jpeg"), "jpeg", 92)
     assert data == plain_encode(img, 92) and b"\xff\xdd" not in data
 
 
 def test_a_large_answer_is_encoded_in_strips_through_encode_image(monkeypatch):
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 4)  # 4 strips, wherever they run
+    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))  # 4 strips, wherever they run
     img = photo_like(1080, 1920)
     data, _ = encode_image(DecodedImage(bgr=img, alpha=None, source_format="jpeg"), "jpeg", 92)
     assert data.count(b"\xff\xdd") == 1 and data.count(b"\xff\xd0") == 1 and data.count(b"\xff\xd2") == 1
@@ -118,7 +120,6 @@ def test_a_very_wide_image_gets_more_strips_than_asked_so_each_fits_the_restart_
 
 
 def test_an_image_taller_than_a_jpeg_holds_is_refused_as_before_not_sent_broken(monkeypatch):
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 8)
     tall = np.zeros((65_520, 16, 3), np.uint8)
     assert encode_in_strips(tall, 90) is None and encode_in_strips(tall, 90, strips=8) is None
     with pytest.raises(UndecodableImage, match="could not encode"):
