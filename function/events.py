@@ -239,21 +239,28 @@ def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array")
     check_batch_size(len(items), "the batch", limit)
     jobs: list[EventJob] = []
+    not_events: list[Problem] = []  # entries that are no CloudEvent at all (not what their data holds)
     for item in items:
         event_id = str(item.get("id", "")) if isinstance(item, dict) else ""
         try:
             if not isinstance(item, dict):
                 raise Problem(400, "malformed-event", "each batch entry must be a structured CloudEvent object")
-            event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+            try:
+                event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+            except Problem as problem:
+                not_events.append(problem)
+                raise
             jobs.append(from_cloudevent(event))
         except Problem as problem:
+            if not isinstance(item, dict):
+                not_events.append(problem)
             jobs.append(EventJob(event_id=event_id, event_type=str(item.get("type", "")) if isinstance(item, dict) else "",
                                  problem=problem))
     # not one entry is a CloudEvent (`[1, 2]`, a JSON array posted by mistake): the request itself is
-    # malformed, a 400 rather than a 200 whose every result failed
-    malformed = [job.problem for job in jobs if job.problem is not None and job.problem.code == "malformed-event"]
-    if jobs and len(malformed) == len(jobs):
-        raise Problem(400, "malformed-event", f"no entry of the batch is a valid CloudEvent; the first: {malformed[0].detail}")
+    # malformed, a 400 rather than a 200 whose every result failed. Events whose data is wrong keep
+    # their results, each with its id.
+    if jobs and len(not_events) == len(jobs):
+        raise Problem(400, "malformed-event", f"no entry of the batch is a valid CloudEvent; the first: {not_events[0].detail}")
     return jobs
 
 

@@ -207,7 +207,7 @@ def _fuse_part(rt: Runtime, jobs: JobStore, job: dict, index: int, part_uri: str
     fuser = rt.fuser()
     seg = Segment.from_dict(job["segments"][index])
     # every part with the job's encoder (chosen once, at planning), or the stitcher could not join them
-    options = replace(video_options.build(job["options"]), codec=job.get("codec"))
+    options = replace(video_options.build(job["options"], accepted=True), codec=job.get("codec"))
     with rt.limiter.slot():
         source = _read_sources(rt, job["source"])
         if job["options"].get("reference"):

@@ -151,6 +151,9 @@ def _fuse_options(args: argparse.Namespace, **encoding: Any) -> FuseOptions:
     """The fusion options of `fuse`'s flags, for an image or a video target alike (InvalidOptions)."""
     selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                           **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
+    for flag, given, needs in (("--index", args.index, "index"), ("--threshold", args.threshold, "reference")):
+        if given is not None and args.faces != needs:  # as the function answers: not silently ignored
+            raise InvalidOptions(f"{flag} applies when --faces is {needs}, not {args.faces}")
     masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
     check_count(len(args.source))
     return FuseOptions(selection=selection, enhance=args.enhance, pixel_boost=args.pixel_boost, masks=masks,

@@ -23,7 +23,7 @@ from PIL import Image
 from function import events, options
 from function.direct import client_gone
 from pipeline import FuseOptions, Selection
-from pipeline.errors import NoMatchingFace
+from pipeline.errors import InvalidOptions, NoMatchingFace
 
 from .conftest import shared_file
 from .server import FunctionServer
@@ -250,6 +250,16 @@ def test_json_options_well_typed_are_taken(server, store):
 ])
 def test_multipart_options_are_parsed_from_text_strictly(server, fields, named):
     assert named in problem(fuse(server, **fields), 400)["detail"]
+
+
+def test_a_video_job_accepted_before_the_rule_still_reads_its_options():
+    """A video's segments read the stored options again: a job an earlier revision accepted with an index
+    beside faces=all must not fail halfway through after a rollout."""
+    from function import video_options
+
+    with pytest.raises(InvalidOptions, match="index applies when faces is index"):
+        video_options.build({"faces": "all", "index": 0})
+    assert video_options.build({"faces": "all", "index": 0}, accepted=True).fuse.selection.mode == "all"
 
 
 def test_an_option_of_another_selection_is_refused_not_ignored(server, store):

@@ -79,6 +79,8 @@ def obama() -> str:
     (["--faces", "index", "--index", "7"], "face index 7 does not exist"),  # found only after detection
     (["--faces", "reference"], "--faces reference needs --reference"),
     (["--threshold", "3"], "reference_threshold"),
+    (["--index", "1"], "--index applies when --faces is index, not largest"),
+    (["--faces", "all", "--threshold", "0.5"], "--threshold applies when --faces is reference, not all"),
     (["--min-face-size", "-5"], "min_face_size"),
 ])
 def test_invalid_option_values_are_usage_errors(tmp_path, cli_env, obama, extra, needle):

@@ -247,6 +247,12 @@ def test_a_batch_with_no_cloudevent_in_it_is_a_400(server, ctype):
         r = requests.post(server.url + "/", data=body, headers={"Content-Type": ctype}, timeout=30)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["type"].endswith("malformed-event") and "no entry of the batch" in r.json()["detail"]
+    # CloudEvents whose data is wrong are events all the same: each keeps its own result and id
+    finalized = json.loads(shared_file("testdata", "storage", "gcs-object-finalized.cloudevent.json").read_text())
+    broken = [{**finalized, "id": f"bad-{i}", "data": {"bucket": "b"}} for i in range(2)]
+    r = requests.post(server.url + "/", data=json.dumps(broken), headers={"Content-Type": ctype}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert [(o["id"], o["status"]) for o in r.json()["results"]] == [("bad-0", "failed"), ("bad-1", "failed")]
 
 
 # -- statuses ------------------------------------------------------------------------------------------
