@@ -8,7 +8,7 @@
 #   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect gpucodec" by default)
 # The default steps take at most 380 + 60 + 100 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
-# A second, short run: STEPS="overlap codec" (at most 90 + 90 s): sources beside the target, JPEG in strips.
+# A second, short run: STEPS="overlap codec" (at most 90 + 135 s): sources beside the target, JPEG in strips.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -35,7 +35,8 @@ for step in ${STEPS:-gpu detect gpucodec}; do
     detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
       timeout 60 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
     codec)  # JPEG decode/encode: OpenCV against nvImageCodec (with overflow, queued, per thread), in-process
-      timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log" ;;
+      timeout 90 python3 -m bench.codec --reps 20 --threads 8 --json "$O/codec.json" 2>&1 | tee "$O/codec.log"
+      timeout 45 python3 -m bench.strip_decode --calls 30 --rounds 2 2>&1 | tee "$O/strip_decode.log" ;;
     gpucodec)  # the server with IMAGE_CODEC=nvimgcodec, overflowing to OpenCV (graphs prepared by the gpu step)
       timeout 100 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" --images 1080p,4k \
         --configs nvimgcodec --model-only "" --json "$O/gpucodec.json" 2>&1 | tee "$O/gpucodec.log" ;;
