@@ -238,30 +238,31 @@ def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:
     if not isinstance(items, list):
         raise Problem(400, "malformed-event", "a CloudEvents batch must be a JSON array")
     check_batch_size(len(items), "the batch", limit)
-    jobs: list[EventJob] = []
-    not_events: list[Problem] = []  # entries that are no CloudEvent at all (not what their data holds)
-    for item in items:
-        event_id = str(item.get("id", "")) if isinstance(item, dict) else ""
-        try:
-            if not isinstance(item, dict):
-                raise Problem(400, "malformed-event", "each batch entry must be a structured CloudEvent object")
-            try:
-                event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
-            except Problem as problem:
-                not_events.append(problem)
-                raise
-            jobs.append(from_cloudevent(event))
-        except Problem as problem:
-            if not isinstance(item, dict):
-                not_events.append(problem)
-            jobs.append(EventJob(event_id=event_id, event_type=str(item.get("type", "")) if isinstance(item, dict) else "",
-                                 problem=problem))
+    entries = [_batch_entry(item) for item in items]
     # not one entry is a CloudEvent (`[1, 2]`, a JSON array posted by mistake): the request itself is
     # malformed, a 400 rather than a 200 whose every result failed. Events whose data is wrong keep
     # their results, each with its id.
-    if jobs and len(not_events) == len(jobs):
-        raise Problem(400, "malformed-event", f"no entry of the batch is a valid CloudEvent; the first: {not_events[0].detail}")
-    return jobs
+    if entries and not any(is_event for _, is_event in entries):
+        first = entries[0][0].problem
+        assert first is not None
+        raise Problem(400, "malformed-event", f"no entry of the batch is a valid CloudEvent; the first: {first.detail}")
+    return [job for job, _ in entries]
+
+
+def _batch_entry(item: Any) -> tuple[EventJob, bool]:
+    """One batch entry's job (with its problem, if it has one) and whether the entry is a CloudEvent at all."""
+    if not isinstance(item, dict):
+        problem = Problem(400, "malformed-event", "each batch entry must be a structured CloudEvent object")
+        return EventJob(event_id="", event_type="", problem=problem), False
+    event_id, event_type = str(item.get("id", "")), str(item.get("type", ""))
+    try:
+        event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+    except Problem as problem:
+        return EventJob(event_id=event_id, event_type=event_type, problem=problem), False
+    try:
+        return from_cloudevent(event), True
+    except Problem as problem:
+        return EventJob(event_id=event_id, event_type=event_type, problem=problem), True
 
 
 def render_template(template: str, obj: StorageObject) -> str:

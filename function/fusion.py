@@ -22,7 +22,7 @@ from pipeline import (
 )
 from pipeline.masks import mask_options
 from pipeline.models.enhancer import EnhancerOptions
-from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD
+from pipeline.selection import DEFAULT_REFERENCE_THRESHOLD, MODE_OPTIONS, misplaced
 
 from . import observe
 from .metrics import INFLIGHT, STAGE_SECONDS
@@ -89,9 +89,9 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, defa
     added since must not fail halfway; an option of another face selection is ignored there, as it was."""
     values = validate({k: v for k, v in raw.items() if k != "reference"}, form=form)
     mode = values.get("faces", "largest")
-    for name, needs in (("index", "index"), ("reference_threshold", "reference")):
-        if name in values and mode != needs and not accepted:  # as enhancer without enhance: not ignored
-            raise InvalidOptions(f"{name} applies when faces is {needs}, not {mode}")
+    wrong = None if accepted else misplaced(mode, values)
+    if wrong is not None:
+        raise InvalidOptions(f"{wrong} applies when faces is {MODE_OPTIONS[wrong]}, not {mode}")
     selection = Selection(
         mode=mode,
         index=values.get("index"),

@@ -52,7 +52,7 @@ from .fusion_types import FuseOptions
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
 from .models.enhancer import EnhancerOptions
-from .selection import MODES, Selection
+from .selection import MODE_OPTIONS, MODES, Selection, misplaced
 from .sources import MAX_SOURCES, check_count
 
 EXIT_OK = 0
@@ -151,9 +151,10 @@ def _fuse_options(args: argparse.Namespace, **encoding: Any) -> FuseOptions:
     """The fusion options of `fuse`'s flags, for an image or a video target alike (InvalidOptions)."""
     selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                           **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
-    for flag, given, needs in (("--index", args.index, "index"), ("--threshold", args.threshold, "reference")):
-        if given is not None and args.faces != needs:  # as the function answers: not silently ignored
-            raise InvalidOptions(f"{flag} applies when --faces is {needs}, not {args.faces}")
+    flags = {"index": ("--index", args.index), "reference_threshold": ("--threshold", args.threshold)}
+    wrong = misplaced(args.faces, [name for name, (_, value) in flags.items() if value is not None])
+    if wrong is not None:  # as the function answers
+        raise InvalidOptions(f"{flags[wrong][0]} applies when --faces is {MODE_OPTIONS[wrong]}, not {args.faces}")
     masks = mask_options(_words(args.mask), args.mask_blur, _padding(args.mask_padding), _words(args.mask_regions))
     check_count(len(args.source))
     return FuseOptions(selection=selection, enhance=args.enhance, pixel_boost=args.pixel_boost, masks=masks,

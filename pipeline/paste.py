@@ -143,17 +143,15 @@ def paste_all(frame: np.ndarray, pastes: Sequence[tuple[np.ndarray, np.ndarray, 
 
     Side by side means this thread and overlap's helper threads that are free (pipeline/overlap.py: under
     load the paste stays in the request's thread rather than queue behind other requests' work)."""
-    if len(pastes) < 2 or overlap.HELPER_THREADS == 1:
-        for crop, matrix, crop_masks in pastes:
-            paste_back(frame, crop, matrix, masks, crop_masks)
-        return
-    regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes]
-
-    def paste_group(group: list[int]) -> None:
+    def paste_group(group: Sequence[int]) -> None:
         for i in group:
             crop, matrix, crop_masks = pastes[i]
             paste_back(frame, crop, matrix, masks, crop_masks)
 
+    if len(pastes) < 2 or overlap.HELPER_THREADS == 1:
+        paste_group(range(len(pastes)))
+        return
+    regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes]
     for wave in disjoint_waves(regions):
         overlap.each(paste_group, _groups(wave, regions))  # returns once no helper still writes into the frame
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,14 @@ from .faces import Face
 
 MODES = ("largest", "all", "index", "reference")
 DEFAULT_REFERENCE_THRESHOLD = 0.4
+# options that only one mode reads: given beside another mode they would be silently ignored, so the
+# function and the CLI refuse them (as enhancer without enhance)
+MODE_OPTIONS = {"index": "index", "reference_threshold": "reference"}
+
+
+def misplaced(mode: str, given: Collection[str]) -> str | None:
+    """The first option among `given` (names) that only another mode than `mode` reads; None if none."""
+    return next((name for name, needs in MODE_OPTIONS.items() if name in given and needs != mode), None)
 
 
 @dataclass(frozen=True)

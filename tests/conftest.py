@@ -11,12 +11,22 @@ import pytest
 import requests
 
 from devtools.standins import write_test_models
-from pipeline import Fuser, ImageLimits, Settings, load_fuser
+from pipeline import Fuser, ImageLimits, Settings, load_fuser, overlap
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SCRFD = SHARED / "models" / "scrfd_2.5g_bnkps.onnx"
 IMAGES = SHARED / "images"
+
+
+def helper_slots(monkeypatch: pytest.MonkeyPatch, count: int, busy: int = 0) -> None:
+    """`count` helper threads for pipeline/overlap.py whatever the runner's CPUs, `busy` of them taken by
+    someone else; the real ones come back after the test (or the `monkeypatch.context()`)."""
+    slots = threading.BoundedSemaphore(count)
+    for _ in range(busy):
+        slots.acquire()
+    monkeypatch.setattr(overlap, "HELPER_THREADS", count)
+    monkeypatch.setattr(overlap, "_slots", slots)
 
 
 def insightface_image(name: str) -> Path:

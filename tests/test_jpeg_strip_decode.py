@@ -18,7 +18,7 @@ from pipeline import images as images_module
 from pipeline.errors import ImageError
 from pipeline.jpeg_strip_decode import decode_in_strips, has_restarts
 
-from .conftest import IMAGES
+from .conftest import IMAGES, helper_slots
 from .test_jpeg_strips import photo_like
 
 LIMITS = ImageLimits()
@@ -144,13 +144,9 @@ def test_strips_are_cut_only_where_they_gain():
     coarse = jpeg(photo_like(2160, 3840), interval=240 * 68)  # 4:2:0 in two intervals: each strip would be the image
     assert decode_in_strips(coarse, threads=4) is None
     marked = jpeg(photo_like(1080, 1920), interval=ROWS_1080)
-    taken = [overlap._slots.acquire(blocking=False) for _ in range(overlap.HELPER_THREADS)]
-    try:  # every helper busy: strips one after another would only add their margins
+    with pytest.MonkeyPatch.context() as busy:  # every helper busy: strips one after another only add margins
+        helper_slots(busy, overlap.HELPER_THREADS, busy=overlap.HELPER_THREADS)
         assert decode_in_strips(marked) is None
-    finally:
-        for got in taken:
-            if got:
-                overlap._slots.release()
     assert overlap.free_helpers() == overlap.HELPER_THREADS
 
 
@@ -168,7 +164,7 @@ def test_decode_image_cuts_an_upright_jpeg_but_leaves_turning_to_opencv(monkeypa
     real = images_module.decode_in_strips
     monkeypatch.setattr(images_module, "decode_in_strips",
                         lambda data, **kw: cut.append(threading.current_thread().name) or real(data, **kw))
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(4))  # strips whatever the runner's CPUs
+    helper_slots(monkeypatch, 4)  # strips whatever the runner's CPUs
     base = jpeg(photo_like(1080, 1920))
     upright, sideways = turned(base, 1), turned(base, 6)
     assert has_restarts(upright) and has_restarts(sideways)
@@ -211,8 +207,7 @@ def test_a_frame_header_that_says_nothing_usable_is_not_cut():
 
 
 def test_the_strip_decode_bench_compares_call_for_call_with_the_same_pixels(monkeypatch, capsys):
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 3)  # strips even on a 1-CPU runner
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(3))
+    helper_slots(monkeypatch, 3)  # strips even on a 1-CPU runner
     from bench.strip_decode import main
 
     rows = main(["--calls", "2", "--rounds", "1"])

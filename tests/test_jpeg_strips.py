@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 
 import cv2
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 
 from pipeline import DecodedImage, UndecodableImage, encode_image, jpeg_strips, overlap
 from pipeline.jpeg_strips import encode_in_strips, join_strips, plain_encode, strip_count
-from tests.conftest import IMAGES
+from tests.conftest import IMAGES, helper_slots
 
 
 def photo_like(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -93,7 +92,7 @@ def test_a_small_answer_is_one_plain_encode(monkeypatch):
 
 
 def test_a_large_answer_is_encoded_in_strips_through_encode_image(monkeypatch):
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))  # 4 strips, wherever they run
+    helper_slots(monkeypatch, 1)  # 4 strips, wherever they run
     img = photo_like(1080, 1920)
     data, _ = encode_image(DecodedImage(bgr=img, alpha=None, source_format="jpeg"), "jpeg", 92)
     assert data.count(b"\xff\xdd") == 1 and data.count(b"\xff\xd0") == 1 and data.count(b"\xff\xd2") == 1

@@ -13,7 +13,7 @@ import pytest
 from pipeline import Fuser, NoSourceFace, NoTargetFace, overlap
 from pipeline.errors import ImageError
 
-from .conftest import shared_file
+from .conftest import helper_slots, shared_file
 
 
 def blank_jpeg(value: int = 200) -> bytes:
@@ -71,8 +71,7 @@ def test_a_new_source_beside_the_target_gives_the_same_answer_and_report(beside:
 
 
 def test_with_every_helper_busy_the_source_is_made_in_the_requests_thread(beside: Fuser, monkeypatch):
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))
-    overlap._slots.acquire()  # the one helper is taken
+    helper_slots(monkeypatch, 1, busy=1)  # the one helper is taken
     threads = SourceThreads(beside, monkeypatch)
     result = beside.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(),
                                shared_file("images", "biden.jpg").read_bytes())
@@ -126,7 +125,7 @@ def test_in_turn_a_faceless_source_fails_before_the_target_is_searched(fuser: Fu
 
 
 def test_pending_work_raises_in_the_caller_and_frees_its_helper(monkeypatch):
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(overlap.HELPER_THREADS))
+    helper_slots(monkeypatch, overlap.HELPER_THREADS)
 
     def fails() -> int:
         raise ValueError("made on a helper")
@@ -148,7 +147,7 @@ def test_pending_work_raises_in_the_caller_and_frees_its_helper(monkeypatch):
 def test_each_shares_its_items_between_the_caller_and_the_free_helpers(monkeypatch):
     """A helper that ends its item takes the next: with one slow item and a helper free, the helper does
     the quick ones rather than the caller after the slow one (the caller took them all before)."""
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(2))
+    helper_slots(monkeypatch, 2)
     caller = threading.current_thread().name
     slow_started = threading.Event()
     ran: dict[int, str] = {}
@@ -166,19 +165,14 @@ def test_each_shares_its_items_between_the_caller_and_the_free_helpers(monkeypat
     assert ran[0] == caller and all(ran[i] != caller for i in range(1, 8)), ran
     assert overlap.free_helpers() == 2
 
-    overlap._slots.acquire()
-    overlap._slots.acquire()  # none free: the caller does them all, in order
-    try:
-        done: list[int] = []
-        assert overlap.each(lambda i: done.append(i) or threading.current_thread().name, range(4)) == [caller] * 4
-        assert done == [0, 1, 2, 3]
-    finally:
-        overlap._slots.release()
-        overlap._slots.release()
+    helper_slots(monkeypatch, 2, busy=2)  # none free: the caller does them all, in order
+    done: list[int] = []
+    assert overlap.each(lambda i: done.append(i) or threading.current_thread().name, range(4)) == [caller] * 4
+    assert done == [0, 1, 2, 3]
 
 
 def test_each_raises_the_first_failure_in_order_once_every_item_has_ended(monkeypatch):
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(3))
+    helper_slots(monkeypatch, 3)
     ended: list[int] = []
 
     def work(item: int) -> None:
@@ -191,8 +185,7 @@ def test_each_raises_the_first_failure_in_order_once_every_item_has_ended(monkey
         overlap.each(work, range(3))
     assert sorted(ended) == [0, 1, 2]  # nothing still running when it raised
 
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(1))
-    overlap._slots.acquire()  # no helper: after a failure no further item is begun
+    helper_slots(monkeypatch, 1, busy=1)  # no helper: after a failure no further item is begun
     begun: list[int] = []
 
     def fails(item: int) -> None:

@@ -7,20 +7,17 @@ shifting copies of real faces, with crops of other colours, so that the order of
 
 from __future__ import annotations
 
-import threading
-
 import cv2
 import numpy as np
 import pytest
 
-from pipeline import overlap
 from pipeline import paste as paste_module
 from pipeline.faces import Face
 from pipeline.images import decode_image
 from pipeline.masks import DEFAULT_MASKS, MaskOptions
 from pipeline.paste import disjoint_waves, paste_all, paste_back, paste_region
 
-from .conftest import shared_file
+from .conftest import helper_slots, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +26,6 @@ def solvay(fuser):
     faces = fuser.detector.detect(image)
     assert len(faces) >= 25
     return image, faces
-
-
-def three_helpers(monkeypatch) -> None:
-    """Three helper slots even on a 1-CPU runner (pipeline/overlap.py), so faces do go side by side."""
-    monkeypatch.setattr(overlap, "HELPER_THREADS", 3)
-    monkeypatch.setattr(overlap, "_slots", threading.BoundedSemaphore(3))
 
 
 def _pastes(fuser, image, faces):
@@ -59,7 +50,7 @@ def test_side_by_side_gives_the_face_by_face_image(fuser, solvay, masks, threade
     """The Solvay faces are small, so by default this thread pastes them all; with no size limit every
     face of a wave but one goes to the paste threads."""
     monkeypatch.setattr(paste_module, "THREADED_MIN_PIXELS", threaded_min_pixels)
-    three_helpers(monkeypatch)
+    helper_slots(monkeypatch, 3)  # side by side even on a 1-CPU runner
     image, faces = solvay
     shifted = [Face(bbox=f.bbox + 12, score=f.score, kps=f.kps + 12) for f in faces[:6]]  # they meet the originals
     pastes = _pastes(fuser, image, [*faces, *shifted])
@@ -75,7 +66,7 @@ def test_side_by_side_gives_the_face_by_face_image(fuser, solvay, masks, threade
 
 def test_occlusion_like_crop_masks_go_with_their_face(fuser, solvay, monkeypatch):
     monkeypatch.setattr(paste_module, "THREADED_MIN_PIXELS", 0)
-    three_helpers(monkeypatch)
+    helper_slots(monkeypatch, 3)  # side by side even on a 1-CPU runner
     image, faces = solvay
     pastes = _pastes(fuser, image, faces[:8])
     half = np.zeros(pastes[0][0].shape[:2], np.float32)
