@@ -5,10 +5,11 @@
 # .gpu/wheels/ (see ../shared/gpu/README.md), the files bench.gpu reads in .gpu/shared/ (images/obama.jpg,
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
-#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect gpucodec" by default)
-# The default steps take at most 380 + 60 + 100 s of timeouts (a device call may run 600 s): run it with
+#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu graphs detect" by default)
+# The default steps take at most 380 + 90 + 60 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
-# A second, short run: STEPS="overlap codec" (at most 90 + 135 s): sources beside the target, JPEG in strips.
+# A second, short run: STEPS="overlap codec gpucodec" (at most 90 + 135 + 100 s): sources beside the
+# target, JPEG in strips, JPEG on the GPU in the server.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -24,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nproc | tee -a "$O/machine.txt"
 python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
 WORK=/tmp/ff-bench-gpu
-for step in ${STEPS:-gpu detect gpucodec}; do
+for step in ${STEPS:-gpu graphs detect}; do
   echo "=== $step $(date +%T)"
   case $step in
     gpu)  # the issue's bench: the defaults, batching off (the baseline), four and eight workers
@@ -32,6 +33,9 @@ for step in ${STEPS:-gpu detect gpucodec}; do
         --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
+    graphs)  # CUDA_GRAPHS=all against the defaults, same machine, back to back (pipeline/cuda_graph.py)
+      timeout 90 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" --images 1080p,solvay \
+        --configs defaults,graphs --concurrency 1,8 --model-only "" --json "$O/graphs.json" 2>&1 | tee "$O/graphs.log" ;;
     detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
       timeout 60 python3 -m bench.detect_input --providers cuda --json "$O/detect.json" 2>&1 | tee "$O/detect.log" ;;
     codec)  # JPEG decode/encode: OpenCV against nvImageCodec (with overflow, queued, per thread), in-process

@@ -27,6 +27,8 @@ COLD_START = Gauge("facefusion_cold_start_seconds", "Process start to ready", re
 MODEL_LOAD = Gauge("facefusion_model_load_seconds", "Time to verify and load the model set", registry=REGISTRY)
 MODEL_PROVIDER = Gauge("facefusion_model_provider_info", "1 for the execution provider each model runs on",
                        ["role", "provider"], registry=REGISTRY)
+MODEL_CUDA_GRAPH = Gauge("facefusion_model_cuda_graph", "1 where a model's runs replay as CUDA graphs, 0 where "
+                         "CUDA_GRAPHS names it but they are off (/readyz says why)", ["role"], registry=REGISTRY)
 READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY)
 
 # -- operators' questions (docs/observability.md) ----------------------------------------------------

@@ -96,6 +96,8 @@ def _ready_metrics(revision: str) -> Callable[[Any], None]:
         metrics.MODEL_LOAD.set(timings.get("model_load", 0))
         for role, provider in readiness.providers.items():
             metrics.MODEL_PROVIDER.labels(role, provider).set(1)
+        for role, state in readiness.cuda_graphs.items():
+            metrics.MODEL_CUDA_GRAPH.labels(role).set(1 if state.startswith("on") else 0)
         metrics.COLD_START_SECONDS.labels(revision).observe(timings.get("cold_start", 0.0))
         metrics.MODEL_LOAD_SECONDS.labels(revision).observe(timings.get("model_load", 0.0))
     return record

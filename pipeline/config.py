@@ -180,6 +180,8 @@ class GpuSettings:
     trt_fp16: bool = True
     trt_max_workspace_mb: int = 2048
     name: str = ""  # NVIDIA_GPU_NAME: the GPU model in artefact keys, when set (else read from the device)
+    # CUDA_GRAPHS: the roles whose runs replay as CUDA graphs (pipeline/cuda_graph.py), `all`, or none (off)
+    cuda_graphs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,12 @@ class BatchSettings:
     def wait(self) -> float:
         """The micro-batching wait of every session: BATCH_WAIT_MS, and 0 when batches hold one row."""
         return self.wait_ms if self.max_size > 1 else 0.0
+
+
+def _graph_roles(items: tuple[str, ...] | None) -> tuple[str, ...]:
+    """CUDA_GRAPHS as roles: unset, `off` (or another false word) and `none` mean none."""
+    roles = tuple(item.lower() for item in items or ())
+    return () if len(roles) == 1 and roles[0] in FALSE_WORDS | {"none"} else roles
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,7 @@ class Settings:
                 trt_fp16=read.bool("TRT_FP16", True),
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or "",
+                cuda_graphs=_graph_roles(read.list("CUDA_GRAPHS")),
             ),
             batching=BatchSettings(wait_ms=read.float("BATCH_WAIT_MS", 0.0, minimum=0.0),
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),

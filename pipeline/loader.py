@@ -13,6 +13,7 @@ import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import onnxruntime as ort
@@ -20,7 +21,8 @@ import onnxruntime as ort
 from .artefacts import GraphRecipe, build_optimised, fast_load_options, optimised_path
 from .batch_axis import has_free_batch
 from .batching import MicroBatcher
-from .config import Settings
+from .config import ConfigError, Settings
+from .cuda_graph import GraphedSession, graph_provider_options
 from .errors import ModelSetInvalid
 from .fuser import Fuser
 from .gpu_info import gpu_model
@@ -48,6 +50,17 @@ class ModelBundle:
     # the models' first runs side by side (pipeline/exercise.py), except where CUDA_CONV_ALGO_SEARCH is
     # EXHAUSTIVE: concurrent cuDNN benchmarks would time each other and keep the algorithms that won
     first_runs_together: bool = True
+    graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state, for the roles CUDA_GRAPHS names
+    graphed: dict[str, GraphedSession] = field(default_factory=dict)  # role -> its session, to capture
+
+    def capture_graphs(self) -> dict[str, str]:
+        """Capture the CUDA graphs of the roles that may have them, one session after the other (a capture
+        must not meet another thread's CUDA work); the states by role. The warm-up calls it after the
+        models' first runs, whose shapes are the ones captured."""
+        for role, session in self.graphed.items():
+            self.graphs[role] = session.capture()
+            log.info("CUDA graph of %s: %s", role, self.graphs[role])
+        return dict(self.graphs)
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
@@ -125,6 +138,34 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
 
 
+def _graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
+    """The roles CUDA_GRAPHS names, checked against the set: a name the set lacks is a configuration error."""
+    wanted = settings.gpu.cuda_graphs
+    if wanted == ("all",):
+        return list(model_set.models)
+    unknown = [role for role in wanted if role not in model_set.models]
+    if unknown:
+        raise ConfigError(f"CUDA_GRAPHS names {', '.join(unknown)}, which model set {model_set.name} has no role of "
+                          f"(its roles: {', '.join(model_set.models)}; or use all, or off)")
+    return list(wanted)
+
+
+def _graph_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
+                   load_log: list[str], recipe: GraphRecipe) -> tuple[ort.InferenceSession, str | None]:
+    """A session with CUDA graphs enabled and None, or, where they cannot be (not on CUDA, or the runtime
+    refuses them: copies between devices, control flow), the ordinary session and why not."""
+    if providers[0] != "CUDAExecutionProvider":
+        return (_session(entry, graph, providers, cache_dir, options, load_log, recipe),
+                f"off: CUDA graphs are made by the CUDA provider, and this model runs on {providers[0]}")
+    path, session_options = (entry.path, None) if graph is None else (graph, fast_load_options())
+    try:
+        return create_session(path, providers, session_options, graph_provider_options(options, providers)), None
+    except ModelSetInvalid as exc:  # the ordinary session below says so if the file itself is the problem
+        reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
+        log.warning("CUDA graphs off for %s: the runtime refused them (%s); an ordinary session instead", entry.role, reason)
+        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), f"off: the runtime refused ({reason})"
+
+
 def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
     """`session` behind a MicroBatcher when its graph has a free batch axis and the wait is above 0."""
     wait = settings.batching.wait
@@ -142,20 +183,29 @@ def load_models(settings: Settings) -> ModelBundle:
     graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipe)
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
+    graph_roles = _graph_roles(settings, model_set)
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
-        futures = {role: pool.submit(_session, entry, graphs.get(role), providers, cache_dir, options, load_log, recipe)
+        futures = {role: pool.submit(_graph_session if role in graph_roles else _session, entry, graphs.get(role),
+                                     providers, cache_dir, options, load_log, recipe)
                    for role, entry in model_set.models.items()}
-        sessions = {role: future.result() for role, future in futures.items()}
+        made = {role: future.result() for role, future in futures.items()}
+    sessions = {role: made[role][0] if role in graph_roles else made[role] for role in made}
     auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
-    sessions = {role: _batched(session, settings) for role, session in sessions.items()}
+    graphed = {role: GraphedSession(sessions[role], "cuda", settings.gpu.device_id,
+                                    ordinary=partial(_session, model_set.models[role], graphs.get(role), providers,
+                                                     cache_dir, options, load_log, recipe))
+               for role in graph_roles if made[role][1] is None}
+    graph_states = {role: graphed[role].state if role in graphed else made[role][1] for role in graph_roles}
+    sessions = {role: _batched(graphed.get(role, session), settings) for role, session in sessions.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
              ", ".join(f"{role} on {names[0]}" for role, names in active.items()))
     return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
                        batch_max=settings.batching.max_size,
                        first_runs_together=settings.gpu.conv_algo_search != "EXHAUSTIVE",
+                       graphs=graph_states, graphed=graphed,
                        batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 

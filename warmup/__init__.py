@@ -52,6 +52,7 @@ class Readiness:
     reason: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)  # role -> the execution provider it runs on
+    cuda_graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state (roles CUDA_GRAPHS names)
     ready_event: threading.Event = field(default_factory=threading.Event)  # a verdict: ready, or failed (maybe retrying)
     done: threading.Event = field(default_factory=threading.Event)  # the warm-up has stopped trying
 
@@ -63,6 +64,8 @@ class Readiness:
         body: dict = {"status": self.state, "timings_s": dict(self.timings_s)}  # a copy: the batch warm-up adds to it
         if self.providers:
             body["providers"] = self.providers
+        if self.cuda_graphs:
+            body["cuda_graphs"] = self.cuda_graphs
         if self.reason:
             body["reason"] = self.reason
         return body
@@ -156,6 +159,11 @@ class Warmup:
                 t = time.time()
                 fuser.exercise()
                 readiness.timings_s["warmup"] = round(time.time() - t, 3)
+            if fuser.models.graphed:  # after the first runs, whose shapes they capture (none without them)
+                t = time.time()
+                fuser.models.capture_graphs()
+                readiness.timings_s["cuda_graphs"] = round(time.time() - t, 3)
+            readiness.cuda_graphs = dict(fuser.models.graphs)
             self.fuser = fuser
             if self._app_built is not None:  # prestarted: the process can answer once its app is built
                 self._app_built.wait(APP_WAIT_S)

@@ -1,0 +1,223 @@
+"""CUDA graphs (pipeline/cuda_graph.py, CUDA_GRAPHS): captured shapes replay through bound buffers on one
+thread, everything else runs as before, a capture that does not reproduce an ordinary run never serves,
+and the setting says what it did.
+
+The capture itself needs a GPU. Here the same wrapper runs on the CPU provider (`device="cpu"`): the
+binding, the copies in and out, the hand-over to the graph thread and the choice between replay and
+ordinary run are the code that serves on CUDA; only the provider option differs.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import requests
+from onnx import TensorProto, helper
+
+from pipeline import FuseOptions, Settings, load_fuser
+from pipeline.config import ConfigError
+from pipeline.cuda_graph import GraphedSession
+from warmup import Warmup
+
+from .conftest import insightface_image, shared_file
+from .server import FunctionServer
+
+
+def _graphed(session: ort.InferenceSession) -> GraphedSession:
+    return GraphedSession(session, device="cpu")
+
+
+def _faces(faces) -> list[tuple]:
+    return [(tuple(np.round(f.bbox, 3)), round(f.score, 5), tuple(np.round(f.kps.ravel(), 3))) for f in faces]
+
+
+def test_a_captured_detector_finds_the_same_faces_as_the_plain_one(fuser):
+    plain = fuser.detector
+    graphed = _graphed(plain.session)
+    detector = type(plain)(graphed)
+    images = [cv2.imread(str(insightface_image(name))) for name in ("t1.jpg", "mask_white.jpg")]
+    before = _faces(detector.detect(images[0]))  # an ordinary run: the shape the capture will take
+    assert graphed.captured == 0 and graphed.replays == 0
+    assert graphed.capture() == "on (1 shape)"
+    for image in images:
+        assert _faces(detector.detect(image)) == _faces(plain.detect(image))
+    assert graphed.replays == 2
+    assert _faces(detector.detect(images[0])) == before
+
+
+def test_concurrent_callers_each_get_their_own_image_s_faces(fuser):
+    """The bound buffers are one per shape: callers from many threads must not see each other's frames."""
+    plain = fuser.detector
+    graphed = _graphed(plain.session)
+    detector = type(plain)(graphed)
+    image = cv2.imread(str(insightface_image("t1.jpg")))
+    detector.detect(image)
+    graphed.capture()
+    # the same photograph cut at different places: each has its own faces
+    crops = [image[:, : image.shape[1] * (k + 3) // 10] for k in range(8)]
+    expected = [_faces(plain.detect(crop)) for crop in crops]
+    assert len({str(e) for e in expected}) > 3  # the crops differ, so a mix-up would show
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda crop: _faces(detector.detect(crop)), crops))
+            assert got == expected
+    assert graphed.replays == 3 * len(crops)
+
+
+def test_a_shape_that_was_not_captured_runs_as_before(fuser):
+    swapper = fuser.swapper
+    graphed = _graphed(swapper.session)
+    rng = np.random.default_rng(3)
+    feeds_one = {i.name: rng.uniform(-1, 1, [1 if not isinstance(d, int) else d for d in i.shape]).astype(np.float32)
+                 for i in swapper.session.get_inputs()}
+    graphed.run(None, feeds_one)
+    assert graphed.capture() == "on (1 shape)"
+    feeds_two = {name: np.concatenate([value, value[:, ::-1] * 0.5]) for name, value in feeds_one.items()}
+    if any(isinstance(i.shape[0], int) for i in swapper.session.get_inputs()):
+        pytest.skip("this stand-in swapper has no batch axis")
+    got = graphed.run(None, feeds_two)
+    assert graphed.replays == 0  # an ordinary run, not a replay of the one-row graph
+    np.testing.assert_allclose(got[0], swapper.session.run(None, feeds_two)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(graphed.run(None, feeds_one)[0], swapper.session.run(None, feeds_one)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert graphed.replays == 1
+
+
+def _noisy_model(path: Path) -> Path:
+    """A model whose output changes from run to run (it adds random noise): no replay can match it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("RandomUniformLike", ["x"], ["noise"], low=0.0, high=1.0),
+             helper.make_node("Add", ["x", "noise"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "noisy", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_a_capture_whose_replay_differs_from_an_ordinary_run_never_serves(tmp_path):
+    """The capture's session is thrown away for an ordinary one, which then runs from the callers' threads."""
+    path = str(_noisy_model(tmp_path / "noisy.onnx"))
+    ordinary: list[ort.InferenceSession] = []
+
+    def make_ordinary() -> ort.InferenceSession:
+        ordinary.append(ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
+        return ordinary[-1]
+
+    graphed = GraphedSession(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), "cpu", ordinary=make_ordinary)
+    graphed.run(None, {"x": np.zeros((1, 4), np.float32)})
+    state = graphed.capture()
+    assert state.startswith("off: capture failed") and "differs from an ordinary run" in state
+    assert graphed.captured == 0 and len(ordinary) == 1 and graphed.session is ordinary[0]
+    out = graphed.run(None, {"x": np.full((1, 4), 10, np.float32)})[0]
+    assert out.shape == (1, 4) and np.all((out >= 10) & (out <= 11))
+    assert graphed.replays == 0
+    assert graphed.capture() == state  # nothing to capture again
+
+
+class _ThreadRecorder:
+    """A real session that notes which thread runs it."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.threads = session, set()
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, *args):
+        self.threads.add(threading.current_thread().name)
+        return self.session.run(*args)
+
+    def run_with_iobinding(self, *args):
+        self.threads.add(threading.current_thread().name)
+        return self.session.run_with_iobinding(*args)
+
+
+def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
+    """The runtime keeps a graph in the capturing thread's context and reuses its scratch memory on the
+    session's one stream: replays and ordinary runs alike go through the wrapper's thread."""
+    recorder = _ThreadRecorder(fuser.swapper.session)
+    graphed = _graphed(recorder)  # type: ignore[arg-type]
+    rng = np.random.default_rng(5)
+    inputs = fuser.swapper.session.get_inputs()
+
+    def feeds(rows: int) -> dict[str, np.ndarray]:
+        return {i.name: rng.uniform(-1, 1, [rows, *i.shape[1:]]).astype(np.float32) for i in inputs}
+
+    graphed.run(None, feeds(1))
+    graphed.capture()
+    batch_ok = not isinstance(inputs[0].shape[0], int)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda k: graphed.run(None, feeds(1 + (k % 2 if batch_ok else 0))), range(12)))
+    assert graphed.replays >= 6
+    assert recorder.threads and all(name.startswith("cuda-graph") for name in recorder.threads), recorder.threads
+    with pytest.raises(AttributeError, match="runs through run"):
+        graphed.run_with_iobinding  # noqa: B018 - would run without a graph id, capturing graph 0
+
+
+def test_a_capture_without_runs_says_why(fuser):
+    graphed = _graphed(fuser.detector.session)
+    assert graphed.capture().startswith("off: no run to capture")
+
+
+def test_a_fusion_through_captured_models_is_the_fusion_without_them(fuser, settings, tmp_path):
+    """The warm-up's exercise runs the shapes a one-face request runs, so after the capture such a request
+    replays every model, and its answer is byte for byte the one without graphs."""
+    captured = load_fuser(Settings(model_path=settings.model_path, cache_path=tmp_path / "cache"))
+    bundle = captured.models
+    for role, model in bundle.models.items():
+        model.session = _graphed(model.session)
+        bundle.graphed[role] = model.session
+    captured.exercise()
+    states = bundle.capture_graphs()
+    assert states == {role: "on (1 shape)" for role in bundle.models}
+    source, target = (shared_file("images", n).read_bytes() for n in ("obama.jpg", "biden.jpg"))
+    options = FuseOptions(output_format="png")
+    got = captured.fuse_bytes(source, target, options)
+    assert got.data == fuser.fuse_bytes(source, target, options).data
+    replayed = {role: session.replays for role, session in bundle.graphed.items()}
+    assert replayed["detector"] >= 2 and replayed["recognizer"] >= 1 and replayed["swapper"] >= 1
+
+
+def test_cuda_graphs_on_the_cpu_are_reported_off_and_the_function_serves(model_root, tmp_path):
+    server = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"),
+                             "CUDA_GRAPHS": "detector,swapper"})
+    try:
+        ready = requests.get(server.url + "/readyz", timeout=5).json()
+        assert set(ready["cuda_graphs"]) == {"detector", "swapper"}
+        assert all(state.startswith("off: CUDA graphs are made by the CUDA provider") and "CPUExecutionProvider" in state
+                   for state in ready["cuda_graphs"].values())
+        text = requests.get(server.url + "/metrics", timeout=5).text
+        assert 'facefusion_model_cuda_graph{role="detector"} 0.0' in text
+        source, target = (shared_file("images", n).read_bytes() for n in ("obama.jpg", "biden.jpg"))
+        answer = requests.post(server.url, files={"source": source, "target": target}, timeout=60)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    finally:
+        server.stop()
+
+
+def test_unset_cuda_graphs_add_nothing_to_readiness(fuser):
+    assert fuser.models.graphs == {} and fuser.models.graphed == {}
+
+
+@pytest.mark.parametrize("value, roles", [("", ()), ("off", ()), ("none", ()), ("all", ("all",)),
+                                          ("Detector, swapper", ("detector", "swapper"))])
+def test_the_setting_reads_roles_all_or_off(value, roles):
+    assert Settings.from_env({"CUDA_GRAPHS": value}).gpu.cuda_graphs == roles
+
+
+def test_a_role_the_model_set_lacks_keeps_the_pod_not_ready_and_names_it(model_root, tmp_path):
+    settings = Settings.from_env({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"),
+                                  "CUDA_GRAPHS": "detector,upscaler"})
+    with pytest.raises(ConfigError, match="CUDA_GRAPHS names upscaler"):
+        load_fuser(settings)
+    warm = Warmup(settings=settings, exercise=False)
+    warm.ensure_started()
+    assert warm.readiness.ready_event.wait(60)
+    assert warm.readiness.state == "failed" and "upscaler" in warm.readiness.reason
