@@ -206,10 +206,16 @@ class BatchSettings:
         return self.wait_ms if self.max_size > 1 else 0.0
 
 
-def _graph_roles(items: tuple[str, ...] | None) -> tuple[str, ...]:
-    """CUDA_GRAPHS as roles: unset, `off` (or another false word) and `none` mean none."""
-    roles = tuple(item.lower() for item in items or ())
-    return () if len(roles) == 1 and roles[0] in FALSE_WORDS | {"none"} else roles
+def _cuda_graph_roles(read: EnvReader) -> tuple[str, ...]:
+    """CUDA_GRAPHS as roles (checked against the model set when it loads), `("all",)`, or none: unset,
+    `off` (or another false word) and `none`. `all` beside role names is a problem."""
+    roles = tuple(item.lower() for item in read.list("CUDA_GRAPHS") or ())
+    if len(roles) == 1 and roles[0] in FALSE_WORDS | {"none"}:
+        return ()
+    if "all" in roles and len(roles) > 1:
+        read.problems.append(f"CUDA_GRAPHS is either all or a list of roles, got {','.join(roles)!r}")
+        return ()
+    return roles
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ class Settings:
                 trt_fp16=read.bool("TRT_FP16", True),
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or "",
-                cuda_graphs=_graph_roles(read.list("CUDA_GRAPHS")),
+                cuda_graphs=_cuda_graph_roles(read),
             ),
             batching=BatchSettings(wait_ms=read.float("BATCH_WAIT_MS", 0.0, minimum=0.0),
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),

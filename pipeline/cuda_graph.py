@@ -15,8 +15,9 @@ run as a CUDA graph (`enable_cuda_graph`) and replay it with one launch. Opt-in 
   replays and ordinary runs alike, and captures happen in the warm-up, after the models' first runs and
   before the pod takes traffic, one session after the other (`capture`).
 - A capture is checked before it serves: its replays must give the outputs of ordinary runs, on the feeds
-  it was captured with and on other feeds of the same shape. A capture that fails or differs is thrown
-  away with its session: the role gets an ordinary session, and the reason is reported.
+  it was captured with and on other feeds of the same shape. A capture that fails or differs, or one with
+  nothing to capture (the warm-up's exercise off), is thrown away with its session: the role gets an
+  ordinary session, and the reason is reported.
 
 Shapes that were not captured (a frame with three faces, a micro-batched run) run as before, marked so
 that the runtime neither captures nor replays them (`gpu_graph_id` -1). The shapes captured are those of
@@ -43,7 +44,9 @@ GRAPH_ID_KEY = "gpu_graph_id"  # the runtime's run option naming the graph of a 
 # grows), captures and replays; the next ones must be replays that give the ordinary run's outputs
 CAPTURE_LAUNCHES = 3
 MAX_SHAPES = 4  # the most input shapes captured per session (each holds its own device buffers)
-TOLERANCE = 1e-3  # a replay may differ from an ordinary run by this much, relative to the output's scale
+# how far a replay may be from an ordinary run: absolute for outputs within +-1 (scores, embeddings,
+# normalised pixels), relative to the largest magnitude above that
+TOLERANCE = 1e-3
 
 FeedKey = tuple[tuple[str, tuple[int, ...], str], ...]
 
@@ -53,7 +56,8 @@ def feed_key(feeds: Mapping[str, np.ndarray]) -> FeedKey:
     return tuple(sorted((name, tuple(np.shape(value)), np.asarray(value).dtype.str) for name, value in feeds.items()))
 
 
-def run_options(graph_id: int) -> ort.RunOptions:
+def graph_run_options(graph_id: int) -> ort.RunOptions:
+    """Run options naming the graph a run captures or replays; -1 for a run that does neither."""
     options = ort.RunOptions()
     options.add_run_config_entry(GRAPH_ID_KEY, str(graph_id))
     return options
@@ -66,13 +70,29 @@ def graph_provider_options(provider_options: Sequence[dict], providers: Sequence
 
 
 def _max_difference(replayed: np.ndarray, expected: np.ndarray) -> float:
-    """The largest difference relative to the output's scale (at least 1)."""
+    """The largest difference, relative to the output's largest magnitude where that is above 1."""
     if replayed.shape != expected.shape:
         return float("inf")
     if replayed.size == 0:
         return 0.0
     scale = max(1.0, float(np.max(np.abs(expected.astype(np.float64)))))
     return float(np.max(np.abs(replayed.astype(np.float64) - expected.astype(np.float64)))) / scale
+
+
+def other_feeds(feeds: Mapping[str, np.ndarray], seed: int = 7) -> dict[str, np.ndarray]:
+    """Feeds of the same shapes and types with other values everywhere (the warm-up's frame is flat grey,
+    so flipping it would change nothing): a replay must read these, not inputs baked in at capture."""
+    rng = np.random.default_rng(seed)
+    other = {}
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        if value.dtype == np.uint8:
+            other[name] = rng.integers(0, 256, value.shape, dtype=np.uint8)
+        elif np.issubdtype(value.dtype, np.floating):
+            other[name] = (value + rng.uniform(0.05, 0.5, value.shape) * rng.choice([-1, 1], value.shape)).astype(value.dtype)
+        else:
+            other[name] = value + 1
+    return other
 
 
 @dataclass
@@ -91,25 +111,29 @@ class GraphedSession:
 
     Kinds call `run`, `get_inputs`, ... as on the session. Until `capture` the wrapper runs ordinarily and
     remembers the first feeds of each shape (at most MAX_SHAPES); `capture` turns those into graphs, or,
-    when that fails, swaps in the session `ordinary` makes (one without CUDA graphs). `device` is `cuda`
-    in service; `cpu` runs the same binding and hand-over on the CPU provider, which is how the tests
-    check them without a GPU.
+    when there is nothing to capture or the capture fails, swaps in the session `ordinary` makes (one
+    without CUDA graphs, warmed with the remembered feeds) and steps aside. `device` is `cuda` in service;
+    `cpu` runs the same binding and hand-over on the CPU provider, which is how the tests check them
+    without a GPU. `sync_inputs`: wait for the device after copying the feeds in (see `_launch`).
     """
 
-    def __init__(self, session: ort.InferenceSession, device: str = "cuda", device_id: int = 0,
-                 ordinary: Callable[[], ort.InferenceSession] | None = None) -> None:
+    def __init__(self, session: ort.InferenceSession, *, ordinary: Callable[[], ort.InferenceSession],
+                 device: str = "cuda", device_id: int = 0, sync_inputs: bool = True) -> None:
         self.session = session
-        self._make_ordinary = ordinary
         self.device = device
         self.device_id = device_id
+        self.sync_inputs = sync_inputs
         self.state = "off: not captured yet (the warm-up captures)"
+        self.replays = 0  # runs served by a graph (counted on the graph thread)
+        self._make_ordinary = ordinary
+        self._recording = True
         self._seen: dict[FeedKey, dict[str, np.ndarray]] = {}
         self._graphs: dict[FeedKey, _Graph] = {}
-        self._ordinary = run_options(-1)
+        self._no_graph = graph_run_options(-1)
         self._output_names = [o.name for o in session.get_outputs()]
         self._lock = threading.Lock()
-        self.replays = 0  # runs served by a graph (counted on the graph thread)
-        # the one thread that captures and replays this session's graphs (they live in its context)
+        # the one thread that makes every run of the session: graphs live in its context, and all runs of
+        # such a session share one stream and the scratch memory a replay reuses
         self._thread: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuda-graph")
 
     def __getattr__(self, name: str) -> Any:
@@ -124,59 +148,75 @@ class GraphedSession:
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray],
             run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
-        if self._thread is None:  # the capture failed: an ordinary session, run from any thread
+        """The outputs, from a replay where `feeds` have a captured shape (the caller's `run_options` are
+        not used there), else from an ordinary run marked to neither capture nor replay (the caller's
+        `run_options` get that mark)."""
+        thread = self._thread
+        if thread is None:  # stepped aside: an ordinary session, run from any thread
             return self.session.run(output_names, feeds, run_options)
         graph = self._graphs.get(feed_key(feeds)) if self._graphs else None
         if graph is not None:
-            return self._thread.submit(self._replay, graph, output_names, feeds).result()
-        if not self._graphs and len(self._seen) < MAX_SHAPES:
+            return thread.submit(self._replay, graph, output_names, feeds).result()
+        if self._recording:
             with self._lock:
-                self._seen.setdefault(feed_key(feeds), {k: np.array(v, copy=True) for k, v in feeds.items()})
-        if run_options is not None:  # the caller's options, marked: without an id the runtime would capture here
+                if self._recording and len(self._seen) < MAX_SHAPES:
+                    self._seen.setdefault(feed_key(feeds), {k: np.array(v, copy=True) for k, v in feeds.items()})
+        if run_options is not None:
             run_options.add_run_config_entry(GRAPH_ID_KEY, "-1")
-        return self._thread.submit(self.session.run, output_names, feeds, run_options or self._ordinary).result()
+        return thread.submit(self.session.run, output_names, feeds, run_options or self._no_graph).result()
 
     def capture(self) -> str:
         """Capture a graph for each shape run so far, on this wrapper's thread; returns the state
-        (`on (n shapes)` or `off: why`). Call it while no other thread uses CUDA (the warm-up)."""
+        (`on (n shapes)` or `off: why`). Call it once, while no other thread uses CUDA (the warm-up)."""
         with self._lock:
+            if not self._recording:
+                return self.state
+            self._recording = False
             seen, self._seen = self._seen, {}
-        if self._thread is None or self._graphs:  # captured, or given up, already
-            return self.state
+        assert self._thread is not None
         if not seen:
-            self.state = "off: no run to capture (the warm-up's exercise is off)"
+            self._step_aside("off: no run to capture (the warm-up's exercise is off)", seen)
             return self.state
         try:
             self._graphs = self._thread.submit(self._capture_all, seen).result()
         except Exception as exc:  # the runtime raises its own types (Fail, RuntimeException, ...)
             log.warning("CUDA graph capture failed, ordinary runs: %s", exc)
-            self.state = f"off: capture failed ({type(exc).__name__}: {str(exc)[:200]})"
-            self._give_up()
+            self._step_aside(f"off: capture failed ({type(exc).__name__}: {str(exc)[:200]})", seen)
             return self.state
         self.state = f"on ({len(self._graphs)} shape{'s' if len(self._graphs) > 1 else ''})"
         return self.state
 
-    def _give_up(self) -> None:
-        """Throw the graph session away (a failed capture may leave its stream and graphs in any state) for
-        an ordinary one, run from the callers' threads as any session is."""
+    def _step_aside(self, state: str, seen: Mapping[FeedKey, Mapping[str, np.ndarray]]) -> None:
+        """Replace the graph session (a failed capture may leave its stream and graphs in any state) with an
+        ordinary one, warmed with the shapes seen so no request pays its first runs, and run it from the
+        callers' threads as any session is."""
+        self.state = state
         self._graphs = {}
-        if self._make_ordinary is not None:
-            self.session = self._make_ordinary()
+        try:
+            session = self._make_ordinary()
+            for feeds in seen.values():
+                session.run(None, feeds)
+        except Exception as exc:
+            raise RuntimeError(f"CUDA graphs are {state}, and the ordinary session that was to replace the graph "
+                               f"session failed: {type(exc).__name__}: {exc}") from exc
+        self.session = session
         thread, self._thread = self._thread, None
-        thread.shutdown(wait=False)
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     def _capture_all(self, seen: dict[FeedKey, dict[str, np.ndarray]]) -> dict[FeedKey, _Graph]:
         graphs: dict[FeedKey, _Graph] = {}
         for number, (key, feeds) in enumerate(seen.items(), start=1):
-            expected = self.session.run(self._output_names, feeds, self._ordinary)
+            expected = self.session.run(self._output_names, feeds, self._no_graph)
             graph = self._bind(number, feeds, expected)
             for _ in range(CAPTURE_LAUNCHES):
                 self._launch(graph, feeds)
             self._check(graph, expected, "the feeds it was captured with")
-            # other feeds of the same shape: a replay must read the new inputs, not ones baked in at capture
-            other = {name: np.ascontiguousarray(np.flip(value, axis=-1)) for name, value in feeds.items()}
+            other = other_feeds(feeds)
+            if feed_key(other) != key or any(np.array_equal(other[k], feeds[k]) for k in feeds):
+                raise RuntimeError("no other feeds of the captured shape to check the replay with")
             self._launch(graph, other)
-            self._check(graph, self.session.run(self._output_names, other, self._ordinary), "other feeds")
+            self._check(graph, self.session.run(self._output_names, other, self._no_graph), "other feeds")
             graphs[key] = graph
         return graphs
 
@@ -184,7 +224,7 @@ class GraphedSession:
         replayed = self._outputs(graph, self._output_names)
         worst = max(_max_difference(r, e) for r, e in zip(replayed, expected, strict=True))
         if worst > TOLERANCE:
-            raise RuntimeError(f"a replay on {which} differs from an ordinary run by {worst:.3g} of the output's scale")
+            raise RuntimeError(f"a replay on {which} differs from an ordinary run by {worst:.3g}")
 
     def _bind(self, graph_id: int, feeds: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> _Graph:
         inputs = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, self.device_id)
@@ -196,15 +236,17 @@ class GraphedSession:
             binding.bind_ortvalue_input(name, value)
         for name, value in bound.items():
             binding.bind_ortvalue_output(name, value)
-        return _Graph(graph_id, inputs, bound, binding, run_options(graph_id))
+        return _Graph(graph_id, inputs, bound, binding, graph_run_options(graph_id))
 
     def _launch(self, graph: _Graph, feeds: Mapping[str, np.ndarray]) -> None:
         for name, value in graph.inputs.items():
             value.update_inplace(np.ascontiguousarray(feeds[name]))
-        # runtimes whose copy from pageable memory returns before it lands (no sync after the cudaMemcpy) would
-        # let the replay, on the runtime's own stream, read old inputs: wait for the device first. The run
-        # itself synchronises its stream before it returns, so the outputs need no such wait.
-        graph.binding.synchronize_inputs()
+        if self.sync_inputs:
+            # a runtime whose copy from pageable memory returns before the data lands (no stream sync after
+            # its cudaMemcpy) would let the replay, on the runtime's own stream, read old inputs. This waits
+            # for the whole device, other models' runs too (bench.cuda_graph measures it both ways). The run
+            # synchronises its stream before it returns, so the outputs need no such wait.
+            graph.binding.synchronize_inputs()
         self.session.run_with_iobinding(graph.binding, graph.options)
 
     def _outputs(self, graph: _Graph, output_names: Sequence[str] | None) -> list[np.ndarray]:

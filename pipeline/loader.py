@@ -34,6 +34,7 @@ from .precision import fp16_wanted
 from .sessions import check_providers, create_session, is_auto, provider_options, resolve_providers
 
 log = logging.getLogger(__name__)
+GRAPH_DEVICE = "cuda"  # where a CUDA graph's bound buffers live (the tests wire the loader with "cpu")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ModelBundle:
     # the models' first runs side by side (pipeline/exercise.py), except where CUDA_CONV_ALGO_SEARCH is
     # EXHAUSTIVE: concurrent cuDNN benchmarks would time each other and keep the algorithms that won
     first_runs_together: bool = True
-    graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state, for the roles CUDA_GRAPHS names
+    cuda_graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state, roles CUDA_GRAPHS names
     graphed: dict[str, GraphedSession] = field(default_factory=dict)  # role -> its session, to capture
 
     def capture_graphs(self) -> dict[str, str]:
@@ -58,9 +59,9 @@ class ModelBundle:
         must not meet another thread's CUDA work); the states by role. The warm-up calls it after the
         models' first runs, whose shapes are the ones captured."""
         for role, session in self.graphed.items():
-            self.graphs[role] = session.capture()
-            log.info("CUDA graph of %s: %s", role, self.graphs[role])
-        return dict(self.graphs)
+            self.cuda_graphs[role] = session.capture()
+            log.info("CUDA graph of %s: %s", role, self.cuda_graphs[role])
+        return dict(self.cuda_graphs)
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
@@ -138,7 +139,7 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
 
 
-def _graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
+def _cuda_graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
     """The roles CUDA_GRAPHS names, checked against the set: a name the set lacks is a configuration error."""
     wanted = settings.gpu.cuda_graphs
     if wanted == ("all",):
@@ -150,20 +151,32 @@ def _graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
     return list(wanted)
 
 
-def _graph_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-                   load_log: list[str], recipe: GraphRecipe) -> tuple[ort.InferenceSession, str | None]:
-    """A session with CUDA graphs enabled and None, or, where they cannot be (not on CUDA, or the runtime
-    refuses them: copies between devices, control flow), the ordinary session and why not."""
-    if providers[0] != "CUDAExecutionProvider":
+def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
+                  load_log: list[str], recipe: GraphRecipe, cuda_graph: bool) -> tuple[ort.InferenceSession, str | None]:
+    """A role's session, and why it has no CUDA graphs (None: created with them enabled).
+
+    With `cuda_graph`, the session is first created with CUDA graphs enabled; where the runtime refuses
+    (copies between devices, control flow, no CUDA provider) the role gets the ordinary session."""
+    if not cuda_graph:
+        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), "not asked for"
+    if "CUDAExecutionProvider" not in providers:
         return (_session(entry, graph, providers, cache_dir, options, load_log, recipe),
-                f"off: CUDA graphs are made by the CUDA provider, and this model runs on {providers[0]}")
+                f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(providers)}")
     path, session_options = (entry.path, None) if graph is None else (graph, fast_load_options())
+    with_graphs = graph_provider_options(options, providers)
     try:
-        return create_session(path, providers, session_options, graph_provider_options(options, providers)), None
-    except ModelSetInvalid as exc:  # the ordinary session below says so if the file itself is the problem
+        return create_session(path, providers, session_options, with_graphs, log_failure=False), None
+    except ModelSetInvalid as exc:
         reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
-        log.warning("CUDA graphs off for %s: the runtime refused them (%s); an ordinary session instead", entry.role, reason)
-        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), f"off: the runtime refused ({reason})"
+    rebuilt = len(load_log)
+    session = _session(entry, graph, providers, cache_dir, options, load_log, recipe)  # rebuilds a damaged graph
+    if len(load_log) > rebuilt:  # it was the file, not the CUDA graphs: try them again on the rebuilt one
+        try:
+            return create_session(path, providers, session_options, with_graphs, log_failure=False), None
+        except ModelSetInvalid as exc:
+            reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
+    log.warning("CUDA graphs off for %s: the runtime refused them (%s); an ordinary session instead", entry.role, reason)
+    return session, f"off: the runtime refused ({reason})"
 
 
 def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
@@ -180,24 +193,24 @@ def load_models(settings: Settings) -> ModelBundle:
     model_set = open_model_set(settings.model_dir, cache_dir)
     providers = resolve_providers(settings.execution_providers)
     recipe = graph_recipe(settings, providers)
+    graph_roles = _cuda_graph_roles(settings, model_set)  # a misnamed role fails before anything is built
     graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipe)
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
-    graph_roles = _graph_roles(settings, model_set)
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
-        futures = {role: pool.submit(_graph_session if role in graph_roles else _session, entry, graphs.get(role),
-                                     providers, cache_dir, options, load_log, recipe)
+        futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
+                                     recipe, role in graph_roles)
                    for role, entry in model_set.models.items()}
         made = {role: future.result() for role, future in futures.items()}
-    sessions = {role: made[role][0] if role in graph_roles else made[role] for role in made}
+    sessions = {role: session for role, (session, _) in made.items()}
     auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
-    graphed = {role: GraphedSession(sessions[role], "cuda", settings.gpu.device_id,
+    graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=partial(_session, model_set.models[role], graphs.get(role), providers,
                                                      cache_dir, options, load_log, recipe))
                for role in graph_roles if made[role][1] is None}
-    graph_states = {role: graphed[role].state if role in graphed else made[role][1] for role in graph_roles}
+    cuda_graphs = {role: graphed[role].state if role in graphed else str(made[role][1]) for role in graph_roles}
     sessions = {role: _batched(graphed.get(role, session), settings) for role, session in sessions.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
@@ -205,7 +218,7 @@ def load_models(settings: Settings) -> ModelBundle:
     return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
                        batch_max=settings.batching.max_size,
                        first_runs_together=settings.gpu.conv_algo_search != "EXHAUSTIVE",
-                       graphs=graph_states, graphed=graphed,
+                       cuda_graphs=cuda_graphs, graphed=graphed,
                        batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 

@@ -115,8 +115,11 @@ def create_session(
     providers: Sequence[str],
     options: ort.SessionOptions | None = None,
     provider_options: Sequence[dict] | None = None,
+    log_failure: bool = True,
 ) -> ort.InferenceSession:
-    """Create one inference session; a model the runtime cannot load is a model-set problem."""
+    """Create one inference session; a model the runtime cannot load is a model-set problem.
+
+    `log_failure` False: the caller expects refusals it handles (CUDA graphs) and says what it does."""
     opts = options or ort.SessionOptions()
     opts.log_severity_level = 3  # unused initializers (the swapper's emap) would warn on every start
     # Each session has its own intra-op pool whose threads spin after a run; with four sessions on a
@@ -127,5 +130,6 @@ def create_session(
             str(path), sess_options=opts, providers=list(providers), provider_options=provider_options
         )
     except Exception as exc:  # the runtime raises its own exception types (Fail, InvalidGraph, ...)
-        log.error("ONNX Runtime cannot load %s: %s", path, exc)  # the full path and message for the operator
+        if log_failure:
+            log.error("ONNX Runtime cannot load %s: %s", path, exc)  # the full path and message for the operator
         raise ModelSetInvalid(f"model file {path.name} cannot be loaded by ONNX Runtime ({type(exc).__name__})") from exc

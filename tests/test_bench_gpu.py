@@ -27,3 +27,14 @@ def test_gpu_bench_runs_on_the_cpu():
         # one worker: a GIL profile where py-spy can read the process (None where it cannot)
         assert ("gil" in run) == (run["serving_processes"] == 1)
         assert run.get("gil") is None or run["gil"]["ms_per_request"] > 0
+
+
+def test_cuda_graph_bench_runs_on_the_cpu():
+    """bench.cuda_graph with the stand-ins: on the CPU the wrapper captures through the binding, so every
+    model has a replay row (timings printed, never asserted)."""
+    shared_file("models", "scrfd_2.5g_bnkps.onnx")
+    from bench.cuda_graph import main
+
+    result = main(["--reps", "2", "--rounds", "1"])
+    assert {row[0]: row[2] for row in result["rows"]} == {role: "on (1 shape)" for role in ("detector", "recognizer", "swapper")}
+    assert all(row[3] > 0 and row[4] > 0 for row in result["rows"])

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 from pipeline import FuseOptions, Settings, load_fuser
 from pipeline.config import ConfigError
-from pipeline.cuda_graph import GraphedSession
+from pipeline.cuda_graph import GraphedSession, other_feeds
 from warmup import Warmup
 
 from .conftest import insightface_image, shared_file
@@ -31,7 +31,7 @@ from .server import FunctionServer
 
 
 def _graphed(session: ort.InferenceSession) -> GraphedSession:
-    return GraphedSession(session, device="cpu")
+    return GraphedSession(session, device="cpu", ordinary=lambda: session)
 
 
 def _faces(faces) -> list[tuple]:
@@ -110,7 +110,8 @@ def test_a_capture_whose_replay_differs_from_an_ordinary_run_never_serves(tmp_pa
         ordinary.append(ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
         return ordinary[-1]
 
-    graphed = GraphedSession(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), "cpu", ordinary=make_ordinary)
+    graphed = GraphedSession(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), device="cpu",
+                             ordinary=make_ordinary)
     graphed.run(None, {"x": np.zeros((1, 4), np.float32)})
     state = graphed.capture()
     assert state.startswith("off: capture failed") and "differs from an ordinary run" in state
@@ -122,21 +123,23 @@ def test_a_capture_whose_replay_differs_from_an_ordinary_run_never_serves(tmp_pa
 
 
 class _ThreadRecorder:
-    """A real session that notes which thread runs it."""
+    """A real session that notes which thread runs it, and with which graph id."""
 
     def __init__(self, session: ort.InferenceSession) -> None:
-        self.session, self.threads = session, set()
+        self.session, self.threads, self.ids = session, set(), {"run": set(), "replay": set()}
 
     def __getattr__(self, name):
         return getattr(self.session, name)
 
-    def run(self, *args):
+    def run(self, names, feeds, options=None):
         self.threads.add(threading.current_thread().name)
-        return self.session.run(*args)
+        self.ids["run"].add(options.get_run_config_entry("gpu_graph_id") if options else None)
+        return self.session.run(names, feeds, options)
 
-    def run_with_iobinding(self, *args):
+    def run_with_iobinding(self, binding, options=None):
         self.threads.add(threading.current_thread().name)
-        return self.session.run_with_iobinding(*args)
+        self.ids["replay"].add(options.get_run_config_entry("gpu_graph_id") if options else None)
+        return self.session.run_with_iobinding(binding, options)
 
 
 def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
@@ -157,6 +160,9 @@ def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
         list(pool.map(lambda k: graphed.run(None, feeds(1 + (k % 2 if batch_ok else 0))), range(12)))
     assert graphed.replays >= 6
     assert recorder.threads and all(name.startswith("cuda-graph") for name in recorder.threads), recorder.threads
+    # ordinary runs neither capture nor replay (without an id the runtime would capture graph 0); replays
+    # name their graph, from 1 (0 is the runtime's own)
+    assert recorder.ids == {"run": {"-1"}, "replay": {"1"}}
     with pytest.raises(AttributeError, match="runs through run"):
         graphed.run_with_iobinding  # noqa: B018 - would run without a graph id, capturing graph 0
 
@@ -166,23 +172,58 @@ def test_a_capture_without_runs_says_why(fuser):
     assert graphed.capture().startswith("off: no run to capture")
 
 
-def test_a_fusion_through_captured_models_is_the_fusion_without_them(fuser, settings, tmp_path):
+@pytest.fixture
+def graphs_on_the_cpu(monkeypatch):
+    """The loader as on a GPU, where the runtime accepts CUDA graphs, with the buffers on the CPU: every
+    role CUDA_GRAPHS names gets a GraphedSession, captured by the warm-up."""
+    import pipeline.loader as loader
+
+    original = loader._role_session
+
+    def accepting(*args):
+        session, why = original(*args[:-1], False)
+        return session, (None if args[-1] else why)
+
+    monkeypatch.setattr(loader, "_role_session", accepting)
+    monkeypatch.setattr(loader, "GRAPH_DEVICE", "cpu")
+
+
+def _warm(settings: Settings, exercise: bool = True) -> Warmup:
+    warm = Warmup(settings=settings, exercise=exercise)
+    warm.ensure_started()
+    assert warm.readiness.ready_event.wait(120)
+    return warm
+
+
+def test_a_fusion_through_captured_models_is_the_fusion_without_them(fuser, settings, tmp_path, graphs_on_the_cpu):
     """The warm-up's exercise runs the shapes a one-face request runs, so after the capture such a request
-    replays every model, and its answer is byte for byte the one without graphs."""
-    captured = load_fuser(Settings(model_path=settings.model_path, cache_path=tmp_path / "cache"))
-    bundle = captured.models
-    for role, model in bundle.models.items():
-        model.session = _graphed(model.session)
-        bundle.graphed[role] = model.session
-    captured.exercise()
-    states = bundle.capture_graphs()
-    assert states == {role: "on (1 shape)" for role in bundle.models}
+    replays every model, and its answer (on the CPU provider) is byte for byte the one without graphs;
+    micro-batching (BATCH_WAIT_MS) wraps the graph session and keeps its captures."""
+    warm = _warm(Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"),
+                                    "CUDA_GRAPHS": "all", "BATCH_WAIT_MS": "1"}))
+    assert warm.readiness.state == "ready", warm.readiness.reason
+    roles = ("detector", "recognizer", "swapper", "enhancer")
+    assert warm.readiness.as_dict()["cuda_graphs"] == {role: "on (1 shape)" for role in roles}
+    assert "cuda_graphs" in warm.readiness.timings_s
+    bundle = warm.fuser.models
+    assert bundle.batchers  # some roles micro-batched, around their graph sessions
     source, target = (shared_file("images", n).read_bytes() for n in ("obama.jpg", "biden.jpg"))
     options = FuseOptions(output_format="png")
-    got = captured.fuse_bytes(source, target, options)
+    got = warm.fuser.fuse_bytes(source, target, options)
     assert got.data == fuser.fuse_bytes(source, target, options).data
     replayed = {role: session.replays for role, session in bundle.graphed.items()}
-    assert replayed["detector"] >= 2 and replayed["recognizer"] >= 1 and replayed["swapper"] >= 1
+    assert replayed["detector"] >= 2 and replayed["recognizer"] >= 1 and replayed["swapper"] >= 1, replayed
+
+
+def test_with_the_exercise_off_nothing_is_captured_and_ordinary_sessions_serve(settings, tmp_path, graphs_on_the_cpu):
+    warm = _warm(Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"),
+                                    "CUDA_GRAPHS": "detector"}), exercise=False)
+    assert warm.readiness.state == "ready", warm.readiness.reason
+    assert warm.readiness.cuda_graphs == {"detector": "off: no run to capture (the warm-up's exercise is off)"}
+    graphed = warm.fuser.models.graphed["detector"]
+    image = cv2.imread(str(insightface_image("t1.jpg")))
+    assert len(warm.fuser.detector.detect(image)) > 0
+    assert graphed.replays == 0 and graphed._seen == {}  # stepped aside: no request's pixels are kept
 
 
 def test_cuda_graphs_on_the_cpu_are_reported_off_and_the_function_serves(model_root, tmp_path):
@@ -202,14 +243,29 @@ def test_cuda_graphs_on_the_cpu_are_reported_off_and_the_function_serves(model_r
         server.stop()
 
 
-def test_unset_cuda_graphs_add_nothing_to_readiness(fuser):
-    assert fuser.models.graphs == {} and fuser.models.graphed == {}
+def test_unset_cuda_graphs_add_nothing_to_the_bundle(fuser):
+    assert fuser.models.cuda_graphs == {} and fuser.models.graphed == {}
+
+
+def test_other_feeds_differ_from_the_warm_up_s_flat_frame():
+    """The capture's second check must feed other values, also where the warm-up fed a flat grey frame."""
+    flat = {"pixels": np.full((1, 640, 640, 3), 127, np.uint8), "blob": np.zeros((1, 3, 112, 112), np.float32),
+            "weight": np.ones((1,), np.float64)}
+    other = other_feeds(flat)
+    for name, value in flat.items():
+        assert other[name].shape == value.shape and other[name].dtype == value.dtype
+        assert np.mean(other[name] != value) > 0.9
 
 
 @pytest.mark.parametrize("value, roles", [("", ()), ("off", ()), ("none", ()), ("all", ("all",)),
                                           ("Detector, swapper", ("detector", "swapper"))])
 def test_the_setting_reads_roles_all_or_off(value, roles):
     assert Settings.from_env({"CUDA_GRAPHS": value}).gpu.cuda_graphs == roles
+
+
+def test_all_beside_role_names_is_refused():
+    with pytest.raises(ConfigError, match="CUDA_GRAPHS is either all or a list of roles"):
+        Settings.from_env({"CUDA_GRAPHS": "all,detector"})
 
 
 def test_a_role_the_model_set_lacks_keeps_the_pod_not_ready_and_names_it(model_root, tmp_path):

@@ -43,6 +43,7 @@ def test_auto_on_a_cpu_runtime_serves_and_reports_each_models_provider(model_roo
         ready = requests.get(server.url + "/readyz", timeout=5).json()
         assert ready["providers"] == {role: "CPUExecutionProvider"
                                       for role in ("detector", "recognizer", "swapper", "enhancer")}
+        assert "cuda_graphs" not in ready  # CUDA_GRAPHS unset: nothing to say
         text = requests.get(server.url + "/metrics", timeout=5).text
         assert 'facefusion_model_provider_info{provider="CPUExecutionProvider",role="swapper"} 1.0' in text
     finally:
