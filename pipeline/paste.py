@@ -152,6 +152,11 @@ def paste_all(frame: np.ndarray, pastes: Sequence[tuple[np.ndarray, np.ndarray, 
         paste_group(range(len(pastes)))
         return
     regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes]
+    if all(_pixels(region) < THREADED_MIN_PIXELS for region in regions):
+        # no face large enough to hand to a helper (a group photograph): the waves would all go to this
+        # thread anyway, and finding them compares every pair of faces
+        paste_group(range(len(pastes)))
+        return
     for wave in disjoint_waves(regions):
         overlap.each(paste_group, _groups(wave, regions))  # returns once no helper still writes into the frame
 
