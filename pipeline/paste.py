@@ -70,15 +70,17 @@ def _warp(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, masks: MaskOptions = DEFAULT_MASKS,
-               crop_masks: Sequence[np.ndarray] = ()) -> tuple[int, int, int, int] | None:
+               crop_masks: Sequence[np.ndarray] = (), region: tuple[int, int, int, int] | None = None,
+               ) -> tuple[int, int, int, int] | None:
     """Blend `crop` (aligned with `matrix`, frame -> crop) into `frame` in place; returns the region.
 
     `masks` shapes the box (when `box` is among its types); `crop_masks` are further crop-sized masks in
-    0..1 (occlusion, region) combined with it as the minimum.
+    0..1 (occlusion, region) combined with it as the minimum. `region`: `paste_region`'s, where the
+    caller has it already (`paste_all`).
     """
     crop_size = crop.shape[0]
     crop_to_frame = cv2.invertAffineTransform(matrix)
-    region = _region(crop_to_frame, crop_size, frame.shape, masks.blur)
+    region = region or _region(crop_to_frame, crop_size, frame.shape, masks.blur)
     if region is None:
         return None
     x0, y0, x1, y1 = region
@@ -143,18 +145,17 @@ def paste_all(frame: np.ndarray, pastes: Sequence[tuple[np.ndarray, np.ndarray, 
 
     Side by side means this thread and overlap's helper threads that are free (pipeline/overlap.py: under
     load the paste stays in the request's thread rather than queue behind other requests' work)."""
+    side_by_side = len(pastes) > 1 and overlap.HELPER_THREADS > 1
+    regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes] if side_by_side else []
+
     def paste_group(group: Sequence[int]) -> None:
         for i in group:
             crop, matrix, crop_masks = pastes[i]
-            paste_back(frame, crop, matrix, masks, crop_masks)
+            paste_back(frame, crop, matrix, masks, crop_masks, regions[i] if regions else None)
 
-    if len(pastes) < 2 or overlap.HELPER_THREADS == 1:
-        paste_group(range(len(pastes)))
-        return
-    regions = [paste_region(matrix, crop.shape[0], frame.shape, masks) for crop, matrix, _ in pastes]
-    if all(_pixels(region) < THREADED_MIN_PIXELS for region in regions):
-        # no face large enough to hand to a helper (a group photograph): the waves would all go to this
-        # thread anyway, and finding them compares every pair of faces
+    if not any(_pixels(region) >= THREADED_MIN_PIXELS for region in regions):
+        # nothing for a helper (one face, one thread, or only small faces as in a group photograph): one
+        # loop, without finding the waves, which compares every pair of faces
         paste_group(range(len(pastes)))
         return
     for wave in disjoint_waves(regions):
