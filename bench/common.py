@@ -6,7 +6,7 @@ import importlib.util
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -63,6 +63,24 @@ def median_ms(fn: Callable[[], object], repeat: int, warm: bool = True) -> float
         fn()
         samples.append((time.perf_counter() - start) * 1000)
     return statistics.median(samples)
+
+
+def taking_turns(calls: Mapping[str, Callable[[], object]], repeat: int, warm: bool = True) -> dict[str, float]:
+    """Median ms of each of `calls`, made in turn `repeat` times (the order reversed every other time, after
+    one uncounted call each when `warm`), so that a shared machine's load and the allocator's state fall
+    on all of them alike: run one after the other, a 4K decode's time moved 2x with whether its buffer
+    was fresh."""
+    if warm:
+        for fn in calls.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls.items())
+    for i in range(repeat):
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def table(headers: list[str], rows: list[list]) -> str:

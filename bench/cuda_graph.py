@@ -17,19 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import table
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
+from bench.common import table, taking_turns
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,14 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         if two is not None:
             calls["2 rows: direct"] = lambda o=ordinary, t=two: o.run(None, t)
             calls["2 rows: through the thread"] = lambda g=graphed, t=two: g.run(None, t)
-        for fn in calls.values():  # first runs (a new shape plans and allocates)
-            fn()
-        samples: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(args.rounds):
-            for _ in range(args.reps):
-                for name, fn in calls.items():
-                    samples[name].append(_ms(fn))
-        med = {name: statistics.median(values) for name, values in samples.items()}
+        med = taking_turns(calls, args.rounds * args.reps)  # after a first call each: a new shape plans and allocates
         nan = float("nan")
         rows.append([role, plain.active[role][0], state, med["ordinary"], med["replay"], med["replay"] / med["ordinary"],
                      med["replay, no device wait"], med.get("2 rows: direct", nan), med.get("2 rows: through the thread", nan)])

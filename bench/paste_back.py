@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
-from bench.common import SHARED, insightface_t1, median_ms, single_face_1080p, standin_models, table
+from bench.common import (
+    SHARED,
+    insightface_t1,
+    median_ms,
+    single_face_1080p,
+    standin_models,
+    table,
+    taking_turns,
+)
 from pipeline import Settings, StageTimer, load_fuser, overlap
 from pipeline.paste import disjoint_waves, paste_all, paste_back, paste_region
-
-
-def _taking_turns(fns: list, repeat: int) -> list[float]:
-    """Median ms of each of `fns`, called in turn `repeat` times after one warm call each, so that load on a
-    shared machine and the allocator's state fall on all of them alike."""
-    samples: list[list[float]] = [[] for _ in fns]
-    for fn in fns:
-        fn()
-    for _ in range(repeat):
-        for fn, out in zip(fns, samples, strict=True):
-            start = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - start) * 1000)
-    return [statistics.median(out) for out in samples]
 
 
 def main() -> None:
@@ -90,7 +83,7 @@ def main() -> None:
         def together(pastes=pastes, frame=frame) -> None:
             paste_all(frame.copy(), pastes)
         copy_ms = median_ms(lambda frame=frame: frame.copy(), args.repeat)
-        one, side = _taking_turns([loop, together], args.repeat)
+        one, side = taking_turns({"loop": loop, "together": together}, args.repeat).values()
         rows.append([name, len(faces), len(waves), one - copy_ms, side - copy_ms, (one - copy_ms) / (side - copy_ms)])
     print(f"\nall faces of a frame, ms (median of {args.repeat}, the two taking turns; frame copy excluded), "
           f"HELPER_THREADS={overlap.HELPER_THREADS}")

@@ -12,15 +12,12 @@ median of the strips' times over the median of one piece's.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from bench.codec import build_images, with_restarts
-from bench.common import SHARED, table
+from bench.common import SHARED, table, taking_turns
 from pipeline import overlap
 from pipeline.jpeg_strip_decode import decode_in_strips
 
@@ -38,18 +35,6 @@ def cases() -> dict[str, bytes]:
     return found
 
 
-def alternate(one: Callable[[], object], cut: Callable[[], object], calls: int) -> tuple[float, float]:
-    """Median ms of `one` and of `cut`, called in turn `calls` times each."""
-    times: dict[int, list[float]] = {0: [], 1: []}
-    for i in range(calls):
-        for which in ((0, 1) if i % 2 else (1, 0)):
-            fn = one if which == 0 else cut
-            start = time.perf_counter()
-            fn()
-            times[which].append((time.perf_counter() - start) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main(argv: list[str] | None = None) -> list[list[object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=40, help="calls of each decode per row")
@@ -62,8 +47,9 @@ def main(argv: list[str] | None = None) -> list[list[object]]:
         cut_at_all = pixels is not None
         same = cut_at_all and np.array_equal(pixels, whole)
         for round_index in range(args.rounds):
-            one_ms, cut_ms = alternate(lambda d=data: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR),
-                                       lambda d=data: decode_in_strips(d), args.calls)
+            ms = taking_turns({"one": lambda d=data: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR),
+                               "cut": lambda d=data: decode_in_strips(d)}, args.calls, warm=False)
+            one_ms, cut_ms = ms["one"], ms["cut"]
             rows.append([data_name, f"{whole.shape[1]}x{whole.shape[0]}", round_index + 1, one_ms, cut_ms,
                          cut_ms / one_ms, "yes" if same else ("not cut" if not cut_at_all else "NO")])
     print(f"decode in strips against one cv2.imdecode, {args.calls} alternating calls each; "

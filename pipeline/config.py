@@ -206,7 +206,7 @@ class BatchSettings:
         return self.wait_ms if self.max_size > 1 else 0.0
 
 
-def _cuda_graph_roles(read: EnvReader) -> tuple[str, ...]:
+def _read_cuda_graphs(read: EnvReader) -> tuple[str, ...]:
     """CUDA_GRAPHS as roles (checked against the model set when it loads), `("all",)`, or none: unset,
     `off` (or another false word) and `none`. `all` beside role names is a problem."""
     roles = tuple(item.lower() for item in read.list("CUDA_GRAPHS") or ())
@@ -258,7 +258,7 @@ class Settings:
                 trt_fp16=read.bool("TRT_FP16", True),
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or "",
-                cuda_graphs=_cuda_graph_roles(read),
+                cuda_graphs=_read_cuda_graphs(read),
             ),
             batching=BatchSettings(wait_ms=read.float("BATCH_WAIT_MS", 0.0, minimum=0.0),
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),

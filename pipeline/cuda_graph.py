@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .batch_axis import relative_error
+
 log = logging.getLogger(__name__)
 
 GRAPH_ID_KEY = "gpu_graph_id"  # the runtime's run option naming the graph of a run; -1: none
@@ -44,8 +46,8 @@ GRAPH_ID_KEY = "gpu_graph_id"  # the runtime's run option naming the graph of a 
 # grows), captures and replays; the next ones must be replays that give the ordinary run's outputs
 CAPTURE_LAUNCHES = 3
 MAX_SHAPES = 4  # the most input shapes captured per session (each holds its own device buffers)
-# how far a replay may be from an ordinary run: absolute for outputs within +-1 (scores, embeddings,
-# normalised pixels), relative to the largest magnitude above that
+# how far a replay may be from an ordinary run, as a fraction of the output's largest magnitude
+# (batch_axis.relative_error, as the batch axis and the pixel input are checked)
 TOLERANCE = 1e-3
 
 FeedKey = tuple[tuple[str, tuple[int, ...], str], ...]
@@ -61,22 +63,6 @@ def graph_run_options(graph_id: int) -> ort.RunOptions:
     options = ort.RunOptions()
     options.add_run_config_entry(GRAPH_ID_KEY, str(graph_id))
     return options
-
-
-def graph_provider_options(provider_options: Sequence[dict], providers: Sequence[str]) -> list[dict]:
-    """`provider_options` with CUDA graphs enabled on the CUDA provider."""
-    return [{**opts, "enable_cuda_graph": "1"} if name == "CUDAExecutionProvider" else dict(opts)
-            for name, opts in zip(providers, provider_options, strict=True)]
-
-
-def _max_difference(replayed: np.ndarray, expected: np.ndarray) -> float:
-    """The largest difference, relative to the output's largest magnitude where that is above 1."""
-    if replayed.shape != expected.shape:
-        return float("inf")
-    if replayed.size == 0:
-        return 0.0
-    scale = max(1.0, float(np.max(np.abs(expected.astype(np.float64)))))
-    return float(np.max(np.abs(replayed.astype(np.float64) - expected.astype(np.float64)))) / scale
 
 
 def other_feeds(feeds: Mapping[str, np.ndarray], seed: int = 7) -> dict[str, np.ndarray]:
@@ -222,7 +208,7 @@ class GraphedSession:
 
     def _check(self, graph: _Graph, expected: Sequence[np.ndarray], which: str) -> None:
         replayed = self._outputs(graph, self._output_names)
-        worst = max(_max_difference(r, e) for r, e in zip(replayed, expected, strict=True))
+        worst = max(relative_error(r, e) for r, e in zip(replayed, expected, strict=True))
         if worst > TOLERANCE:
             raise RuntimeError(f"a replay on {which} differs from an ordinary run by {worst:.3g}")
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
@@ -22,7 +23,6 @@ from .artefacts import GraphRecipe, build_optimised, fast_load_options, optimise
 from .batch_axis import has_free_batch
 from .batching import MicroBatcher
 from .config import ConfigError, Settings
-from .cuda_graph import GraphedSession, graph_provider_options
 from .errors import ModelSetInvalid
 from .fuser import Fuser
 from .gpu_info import gpu_model
@@ -32,6 +32,9 @@ from .model_store import open_model_set
 from .models import ModelKind, kind_class
 from .precision import fp16_wanted
 from .sessions import check_providers, create_session, is_auto, provider_options, resolve_providers
+
+if TYPE_CHECKING:  # imported only where CUDA_GRAPHS names a role: nothing added to every start
+    from .cuda_graph import GraphedSession
 
 log = logging.getLogger(__name__)
 GRAPH_DEVICE = "cuda"  # where a CUDA graph's bound buffers live (the tests wire the loader with "cpu")
@@ -51,17 +54,20 @@ class ModelBundle:
     # the models' first runs side by side (pipeline/exercise.py), except where CUDA_CONV_ALGO_SEARCH is
     # EXHAUSTIVE: concurrent cuDNN benchmarks would time each other and keep the algorithms that won
     first_runs_together: bool = True
-    cuda_graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state, roles CUDA_GRAPHS names
-    graphed: dict[str, GraphedSession] = field(default_factory=dict)  # role -> its session, to capture
+    graphed: dict[str, GraphedSession] = field(default_factory=dict)  # role -> its CUDA graph session
+    graphs_refused: dict[str, str] = field(default_factory=dict)  # role CUDA_GRAPHS names -> why it has none
 
-    def capture_graphs(self) -> dict[str, str]:
+    @property
+    def cuda_graphs(self) -> dict[str, str]:
+        """The CUDA graph state of every role CUDA_GRAPHS names: its session's, or why it has none."""
+        return {**self.graphs_refused, **{role: session.state for role, session in self.graphed.items()}}
+
+    def capture_graphs(self) -> None:
         """Capture the CUDA graphs of the roles that may have them, one session after the other (a capture
-        must not meet another thread's CUDA work); the states by role. The warm-up calls it after the
-        models' first runs, whose shapes are the ones captured."""
+        must not meet another thread's CUDA work). The warm-up calls it after the models' first runs,
+        whose shapes are the ones captured."""
         for role, session in self.graphed.items():
-            self.cuda_graphs[role] = session.capture()
-            log.info("CUDA graph of %s: %s", role, self.cuda_graphs[role])
-        return dict(self.cuda_graphs)
+            log.info("CUDA graph of %s: %s", role, session.capture())
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
@@ -125,12 +131,19 @@ def prepare(settings: Settings) -> list[str]:
 
 
 def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-             load_log: list[str], recipe: GraphRecipe) -> ort.InferenceSession:
+             load_log: list[str], recipe: GraphRecipe, may_refuse: bool = False) -> ort.InferenceSession:
+    """The role's session from its optimised graph (rebuilt once if it is damaged), else from the model.
+
+    `may_refuse`: options the runtime may refuse (CUDA graphs), a refusal the caller handles; it is then
+    neither logged as a load error nor taken for a damaged file."""
     if graph is None:
-        return create_session(entry.path, providers, provider_options=options)
+        return create_session(entry.path, providers, provider_options=options, log_failure=not may_refuse)
     try:
-        return create_session(graph, providers, options=fast_load_options(), provider_options=options)
+        return create_session(graph, providers, options=fast_load_options(), provider_options=options,
+                              log_failure=not may_refuse)
     except ModelSetInvalid:
+        if may_refuse:
+            raise
         # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
         log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
         shutil.rmtree(graph.parent, ignore_errors=True)
@@ -139,7 +152,7 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         return create_session(graph, providers, options=fast_load_options(), provider_options=options)
 
 
-def _cuda_graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
+def _graph_roles_of(settings: Settings, model_set: ModelSet) -> list[str]:
     """The roles CUDA_GRAPHS names, checked against the set: a name the set lacks is a configuration error."""
     wanted = settings.gpu.cuda_graphs
     if wanted == ("all",):
@@ -152,31 +165,25 @@ def _cuda_graph_roles(settings: Settings, model_set: ModelSet) -> list[str]:
 
 
 def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-                  load_log: list[str], recipe: GraphRecipe, cuda_graph: bool) -> tuple[ort.InferenceSession, str | None]:
-    """A role's session, and why it has no CUDA graphs (None: created with them enabled).
+                  load_log: list[str], recipe: GraphRecipe,
+                  graph_options: list[dict] | None) -> tuple[ort.InferenceSession, str | None]:
+    """A role's session and, for a role CUDA_GRAPHS names (`graph_options`: the provider options with
+    them), why it has none (None: created with them).
 
-    With `cuda_graph`, the session is first created with CUDA graphs enabled; where the runtime refuses
-    (copies between devices, control flow, no CUDA provider) the role gets the ordinary session."""
-    if not cuda_graph:
-        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), "not asked for"
+    Such a role's session is first created with CUDA graphs enabled; where the runtime refuses (copies
+    between devices, control flow, no CUDA provider; a damaged file too, which the ordinary session then
+    rebuilds, so its graphs wait for the next start) the role gets the ordinary session."""
+    if graph_options is None:
+        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), None
     if "CUDAExecutionProvider" not in providers:
-        return (_session(entry, graph, providers, cache_dir, options, load_log, recipe),
-                f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(providers)}")
-    path, session_options = (entry.path, None) if graph is None else (graph, fast_load_options())
-    with_graphs = graph_provider_options(options, providers)
-    try:
-        return create_session(path, providers, session_options, with_graphs, log_failure=False), None
-    except ModelSetInvalid as exc:
-        reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
-    rebuilt = len(load_log)
-    session = _session(entry, graph, providers, cache_dir, options, load_log, recipe)  # rebuilds a damaged graph
-    if len(load_log) > rebuilt:  # it was the file, not the CUDA graphs: try them again on the rebuilt one
+        why = f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(providers)}"
+    else:
         try:
-            return create_session(path, providers, session_options, with_graphs, log_failure=False), None
+            return _session(entry, graph, providers, cache_dir, graph_options, load_log, recipe, may_refuse=True), None
         except ModelSetInvalid as exc:
-            reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
-    log.warning("CUDA graphs off for %s: the runtime refused them (%s); an ordinary session instead", entry.role, reason)
-    return session, f"off: the runtime refused ({reason})"
+            why = f"off: the runtime refused ({str(exc.__cause__ or exc).strip().splitlines()[-1][:200]})"
+            log.warning("CUDA graphs %s for %s; an ordinary session instead", why, entry.role)
+    return _session(entry, graph, providers, cache_dir, options, load_log, recipe), why
 
 
 def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
@@ -193,24 +200,27 @@ def load_models(settings: Settings) -> ModelBundle:
     model_set = open_model_set(settings.model_dir, cache_dir)
     providers = resolve_providers(settings.execution_providers)
     recipe = graph_recipe(settings, providers)
-    graph_roles = _cuda_graph_roles(settings, model_set)  # a misnamed role fails before anything is built
+    graph_roles = _graph_roles_of(settings, model_set)  # a misnamed role fails before anything is built
     graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipe)
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
+    graph_options = provider_options(providers, cache_dir, settings.gpu, cuda_graph=True) if graph_roles else None
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
         futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     recipe, role in graph_roles)
+                                     recipe, graph_options if role in graph_roles else None)
                    for role, entry in model_set.models.items()}
         made = {role: future.result() for role, future in futures.items()}
     sessions = {role: session for role, (session, _) in made.items()}
     auto = is_auto(settings.execution_providers)
     active = {role: check_providers(role, entry.path.name, sessions[role], providers, auto)
               for role, entry in model_set.models.items()}
+    if graph_roles:
+        from .cuda_graph import GraphedSession
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=partial(_session, model_set.models[role], graphs.get(role), providers,
                                                      cache_dir, options, load_log, recipe))
                for role in graph_roles if made[role][1] is None}
-    cuda_graphs = {role: graphed[role].state if role in graphed else str(made[role][1]) for role in graph_roles}
+    refused = {role: why for role, (_, why) in made.items() if why is not None}
     sessions = {role: _batched(graphed.get(role, session), settings) for role, session in sessions.items()}
     models = {role: _kind(entry).create(sessions[role], entry, cache_dir) for role, entry in model_set.models.items()}
     log.info("model set %s (%s) loaded: %s", model_set.name, model_set.version,
@@ -218,7 +228,7 @@ def load_models(settings: Settings) -> ModelBundle:
     return ModelBundle(model_set=model_set, providers=providers, models=models, load_log=load_log, active=active,
                        batch_max=settings.batching.max_size,
                        first_runs_together=settings.gpu.conv_algo_search != "EXHAUSTIVE",
-                       cuda_graphs=cuda_graphs, graphed=graphed,
+                       graphed=graphed, graphs_refused=refused,
                        batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 

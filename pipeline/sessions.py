@@ -58,8 +58,9 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     return chosen
 
 
-def provider_options(providers: Sequence[str], cache_dir: Path, gpu: GpuSettings) -> list[dict]:
-    """Per-provider options from the settings (see `GpuSettings` for why each one is set)."""
+def provider_options(providers: Sequence[str], cache_dir: Path, gpu: GpuSettings, cuda_graph: bool = False) -> list[dict]:
+    """Per-provider options from the settings (see `GpuSettings` for why each one is set); `cuda_graph`:
+    with CUDA graphs enabled on the CUDA provider (pipeline/cuda_graph.py)."""
     options: list[dict] = []
     for name in providers:
         if name == "CUDAExecutionProvider":
@@ -70,6 +71,8 @@ def provider_options(providers: Sequence[str], cache_dir: Path, gpu: GpuSettings
             }
             if gpu.mem_limit_mb:
                 opts["gpu_mem_limit"] = str(gpu.mem_limit_mb * 1024 * 1024)
+            if cuda_graph:
+                opts["enable_cuda_graph"] = "1"
             options.append(opts)
         elif name == "TensorrtExecutionProvider":
             trt_dir = cache_dir / "tensorrt"

@@ -101,17 +101,29 @@ def assert_bad_options(r: requests.Response, *named: str) -> None:
 
 
 class RowCounter:
-    """A real session that records the rows of each run; with `delay_s`, each run takes at least that
-    long, so that callers arriving together overlap one run."""
+    """A real session that records the rows of each run, and which thread made each run (plain or bound:
+    `run_with_iobinding`) with which CUDA graph id (`gpu_graph_id`, None when not given); with `delay_s`,
+    each run takes at least that long, so that callers arriving together overlap one run."""
 
     def __init__(self, session, delay_s: float = 0.0) -> None:
         self.session, self.rows, self.delay_s = session, [], delay_s
+        self.threads: set[str] = set()
+        self.graph_ids: dict[str, set[str | None]] = {"run": set(), "bound": set()}
 
     def __getattr__(self, name):
         return getattr(self.session, name)
 
+    def _note(self, kind: str, options) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.graph_ids[kind].add(options.get_run_config_entry("gpu_graph_id") if options else None)
+
     def run(self, names, feeds, options=None):
+        self._note("run", options)
         self.rows.append(len(next(iter(feeds.values()))))
         if self.delay_s:
             threading.Event().wait(self.delay_s)
         return self.session.run(names, feeds, options)
+
+    def run_with_iobinding(self, binding, options=None):
+        self._note("bound", options)
+        return self.session.run_with_iobinding(binding, options)

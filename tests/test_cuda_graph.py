@@ -9,7 +9,6 @@ ordinary run are the code that serves on CUDA; only the provider option differs.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pipeline.config import ConfigError
 from pipeline.cuda_graph import GraphedSession, other_feeds
 from warmup import Warmup
 
-from .conftest import insightface_image, shared_file
+from .conftest import RowCounter, insightface_image, shared_file
 from .server import FunctionServer
 
 
@@ -122,30 +121,10 @@ def test_a_capture_whose_replay_differs_from_an_ordinary_run_never_serves(tmp_pa
     assert graphed.capture() == state  # nothing to capture again
 
 
-class _ThreadRecorder:
-    """A real session that notes which thread runs it, and with which graph id."""
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session, self.threads, self.ids = session, set(), {"run": set(), "replay": set()}
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, names, feeds, options=None):
-        self.threads.add(threading.current_thread().name)
-        self.ids["run"].add(options.get_run_config_entry("gpu_graph_id") if options else None)
-        return self.session.run(names, feeds, options)
-
-    def run_with_iobinding(self, binding, options=None):
-        self.threads.add(threading.current_thread().name)
-        self.ids["replay"].add(options.get_run_config_entry("gpu_graph_id") if options else None)
-        return self.session.run_with_iobinding(binding, options)
-
-
 def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     """The runtime keeps a graph in the capturing thread's context and reuses its scratch memory on the
     session's one stream: replays and ordinary runs alike go through the wrapper's thread."""
-    recorder = _ThreadRecorder(fuser.swapper.session)
+    recorder = RowCounter(fuser.swapper.session)
     graphed = _graphed(recorder)  # type: ignore[arg-type]
     rng = np.random.default_rng(5)
     inputs = fuser.swapper.session.get_inputs()
@@ -162,7 +141,7 @@ def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     assert recorder.threads and all(name.startswith("cuda-graph") for name in recorder.threads), recorder.threads
     # ordinary runs neither capture nor replay (without an id the runtime would capture graph 0); replays
     # name their graph, from 1 (0 is the runtime's own)
-    assert recorder.ids == {"run": {"-1"}, "replay": {"1"}}
+    assert recorder.graph_ids == {"run": {"-1"}, "bound": {"1"}}
     with pytest.raises(AttributeError, match="runs through run"):
         graphed.run_with_iobinding  # noqa: B018 - would run without a graph id, capturing graph 0
 
@@ -181,8 +160,8 @@ def graphs_on_the_cpu(monkeypatch):
     original = loader._role_session
 
     def accepting(*args):
-        session, why = original(*args[:-1], False)
-        return session, (None if args[-1] else why)
+        session, why = original(*args[:-1], None)
+        return session, (None if args[-1] is not None else why)
 
     monkeypatch.setattr(loader, "_role_session", accepting)
     monkeypatch.setattr(loader, "GRAPH_DEVICE", "cpu")
@@ -273,7 +252,5 @@ def test_a_role_the_model_set_lacks_keeps_the_pod_not_ready_and_names_it(model_r
                                   "CUDA_GRAPHS": "detector,upscaler"})
     with pytest.raises(ConfigError, match="CUDA_GRAPHS names upscaler"):
         load_fuser(settings)
-    warm = Warmup(settings=settings, exercise=False)
-    warm.ensure_started()
-    assert warm.readiness.ready_event.wait(60)
+    warm = _warm(settings, exercise=False)
     assert warm.readiness.state == "failed" and "upscaler" in warm.readiness.reason

@@ -163,7 +163,7 @@ class Warmup:
                 t = time.time()
                 fuser.models.capture_graphs()
                 readiness.timings_s["cuda_graphs"] = round(time.time() - t, 3)
-            readiness.cuda_graphs = dict(fuser.models.cuda_graphs)
+            readiness.cuda_graphs = fuser.models.cuda_graphs  # a snapshot: the property builds a new dict
             self.fuser = fuser
             if self._app_built is not None:  # prestarted: the process can answer once its app is built
                 self._app_built.wait(APP_WAIT_S)
