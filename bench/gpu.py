@@ -277,12 +277,14 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
     """Seconds from `started` to the first `/readyz` 200; then, with several workers sharing the socket,
-    waits until each has said 200 (told apart by their own cold-start time), so no load meets a loading
-    worker. `timings` gets the first ready process's own account (model_load, warmup, cold_start)."""
+    waits until each has said 200, so no load meets a loading worker. Workers are told apart by their own
+    account of the start (every timing taken by readiness, to the ms): by `cold_start` alone, two workers
+    started together can tie, and then the wait never ended (seen in CI). `timings` gets the first ready
+    process's account (model_load, warmup, cold_start)."""
     from concurrent.futures import ThreadPoolExecutor
 
     ready_s = None
-    seen: set[float] = set()
+    seen: set[tuple] = set()
 
     def ask(_: int) -> dict | None:
         try:
@@ -306,7 +308,7 @@ def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> f
                     timings.update(body.get("timings_s", {}))
                     if body.get("cuda_graphs"):  # what CUDA_GRAPHS did, role by role
                         print(f"  CUDA graphs: {body['cuda_graphs']}", flush=True)
-                seen.add(body.get("timings_s", {}).get("cold_start", 0.0))
+                seen.add(tuple(sorted((k, v) for k, v in body.get("timings_s", {}).items() if k != "batch_warmup")))
             if ready_s is not None and len(seen) >= workers:
                 return ready_s
             time.sleep(0.02)
