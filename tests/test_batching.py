@@ -256,6 +256,22 @@ def test_batch_wait_0_turns_micro_batching_off_and_it_is_off_by_default(model_ro
     assert Settings.from_env({}).batching.wait == 0.0  # measured slower on an H100 (README, GPU)
 
 
+def test_on_a_modelled_gpu_merging_makes_fewer_runs_and_serves_more(capsys):
+    """bench.batching_model: runs take turns on one lock and cost a launch overhead plus a little per row,
+    as on a GPU. Thirty-two callers through the real wrapper share runs, and the same callers without it
+    make one run each; the table says so (rates are printed, compared only as 'merged serves more')."""
+    from bench.batching_model import main
+
+    rows = main(["--concurrency", "32", "--requests", "96", "--detector", "4+0.1", "--swapper", "4+0.1",
+                 "--cpu-ms", "2"])
+    (_, _, alone, _, alone_runs), (_, _, merged, _, merged_runs) = rows
+    assert alone_runs == "detector 96/96, swapper 96/96"
+    runs = [int(part.split()[1].split("/")[0]) for part in merged_runs.split(", ")]
+    assert all(r < 96 for r in runs), merged_runs
+    assert merged > alone  # 8.2 ms of turns per request alone; merged runs share them
+    assert "without merging at most 122 requests/s" in capsys.readouterr().out  # 1000 / (4.1 + 4.1)
+
+
 def test_batching_settings_are_checked():
     with pytest.raises(ValueError, match="BATCH_WAIT_MS must be at least 0.*BATCH_MAX must be at least 1.*MODEL_FP16"):
         Settings.from_env({"BATCH_WAIT_MS": "-1", "BATCH_MAX": "0", "MODEL_FP16": "half"})
