@@ -5,7 +5,8 @@ landmarks that make no sense. FaceFusion's `face_detector_angles` (facefusion/fa
 `detect_faces_by_angle`) rotates the frame counter-clockwise by each angle (`cv2.getRotationMatrix2D`,
 positive = counter-clockwise), detects, and maps boxes and landmarks back with the inverse rotation;
 the union of all angles is then reduced by NMS whose threshold tightens with the number of angles
-(`get_nms_threshold`: 0.3 for two angles, 0.2 for three, 0.1 for four).
+(`get_nms_threshold`: 0.3 for two angles, 0.2 for three, 0.1 for four). One angle alone is searched
+on its copy only, and its faces come back as the detector's own NMS left them.
 
 We do the same with exact quarter turns (`cv2.rotate`: no interpolation, no border). The landmarks keep
 their meaning after mapping back: the detector's "left eye" of an upside-down face is still that
@@ -76,7 +77,7 @@ def detect_at_angles(detect: Callable[[np.ndarray], list[Face]], image: np.ndarr
     for angle in angles:
         rotated = image if angle == 0 else cv2.rotate(image, _ROTATIONS[angle])
         found += [_mapped(face, angle, width, height) for face in detect(rotated)]
-    if len(found) < 2:
+    if len(angles) == 1 or len(found) < 2:  # one copy: the detector's own NMS has already merged its faces
         return found
     dets = np.array([[*face.bbox, face.score] for face in found], np.float32)
     return [found[i] for i in nms(dets, _MERGE_NMS[len(angles)])]

@@ -62,6 +62,21 @@ def test_all_angles_on_an_upright_group_find_each_face_once(fuser):
         assert np.abs(a.kps - b.kps).max() < 3
 
 
+@pytest.mark.parametrize("angle", [90, 180, 270])
+def test_one_angle_alone_finds_a_turned_group(fuser, angle):
+    """A single angle other than 0 on a frame with several faces (it once raised, a 503 for the request)."""
+    photo = cv2.imread(str(shared_file("images", "two_people.jpg")))
+    height, width = photo.shape[:2]
+    upright = sorted(fuser.detect(DecodedImage(bgr=photo)), key=lambda f: f.bbox[0])
+    assert len(upright) == 2
+    turned = DecodedImage(bgr=cv2.rotate(photo, CLOCKWISE[angle]))
+    found = fuser.detect(turned, (angle,))
+    assert len(found) == 2
+    for face in upright:
+        expected = _turned(face.kps, angle, width, height)
+        assert min(np.abs(f.kps - expected).max() for f in found) < 3
+
+
 def test_an_upside_down_face_is_swapped_only_with_detector_angles(fuser):
     source = fuser.decode(shared_file("images", "obama.jpg").read_bytes())
     target = DecodedImage(bgr=cv2.rotate(cv2.imread(str(shared_file("images", "biden.jpg"))), cv2.ROTATE_180))
