@@ -210,7 +210,8 @@ OPTIONS: tuple[Option, ...] = (
                             "mask_regions; needs a face_parser)", default=("box",), items=ListOf(enum=MASK_TYPES)),
     Option("mask_blur", "number", "with mask box: the box's feather, 0 (hard edge) to 1; 0.3 is insightface's",
            default=DEFAULT_MASK_BLUR, minimum=0, maximum=1),
-    Option("mask_padding", "array", "with mask box: percent of the crop cut off its top, right, bottom and left",
+    Option("mask_padding", "array", "with mask box: percent of the crop cut off its top, right, bottom and left; "
+                                    "top + bottom and left + right each below 100",
            default=(0, 0, 0, 0), items=ListOf(minimum=0, maximum=100, min_items=4, max_items=4)),
     Option("swapper", "string", "the model set's swapper role to swap with (the manifest names them: `swapper`, "
                                 "its default, and any extra role of a swapper kind such as hyperswap or simswap)",

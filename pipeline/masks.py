@@ -67,6 +67,9 @@ class MaskOptions:
         if len(padding) != 4 or any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 100 for p in padding):
             raise InvalidOptions(f"mask_padding must be four whole percentages 0-100 (top, right, bottom, left), "
                                  f"got {self.padding!r}")
+        if padding[0] + padding[2] >= 100 or padding[1] + padding[3] >= 100:  # nothing of the swap would show
+            raise InvalidOptions(f"mask_padding cuts away the whole face: top + bottom and left + right must each "
+                                 f"stay below 100, got {list(padding)!r}")
         object.__setattr__(self, "padding", padding)
         regions = tuple(dict.fromkeys(self.regions))
         unknown = [r for r in regions if r not in REGIONS]

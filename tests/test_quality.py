@@ -130,7 +130,9 @@ def test_crop_masks_combine_as_the_minimum():
 def test_mask_options_are_checked():
     for kwargs, named in (({"types": ("box", "bogus")}, "mask must"), ({"types": ()}, "mask must"),
                           ({"blur": 1.5}, "mask_blur"), ({"padding": (1, 2, 3)}, "mask_padding"),
-                          ({"padding": (0, 0, 101, 0)}, "mask_padding"), ({"regions": ("ears",)}, "mask_regions")):
+                          ({"padding": (0, 0, 101, 0)}, "mask_padding"), ({"regions": ("ears",)}, "mask_regions"),
+                          ({"padding": (50, 0, 50, 0)}, "cuts away the whole face"),
+                          ({"padding": (0, 100, 0, 0)}, "cuts away the whole face")):
         with pytest.raises(InvalidOptions, match=named):
             MaskOptions(**kwargs)
     with pytest.raises(InvalidOptions, match="mask_regions applies to the region mask"):
@@ -252,6 +254,8 @@ def test_quality_options_over_http(servers):
     _problem(_json(full, pixel_boost=300), "pixel_boost")
     _problem(_multipart(full, pixel_boost="big"), "pixel_boost")
     _problem(_json(full, mask_padding=[1, 2]), "mask_padding")
+    _problem(_json(full, mask_padding=[60, 0, 40, 0]), "mask_padding", "whole face")  # was a 200 with nothing swapped
+    assert _json(full, mask_padding=[49, 0, 50, 0]).status_code == 200
     _problem(_json(full, mask_blur=2), "mask_blur")
     _problem(_json(bare, mask=["box", "occlusion"]), "occlusion", "occluder")
     _problem(_multipart(bare, mask="region"), "region", "face_parser")
