@@ -59,6 +59,8 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
         if uploads:
             refs[name] = uploads if len(uploads) > 1 else uploads[0]
     options = {k: v for k, v in form.items() if k != "output"}
+    if "reference" in refs:  # the upload, so that the options' check sees it (refused unless faces=reference)
+        options["reference"] = refs["reference"]
     if video:
         return video_direct.multipart(rt, request, refs, files["target"], options, form.get("output"))
     return Reply(_fuse(rt, request, refs, options, form.get("output"), form=True), "multipart")

@@ -82,14 +82,16 @@ def accept_format(accept: MIMEAccept | None, default: str) -> str:
 def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, default_format: str = "jpeg",
                   form: bool = False, accepted: bool = False) -> FuseOptions:
     """Options from multipart fields (`form`) or JSON, checked against the one option table
-    (function/options.py); a `reference` image among them is an input, set once it is read. The format is the `format`
+    (function/options.py); a `reference` image among them is an input, set once it is read (given without
+    faces=reference it is refused, as index is without faces=index). The format is the `format`
     option, else what `accept` prefers (pass it only when the image is the answer), else `default_format`.
     Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400. `accepted`: the
     options of a job an earlier revision accepted (a video's segments read them again), which rules
     added since must not fail halfway; an option of another face selection is ignored there, as it was."""
     values = validate({k: v for k, v in raw.items() if k != "reference"}, form=form)
     mode = values.get("faces", "largest")
-    wrong = None if accepted else misplaced(mode, values)
+    given = [*values, *(["reference"] if raw.get("reference") is not None else [])]  # the image, not an option
+    wrong = None if accepted else misplaced(mode, given)
     if wrong is not None:
         raise InvalidOptions(f"{wrong} applies when faces is {MODE_OPTIONS[wrong]}, not {mode}")
     selection = Selection(

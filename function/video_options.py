@@ -42,6 +42,7 @@ def _without_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
 def build(raw: Mapping[str, Any], form: bool = False, accepted: bool = False) -> VideoOptions:
     """VideoOptions from raw JSON or multipart values (a `reference` among them is left to the caller);
     `accepted`: a stored job's options, read again for each segment (function/fusion.py parse_options)."""
+    reference = raw.get("reference")
     raw = _without_reference(raw)
     video_raw = {k: v for k, v in raw.items() if k in BY_NAME}
     face_raw = {k: v for k, v in raw.items() if k not in BY_NAME}
@@ -51,7 +52,8 @@ def build(raw: Mapping[str, Any], form: bool = False, accepted: bool = False) ->
                              f"only; a video's output takes {', '.join(BY_NAME)} (its format is the output's extension)")
     errors = []
     try:
-        fuse: FuseOptions = parse_options(face_raw, form=form, accepted=accepted)
+        # the reference goes along only to be refused where faces is not reference
+        fuse: FuseOptions = parse_options({**face_raw, "reference": reference}, form=form, accepted=accepted)
     except InvalidOptions as exc:
         unknown = [k for k in face_raw if k not in IMAGE_OPTIONS]
         if unknown:  # name both tables in the message

@@ -151,7 +151,8 @@ def _fuse_options(args: argparse.Namespace, **encoding: Any) -> FuseOptions:
     """The fusion options of `fuse`'s flags, for an image or a video target alike (InvalidOptions)."""
     selection = Selection(mode=args.faces, index=args.index, min_face_size=args.min_face_size,
                           **({"reference_threshold": args.threshold} if args.threshold is not None else {}))
-    flags = {"index": ("--index", args.index), "reference_threshold": ("--threshold", args.threshold)}
+    flags = {"index": ("--index", args.index), "reference_threshold": ("--threshold", args.threshold),
+             "reference": ("--reference", args.reference)}
     wrong = misplaced(args.faces, [name for name, (_, value) in flags.items() if value is not None])
     if wrong is not None:  # as the function answers
         raise InvalidOptions(f"{flags[wrong][0]} applies when --faces is {MODE_OPTIONS[wrong]}, not {args.faces}")

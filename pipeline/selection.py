@@ -12,9 +12,9 @@ from .faces import Face
 
 MODES = ("largest", "all", "index", "reference")
 DEFAULT_REFERENCE_THRESHOLD = 0.4
-# options that only one mode reads: given beside another mode they would be silently ignored, so the
-# function and the CLI refuse them (as enhancer without enhance)
-MODE_OPTIONS = {"index": "index", "reference_threshold": "reference"}
+# options (and the reference image) that only one mode reads: given beside another mode they would be
+# silently ignored, so the function and the CLI refuse them (as enhancer without enhance)
+MODE_OPTIONS = {"index": "index", "reference_threshold": "reference", "reference": "reference"}
 
 
 def misplaced(mode: str, given: Collection[str]) -> str | None:

@@ -260,6 +260,9 @@ def test_a_video_job_accepted_before_the_rule_still_reads_its_options():
     with pytest.raises(InvalidOptions, match="index applies when faces is index"):
         video_options.build({"faces": "all", "index": 0})
     assert video_options.build({"faces": "all", "index": 0}, accepted=True).fuse.selection.mode == "all"
+    with pytest.raises(InvalidOptions, match="reference applies when faces is reference, not largest"):
+        video_options.build({"reference": "file:///faces/obama.jpg"})  # a video's reference, likewise
+    assert video_options.build({"reference": "file:///faces/obama.jpg"}, accepted=True).fuse.selection.mode == "largest"
 
 
 def test_an_option_of_another_selection_is_refused_not_ignored(server, store):
@@ -271,6 +274,15 @@ def test_an_option_of_another_selection_is_refused_not_ignored(server, store):
         assert "applies when faces is" in detail, detail
     r = requests.post(server.url + "/", json={**images, "options": {"faces": "index", "index": 1}}, timeout=60)
     assert r.status_code == 200 and r.headers["X-Faces-Swapped"] == "1", r.text
+    # a reference image without faces=reference: it chose nothing, the largest face was swapped instead
+    reference = f"file://{store}/faces/obama.jpg"
+    for body in ({**images, "reference": reference}, {**images, "options": {"faces": "all", "reference": reference}}):
+        detail = problem(requests.post(server.url + "/", json=body, timeout=60), 400)["detail"]
+        assert "reference applies when faces is reference" in detail, detail
+    detail = problem(fuse(server, target="two_people.jpg", reference="obama.jpg"), 400)["detail"]  # multipart
+    assert "reference applies when faces is reference, not largest" in detail, detail
+    r = fuse(server, target="two_people.jpg", reference="obama.jpg", faces="reference", reference_threshold="0")
+    assert r.status_code == 200, r.text
 
 
 def test_a_multipart_body_that_cannot_be_parsed_says_so(server):

@@ -81,6 +81,7 @@ def obama() -> str:
     (["--threshold", "3"], "reference_threshold"),
     (["--index", "1"], "--index applies when --faces is index, not largest"),
     (["--faces", "all", "--threshold", "0.5"], "--threshold applies when --faces is reference, not all"),
+    (["--reference", "ref.jpg"], "--reference applies when --faces is reference, not largest"),  # before it is read
     (["--min-face-size", "-5"], "min_face_size"),
 ])
 def test_invalid_option_values_are_usage_errors(tmp_path, cli_env, obama, extra, needle):
