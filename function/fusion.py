@@ -68,7 +68,8 @@ def accept_format(accept: MIMEAccept | None, default: str) -> str:
     """The output format an Accept header prefers, by werkzeug's parsing (q-values, wildcards).
 
     Of equally acceptable types the one the client lists first wins, then `default`; a header that
-    names none of ours (or only wildcards, or refuses them all with q=0) leaves `default`.
+    names none of ours (or only wildcards) leaves `default`. A type refused with q=0 is never written:
+    `image/jpeg;q=0` alone gets PNG, and a header that refuses all of ours is a 406.
     """
     if accept is None:
         return default
@@ -76,7 +77,20 @@ def accept_format(accept: MIMEAccept | None, default: str) -> str:
     listed = [value.lower() for value, _ in accept]
     order = sorted(media, key=lambda m: (listed.index(m) if m in listed else len(listed), media[m] != default))
     best = accept.best_match(order)
-    return media[best] if best else default
+    if best:
+        return media[best]
+    left = [m for m in order if not _refused(accept, m)]
+    if not left:
+        raise Problem(406, "not-acceptable", f"the Accept header refuses every image type this function writes "
+                                             f"({', '.join(media)}); the format option picks one too")
+    return default if OUTPUT_FORMATS[default] in left else media[left[0]]
+
+
+def _refused(accept: MIMEAccept, media_type: str) -> bool:
+    """Whether the header refuses `media_type` outright (q=0 on its most specific match), rather than
+    merely not naming it."""
+    matches = (media_type, media_type.split("/")[0] + "/*", "*/*")
+    return accept.quality(media_type) == 0 and any(q == 0 and value.lower() in matches for value, q in accept)
 
 
 def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, default_format: str = "jpeg",

@@ -86,7 +86,7 @@ SPEC: dict = {
                                            "`Location: /jobs/<id>`",
                             "headers": {"Location": {"schema": {"type": "string"},
                                                      "description": "with a video job: its status URL"}}},
-                    **{str(code): _problem for code in (400, 401, 403, 413, 415, 422, 429, 503, 504)},
+                    **{str(code): _problem for code in (400, 401, 403, 406, 413, 415, 422, 429, 503, 504)},
                     "405": _not_allowed,
                 },
             },

@@ -30,6 +30,7 @@ TITLES = {
     404: "Not Found",
     408: "Request Timeout",
     405: "Method Not Allowed",
+    406: "Not Acceptable",
     413: "Content Too Large",
     414: "URI Too Long",
     415: "Unsupported Media Type",

@@ -187,6 +187,9 @@ def test_client_that_closed_is_not_fused(server, store):
     ("*/*;q=0.1, image/webp", "image/webp"),
     ("*/*", "image/jpeg"),
     ("image/*", "image/jpeg"),
+    ("image/jpeg;q=0", "image/png"),  # refused, it was written all the same
+    ("image/jpeg;q=0, image/png;q=0", "image/webp"),
+    ("image/*;q=0, image/webp;q=0.2", "image/webp"),
     ("application/json", "image/jpeg"),
     (None, "image/jpeg"),
 ])
@@ -194,6 +197,14 @@ def test_accept_honours_q_values_and_order(server, accept, expected):
     r = fuse(server, headers={"Accept": accept})  # None: no Accept header at all
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"] == expected
+
+
+@pytest.mark.parametrize("accept", ["*/*;q=0", "image/*;q=0", "image/jpeg;q=0, image/png;q=0, image/webp;q=0"])
+def test_an_accept_that_refuses_every_image_type_is_406_unless_format_is_given(server, accept):
+    body = problem(fuse(server, headers={"Accept": accept}), 406)
+    assert body["type"].endswith("/not-acceptable") and "format" in body["detail"]
+    r = fuse(server, headers={"Accept": accept}, format="png")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
 
 
 def test_format_option_beats_accept_and_accept_never_picks_a_written_format(server, store):
