@@ -19,6 +19,7 @@ import requests
 import yaml
 
 from .conftest import REPO, shared_file
+from .container.checks import inflight, slow_target
 from .server import CONFIG_VARS, free_port
 
 KNATIVE = REPO / "knative"
@@ -277,17 +278,28 @@ def test_entrypoint_serves_probes_and_drains_on_sigterm(model_root, tmp_path):
                 if requests.get(url + container["readinessProbe"]["httpGet"]["path"], timeout=2).status_code == 200:
                     break
             except requests.RequestException:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         ready = requests.get(url + "/readyz", timeout=5).json()
         assert ready["status"] == "ready" and ready["revision"] == "facefusion-00042"
         assert requests.get(url + container["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
+        # Solvay at twice its size, faces=all, a PNG answer: seconds of work, and SIGTERM is sent once it
+        # shows in flight (a fixed sleep was as long as the whole fusion on a faster machine)
         files = {"source": shared_file("images", "obama.jpg").read_bytes(),
-                 "target": shared_file("images", "solvay_conference_1927.png").read_bytes()}
+                 "target": slow_target(shared_file("images", "solvay_conference_1927.png").parent)}
         result = {}
-        worker = threading.Thread(target=lambda: result.update(
-            r=requests.post(url + "/", files=files, data={"faces": "all", "format": "png"}, timeout=120)))
+
+        def post() -> None:
+            result["r"] = requests.post(url + "/", files=files, data={"faces": "all", "format": "png"}, timeout=120)
+            result["done"] = time.monotonic()
+
+        worker = threading.Thread(target=post, daemon=True)
         worker.start()
-        time.sleep(0.4)  # the fusion is decoding / detecting now
+        deadline = time.monotonic() + 30
+        while inflight(url + "/") < 1:
+            assert "done" not in result and time.monotonic() < deadline, result
+            time.sleep(0.02)
+        killed = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         refused = requests.post(url + "/", files=files, timeout=30)
@@ -295,6 +307,7 @@ def test_entrypoint_serves_probes_and_drains_on_sigterm(model_root, tmp_path):
         assert requests.get(url + "/readyz", timeout=5).status_code == 503  # the load balancer stops routing
         worker.join(timeout=120)
         assert result["r"].status_code == 200 and result["r"].headers["X-Faces-Swapped"] == "29"
+        assert result["done"] > killed  # the fusion was drained, not done before the signal
         proc.wait(timeout=service_doc()["spec"]["template"]["spec"]["timeoutSeconds"])
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/healthz", timeout=2)
