@@ -96,10 +96,12 @@ def test_memory_storage_events(memory_server):
 def moto_s3():
     server_mod = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # port 0: the kernel picks a free one as the server binds (a port found free earlier can be taken
+    # by then, and a failed bind leaves start() waiting for good)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 

@@ -177,6 +177,7 @@ def test_a_worker_killed_mid_segment_leaves_no_part_and_the_redelivery_completes
         deadline = time.time() + 30
         while not (folder / "part-0000.mp4.facefusion.lease").exists() and time.time() < deadline:
             time.sleep(0.01)
+        assert (folder / "part-0000.mp4.facefusion.lease").exists(), "the segment never took its lease"
         time.sleep(0.05)  # inside the fusion: a segment takes ten detector runs, 0.3 s was as long as one
         _kill(server)
         assert (folder / "part-0000.mp4.facefusion.lease").exists()  # the killed worker's lease is left behind

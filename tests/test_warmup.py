@@ -226,7 +226,11 @@ def test_readiness_is_503_until_warm(tmp_path, scrfd_path):
         seen = []
         deadline = time.time() + 120
         while time.time() < deadline:
-            r = requests.get(server.url + "/readyz", timeout=5)
+            try:  # loading a 300 MB set holds the GIL: on a slow or busy machine an answer can take seconds
+                r = requests.get(server.url + "/readyz", timeout=30)
+            except requests.RequestException:
+                time.sleep(0.05)
+                continue
             seen.append((r.status_code, r.json()["status"]))
             if r.status_code == 200:
                 break
