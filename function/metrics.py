@@ -3,16 +3,24 @@
 Names and units follow Prometheus conventions (`_seconds`, `_bytes`, `_total`, `_ratio`). Every
 metric here is documented in docs/observability.md; knative/observability/ queries only these (and
 says where it uses one of Knative's own).
+
+With WORKERS > 1 the supervisor (function/serve.py) gives every worker one PROMETHEUS_MULTIPROC_DIR, and
+prometheus_client's multiprocess mode keeps each worker's values in files there: a scrape, which reaches
+one worker through the shared socket, then reads the whole pod (counters and histograms summed, each
+gauge as its `multiprocess_mode` says). Before, each scrape saw one worker's counters, a total that
+jumped between workers' values and read as resets. The scrape-time collectors (GPU, image codec) still
+say what the answering worker sees.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,14 +30,19 @@ REGISTRY = CollectorRegistry()
 REQUESTS = Counter("facefusion_requests_total", "Requests by route, kind and status", ["route", "kind", "status"], registry=REGISTRY)
 STAGE_SECONDS = Histogram("facefusion_stage_seconds", "Time per pipeline stage", ["stage"], registry=REGISTRY,
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-INFLIGHT = Gauge("facefusion_inflight_fusions", "Fusions running now", registry=REGISTRY)
-COLD_START = Gauge("facefusion_cold_start_seconds", "Process start to ready", registry=REGISTRY)
-MODEL_LOAD = Gauge("facefusion_model_load_seconds", "Time to verify and load the model set", registry=REGISTRY)
+# multiprocess_mode (WORKERS > 1 only): how the workers' values of a gauge make the pod's
+INFLIGHT = Gauge("facefusion_inflight_fusions", "Fusions running now", registry=REGISTRY, multiprocess_mode="livesum")
+COLD_START = Gauge("facefusion_cold_start_seconds", "Process start to ready", registry=REGISTRY,
+                   multiprocess_mode="livemax")
+MODEL_LOAD = Gauge("facefusion_model_load_seconds", "Time to verify and load the model set", registry=REGISTRY,
+                   multiprocess_mode="livemax")
 MODEL_PROVIDER = Gauge("facefusion_model_provider_info", "1 for the execution provider each model runs on",
-                       ["role", "provider"], registry=REGISTRY)
+                       ["role", "provider"], registry=REGISTRY, multiprocess_mode="livemax")
 MODEL_CUDA_GRAPH = Gauge("facefusion_model_cuda_graph", "1 where a model's runs replay as CUDA graphs, 0 where "
-                         "CUDA_GRAPHS names it but they are off (/readyz says why)", ["role"], registry=REGISTRY)
-READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY)
+                         "CUDA_GRAPHS names it but they are off (/readyz says why)", ["role"], registry=REGISTRY,
+                         multiprocess_mode="livemin")
+READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY,
+              multiprocess_mode="livemin")  # a pod whose workers are not all ready reads 0
 
 # -- operators' questions (docs/observability.md) ----------------------------------------------------
 REQUEST_SECONDS = Histogram(
@@ -45,8 +58,8 @@ QUEUE_WAIT = Histogram(
 EVENTS = Counter("facefusion_events_total", "Events by type and outcome: done, duplicate, ignored, retry (a "
                  "retryable failure: Eventing redelivers) or failed (not retryable: Eventing dead-letters it at once)",
                  ["event_type", "outcome"], registry=REGISTRY)
-INFO = Gauge("facefusion_info", "1 per serving process, labelled with its service and revision (count it for pods "
-             "per revision)", ["service", "revision"], registry=REGISTRY)
+INFO = Gauge("facefusion_info", "1 per pod, labelled with its service and revision (count it for pods per revision)",
+             ["service", "revision"], registry=REGISTRY, multiprocess_mode="livemax")
 COLD_START_SECONDS = Histogram(
     "facefusion_cold_start_duration_seconds", "Process start to ready, observed once per process", ["revision"],
     registry=REGISTRY, buckets=(1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600))
@@ -115,7 +128,8 @@ class GpuCollector(Collector):
         yield from (used, total, util)
 
 
-REGISTRY.register(GpuCollector())
+GPU = GpuCollector()
+REGISTRY.register(GPU)
 
 
 class ImageCodecCollector(Collector):
@@ -150,4 +164,12 @@ REGISTRY.register(IMAGE_CODEC_IMAGES)
 
 
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    """The exposition of /metrics: this process's registry, or with WORKERS > 1 every worker's values."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return generate_latest(REGISTRY)
+    pod = CollectorRegistry()
+    multiprocess.MultiProcessCollector(pod, path=folder)
+    for collector in (GPU, IMAGE_CODEC_IMAGES):
+        pod.register(collector)
+    return generate_latest(pod)

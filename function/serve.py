@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -118,14 +121,26 @@ def serve(sock: socket.socket, config: FunctionConfig) -> None:
 
 def supervise(sock: socket.socket, workers: int) -> int:
     """WORKERS > 1: run that many fresh serving processes on `sock`; restart any that dies; pass
-    SIGTERM and SIGINT on; exit 0 once all have left after a signal."""
+    SIGTERM and SIGINT on; exit 0 once all have left after a signal. The workers share one folder of
+    metric files (PROMETHEUS_MULTIPROC_DIR, function/metrics.py), so any worker's /metrics speaks for all."""
     cmd = [sys.executable, "-m", "function.serve", "--listen-fd", str(sock.fileno())]
+    metrics_dir = tempfile.mkdtemp(prefix="facefusion-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    try:
+        return _supervise(sock, workers, cmd, env, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str, str], metrics_dir: str) -> int:
+    from prometheus_client import multiprocess
+
     stopping = threading.Event()
     procs: dict[int, subprocess.Popen] = {}
 
     def start(slot: int) -> None:
         # same process group: a SIGKILL of the group (or a container's end) takes the workers along
-        procs[slot] = subprocess.Popen(cmd, pass_fds=(sock.fileno(),))
+        procs[slot] = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env)
         if stopping.is_set():  # a signal arrived while it was being started: it must leave too
             with contextlib.suppress(ProcessLookupError):
                 procs[slot].send_signal(signal.SIGTERM)
@@ -149,6 +164,7 @@ def supervise(sock: socket.socket, workers: int) -> int:
         for slot, proc in list(procs.items()):
             if slot in statuses or proc.poll() is None:
                 continue
+            multiprocess.mark_process_dead(proc.pid, metrics_dir)  # its live gauges no longer count
             if stopping.is_set():
                 statuses[slot] = proc.returncode
                 continue

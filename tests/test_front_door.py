@@ -226,6 +226,40 @@ def test_two_workers_serve_and_drain(model_root, tmp_path):
     assert "Traceback" not in srv.log_path.read_text(errors="replace")
 
 
+def _pod_metrics(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {f"{s.name}{sorted(s.labels.items())}": s.value for family in text_string_to_metric_families(text)
+            for s in family.samples}
+
+
+def test_with_several_workers_every_scrape_counts_the_whole_pod(model_root, tmp_path):
+    """A scrape reaches one worker through the shared socket; it saw that worker's counters alone, so
+    the pod's total jumped between workers' values (read as counter resets) and undercounted."""
+    images = {"source": shared_file("images", "obama.jpg").read_bytes(),
+              "target": shared_file("images", "biden.jpg").read_bytes()}
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"})
+    try:
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        folders = {Path(f"/proc/{pid}/environ").read_bytes().split(b"PROMETHEUS_MULTIPROC_DIR=")[1].split(b"\0")[0]
+                   for pid in children}
+        assert len(folders) == 1  # one folder for the pod
+        for _ in range(6):
+            assert requests.post(srv.url + "/", files=images, timeout=60).status_code == 200
+        key = "facefusion_requests_total[('kind', 'multipart'), ('route', '/'), ('status', '200')]"
+        for _ in range(8):  # whichever worker answers
+            scraped = _pod_metrics(srv.url)
+            assert scraped[key] == 6, {k: v for k, v in scraped.items() if k.startswith("facefusion_requests_total")}
+            info = [v for k, v in scraped.items() if k.startswith("facefusion_info[")]
+            assert info == [1.0]  # one pod, whatever its workers
+            assert scraped["facefusion_inflight_fusions[]"] == 0
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0
+    assert not Path(next(iter(folders)).decode()).exists()  # the supervisor removes it
+
+
 def test_several_workers_default_to_waiting_for_readiness():
     """The pod is ready once one worker is; a fusion reaching a sibling that still loads waits for it
     (READY_WAIT_S defaults to 30 s with WORKERS > 1) instead of failing with 503."""
