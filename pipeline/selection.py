@@ -61,6 +61,10 @@ def choose(faces: list[Face], selection: Selection, candidates: list[int], refer
         return [max(candidates, key=lambda i: faces[i].area)]
     if selection.mode == "index":
         if selection.index not in candidates:
+            if selection.index is not None and selection.index < len(faces):  # it exists, but is too small
+                raise InvalidOptions(f"face index {selection.index} is smaller than min_face_size "
+                                     f"{selection.min_face_size} px; faces large enough: "
+                                     f"{', '.join(map(str, candidates))} of {len(faces)} found")
             raise InvalidOptions(f"face index {selection.index} does not exist; {len(faces)} face(s) found")
         return [int(selection.index)]
     if reference is None:

@@ -148,6 +148,19 @@ def test_min_face_size_filters_small_faces(fuser: Fuser, obama, t1):
         fuser.fuse(obama, t1, FuseOptions(selection=Selection("all", min_face_size=10_000)))
 
 
+def test_an_index_below_min_face_size_says_so(fuser: Fuser, obama, t1):
+    """It said "face index 0 does not exist" of a face that exists and is only too small."""
+    from pipeline.selection import order_faces
+
+    sizes = [min(f.width, f.height) for f in order_faces(fuser.detect(t1))]
+    small = min(range(len(sizes)), key=sizes.__getitem__)
+    limit = int(sizes[small]) + 1
+    with pytest.raises(InvalidOptions, match=f"face index {small} is smaller than min_face_size {limit} px"):
+        fuser.fuse(obama, t1, FuseOptions(selection=Selection("index", index=small, min_face_size=limit)))
+    with pytest.raises(InvalidOptions, match=f"face index {len(sizes)} does not exist; {len(sizes)} face"):
+        fuser.fuse(obama, t1, FuseOptions(selection=Selection("index", index=len(sizes), min_face_size=limit)))
+
+
 def test_source_without_face(fuser: Fuser, t1):
     blank = DecodedImage(bgr=np.full((300, 400, 3), 200, np.uint8))
     with pytest.raises(NoSourceFace):
