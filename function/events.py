@@ -218,11 +218,36 @@ def from_minio(body: dict, limit: int) -> list[EventJob]:
     return jobs
 
 
+REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
+
+
 def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
     try:
         return from_http(headers, body)
     except Exception as exc:  # the SDK raises several exception types for malformed input
+        missing = _missing_attributes(headers, body)
+        if missing:  # the SDK says "Failed to find specversion" whichever one is missing
+            raise Problem(400, "malformed-event", f"not a valid CloudEvent: it lacks the required "
+                                                  f"{', '.join(missing)}") from exc
         raise Problem(400, "malformed-event", f"not a valid CloudEvent: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _missing_attributes(headers: dict[str, str], body: bytes) -> list[str]:
+    """The required context attributes a binary-mode (ce-* headers) or structured-mode event lacks, as the
+    sender names them, or the mark of either mode where the request has neither; [] where that cannot be
+    told (a structured body that is not a JSON object)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "ce-specversion" in lower:
+        return [f"ce-{name} header" for name in REQUIRED_ATTRIBUTES if not lower.get(f"ce-{name}")]
+    if lower.get("content-type", "").split(";")[0].strip().lower() == "application/cloudevents+json":
+        try:
+            event = json.loads(body)
+        except (ValueError, RecursionError):
+            return []
+        if isinstance(event, dict):
+            return [f"'{name}' attribute" for name in REQUIRED_ATTRIBUTES if not event.get(name)]
+        return []
+    return ["ce-specversion header (binary mode) or a Content-Type of application/cloudevents+json (structured mode)"]
 
 
 def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:

@@ -265,6 +265,16 @@ def _good_request(server) -> None:
 def test_status_400_malformed_event_and_request(server):
     r = requests.post(server.url + "/", data=b"{}", headers={"ce-specversion": "1.0", "Content-Type": "application/json"}, timeout=30)
     assert_problem(r, 400)
+    # the problem names what is missing (the SDK said "Failed to find specversion" of a sent ce-specversion)
+    binary = {"ce-specversion": "1.0", "ce-type": "x.y", "ce-source": "/x", "Content-Type": "application/json"}
+    detail = assert_problem(requests.post(server.url + "/", data=b"{}", headers=binary, timeout=30), 400)["detail"]
+    assert "lacks the required ce-id header" in detail and "specversion" not in detail, detail
+    structured = {"specversion": "1.0", "type": "x.y", "id": "1", "data": {}}
+    r = requests.post(server.url + "/", data=json.dumps(structured),
+                      headers={"Content-Type": "application/cloudevents+json"}, timeout=30)
+    assert "lacks the required 'source' attribute" in assert_problem(r, 400)["detail"]
+    r = requests.post(server.url + "/dead-letter", json={}, timeout=30)
+    assert "ce-specversion header (binary mode)" in assert_problem(r, 400)["detail"]
     r = requests.post(server.url + "/", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
     assert_problem(r, 400)
     files, _ = multipart()
