@@ -65,6 +65,11 @@ def build_app():
     from function.front_door import FrontDoor, Protocol
 
     flask_app = functions_framework.create_app(target=TARGET, source=str(SOURCE))
+    # functions-framework answers /robots.txt and /favicon.ico, and Flask /static/..., with HTML 404s of
+    # their own that no log line or metric saw; every path goes to the function, which routes all (main.py)
+    run = flask_app.view_functions["run"]
+    for endpoint in ("error", "static"):
+        flask_app.view_functions[endpoint] = lambda run=run, **_: run(path="")
     module = sys.modules["main"]  # the module functions-framework loaded from SOURCE
     # the settings the function itself read (a bad value is its default here and fails /readyz)
     limits = module.RUNTIME.config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -337,6 +338,7 @@ def test_options_webhook_handshake(server):
 
 
 def test_health_ready_metrics(server):
+    _good_request(server)  # a fusion, so the stage histograms have series whatever ran before
     assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
     ready = requests.get(server.url + "/readyz", timeout=5).json()
     assert ready["status"] == "ready" and ready["revision"] == REVISION and ready["model_version"] == "test"
@@ -345,6 +347,12 @@ def test_health_ready_metrics(server):
     assert "facefusion_cold_start_seconds" in text
     assert_problem(requests.get(server.url + "/nope", timeout=5), 404)
     assert_problem(requests.delete(server.url + "/", timeout=5), 405)
+    # paths functions-framework and Flask answered themselves, in HTML, unseen by logs and metrics
+    for path in ("/favicon.ico", "/robots.txt", "/static/x.js"):
+        for method in ("GET", "POST"):
+            assert_problem(requests.request(method, server.url + path, timeout=5), 404)
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    assert re.search(r'facefusion_requests_total\{kind="[^"]*",route="other",status="404"\} ([6-9]|\d\d)', text), text
 
 
 def test_logs_are_json_lines_without_image_bytes(server):
