@@ -13,7 +13,7 @@ from pipeline.sources import MAX_SOURCES
 
 from . import video_direct
 from .front_door import DISCONNECTED
-from .fusion import format_for_uri, fusion_headers, parse_options
+from .fusion import fusion_headers, parse_options
 from .inputs import ImageRef, Refs, about, fuse_inputs, image_ref, output_uri, source_refs, write_output
 from .options import IMAGE_FIELDS
 from .problems import Problem
@@ -145,7 +145,7 @@ def _fuse(rt: Runtime, request: flask.Request, refs: Refs, raw: dict[str, Any], 
     out_uri = output_uri(rt, output, refs.values()) if output else None
     # Accept is about the answer: it picks the format only when the image is the answer
     options = parse_options(raw, accept=None if out_uri else request.accept_mimetypes,
-                            default_format=format_for_uri(out_uri) if out_uri else "jpeg", form=form)
+                            output_uri=out_uri, form=form)
     fuser = rt.fuser()  # after the caller's mistakes: a bad request is a 400 even while not ready
     _stop_if_gone(request, "the fusion started")
     with rt.limiter.slot():

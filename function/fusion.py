@@ -93,12 +93,11 @@ def _refused(accept: MIMEAccept, media_type: str) -> bool:
     return accept.quality(media_type) == 0 and any(q == 0 and value.lower() in matches for value, q in accept)
 
 
-def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, default_format: str = "jpeg",
+def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, output_uri: str | None = None,
                   form: bool = False, accepted: bool = False) -> FuseOptions:
     """Options from multipart fields (`form`) or JSON, checked against the one option table
     (function/options.py); a `reference` image among them is an input, set once it is read (given without
-    faces=reference it is refused, as index is without faces=index). The format is the `format`
-    option, else what `accept` prefers (pass it only when the image is the answer), else `default_format`.
+    faces=reference it is refused, as index is without faces=index). The format: see `output_format`.
     Invalid values raise the pipeline's InvalidOptions, which the boundary maps to 400. `accepted`: the
     options of a job an earlier revision accepted (a video's segments read them again), which rules
     added since must not fail halfway; an option of another face selection is ignored there, as it was."""
@@ -117,7 +116,7 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, defa
     masks = mask_options(values.get("mask"), values.get("mask_blur"), values.get("mask_padding"),
                          values.get("mask_regions"))
     return FuseOptions(selection=selection, enhance=values.get("enhance", False),
-                       output_format=values.get("format") or accept_format(accept, default_format),
+                       output_format=output_format(values, accept, output_uri),
                        quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks,
                        swapper=values.get("swapper", "swapper"), swapper_weight=values.get("swapper_weight", 0.5),
                        enhancement=EnhancerOptions(values.get("enhancer"), values.get("enhancer_blend"),
@@ -150,9 +149,25 @@ def fusion_headers(result: EncodedFusion, timer: StageTimer) -> dict[str, str]:
     }
 
 
-def format_for_uri(uri: str) -> str:
-    """The output format an output URI's extension names; JPEG when it names none we write."""
+def output_format(values: Mapping[str, Any], accept: MIMEAccept | None, output_uri: str | None) -> str:
+    """The `format` option, else the output URI's extension (with `output_uri`), else what `accept`
+    prefers (pass it only when the image is the answer), else JPEG. Refused (400) rather than silently
+    done: a `format` that an output's extension contradicts (`a.png` written with JPEG bytes), and a
+    `quality` for a PNG, which is lossless and has none."""
+    extension = _uri_format(output_uri) if output_uri else None
+    given = normalise_format(values["format"]) if values.get("format") else None
+    if given and extension and given != extension:
+        raise InvalidOptions(f"format {values['format']} disagrees with the output's extension "
+                             f"{posixpath.splitext(output_uri or '')[1]}: give one or the other")
+    chosen = given or extension or ("jpeg" if output_uri else accept_format(accept, "jpeg"))
+    if chosen == "png" and values.get("quality") is not None:
+        raise InvalidOptions("quality applies to JPEG and WebP; a PNG is lossless and has none")
+    return chosen
+
+
+def _uri_format(uri: str) -> str | None:
+    """The output format an output URI's extension names; None when it names none we write."""
     try:
         return normalise_format(posixpath.splitext(uri)[1].lstrip("."))
     except InvalidOptions:
-        return "jpeg"
+        return None

@@ -21,7 +21,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from . import events, fanout, leases, observe, storage, video_media
-from .fusion import format_for_uri, parse_options
+from .fusion import parse_options
 from .inputs import (
     MARKER_SUFFIX,
     Refs,
@@ -56,7 +56,7 @@ def _fuse_to_uri(rt: Runtime, refs: Refs, out_uri: str, raw: dict[str, Any], ide
 
     The output's lease keeps a concurrent delivery of the same event from fusing too: it gets a
     retryable 429 and, redelivered later, finds the marker."""
-    options = parse_options(raw, default_format=format_for_uri(out_uri))
+    options = parse_options(raw, output_uri=out_uri)
     fuser = rt.fuser()  # after the request's own mistakes: a bad event is a 400, not retried while not ready
     timeout = rt.config.storage_timeout_s
     owner = leases.claim(out_uri, rt.config.lease_ttl_s, timeout)

@@ -217,6 +217,20 @@ def test_format_option_beats_accept_and_accept_never_picks_a_written_format(serv
     assert r.json()["media_type"] == "image/png" and Image.open(out).format == "PNG"  # the URI's extension
 
 
+def test_a_format_the_output_contradicts_and_a_quality_for_png_are_refused(server, store):
+    """Silently done, they wrote JPEG bytes into a.png, and ignored the quality a client asked for."""
+    images = {"source": f"file://{store}/faces/obama.jpg", "target": f"file://{store}/faces/obama.jpg"}
+    out = store / "accept" / "contradicted.png"
+    r = requests.post(server.url + "/", json={**images, "output": f"file://{out}", "format": "jpeg"}, timeout=60)
+    assert "disagrees with the output's extension .png" in problem(r, 400)["detail"] and not out.exists()
+    r = requests.post(server.url + "/", json={**images, "output": f"file://{out}", "format": "png"}, timeout=60)
+    assert r.status_code == 200 and Image.open(out).format == "PNG", r.text  # agreeing is fine
+    for answer in (fuse(server, format="png", quality="10"), fuse(server, headers={"Accept": "image/png"}, quality="10"),
+                   requests.post(server.url + "/", json={**images, "output": f"file://{out}", "quality": 10}, timeout=60)):
+        assert "quality applies to JPEG and WebP" in problem(answer, 400)["detail"]
+    assert fuse(server, format="webp", quality="10").headers["Content-Type"] == "image/webp"
+
+
 # -- 14: one option schema -------------------------------------------------------------------------
 @pytest.mark.parametrize("opts,named", [
     ({"faces": "index", "index": 1.5}, "index"),
@@ -242,9 +256,9 @@ def test_json_options_must_have_their_types(server, store, opts, named, where):
 def test_json_options_well_typed_are_taken(server, store):
     images = {"source": f"file://{store}/faces/obama.jpg", "target": f"file://{store}/faces/obama.jpg"}
     r = requests.post(server.url + "/", json={**images, "reference": images["source"],
-                                             "options": {"quality": 50.0, "enhance": False, "format": "png",
+                                             "options": {"quality": 50.0, "enhance": False, "format": "webp",
                                                          "faces": "reference", "reference_threshold": 0}}, timeout=60)
-    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/webp", r.text
     r = requests.post(server.url + "/", json={**images, "format": "png", "options": {"format": "webp"}}, timeout=60)
     assert "given both" in problem(r, 400)["detail"]
 
