@@ -113,7 +113,7 @@ def test_concurrent_detections_merge_into_one_run_of_the_uint8_graph(prepared):
     """Three callers at once: the first runs alone (the session was idle), the other two share a run, and
     each gets the faces of its own photo; the micro-batcher's warm-up feeds the uint8 input too."""
     plain = _detector(prepared)
-    slow = RowCounter(plain.session, delay_s=0.2)
+    slow = RowCounter(plain.session, delay_s=0.5)  # the others reach the batcher while the first runs
     batcher = MicroBatcher(slow, wait_ms=2000, max_size=4)
     assert batcher.warm() == [1, 2, 4] and slow.rows == [1, 2, 4]
     slow.rows.clear()

@@ -114,7 +114,9 @@ def test_a_download_past_its_deadline_stops_and_leaves_no_file(tmp_path):
     fsspec.register_implementation("gatedtest", GatedFS, clobber=True)
     dest = tmp_path / "clip.mp4"
     with pytest.raises(Problem) as caught:
-        video_files.fetch("gatedtest://clip.mp4", dest, 1 << 30, timeout=0.05)
+        # the gate stays shut, so the 504 is certain; 0.5 s leaves the size look-up (which has the same
+        # deadline) time enough on a busy machine to reach the open that the rest of the test waits on
+        video_files.fetch("gatedtest://clip.mp4", dest, 1 << 30, timeout=0.5)
     assert caught.value.status == 504
     gated.opened.set()  # the source opens only now, after the caller gave up
     deadline = time.time() + 30
@@ -131,11 +133,11 @@ def test_a_lease_held_past_its_ttl_is_renewed_and_released(tmp_path, scheme):
     uri = f"memory:///held-{uuid.uuid4().hex}/part.mp4" if scheme == "memory" else f"file://{tmp_path}/part.mp4"
     fs, path = fsspec.core.url_to_fs(uri + leases.LEASE_SUFFIX)
     refused = 0
-    with leases.held(uri, ttl=1, timeout=5) as owner:
-        until = time.time() + 3  # three TTLs of work
+    with leases.held(uri, ttl=2, timeout=5) as owner:  # renewed every 2/3 s: a 1 s TTL failed on a stall of 0.67 s
+        until = time.time() + 6  # three TTLs of work
         while time.time() < until:
             with pytest.raises(Problem) as caught:
-                leases.claim(uri, ttl=1, timeout=5)
+                leases.claim(uri, ttl=2, timeout=5)
             assert caught.value.status == 429 and caught.value.code == "in-progress"
             refused += 1
             time.sleep(0.2)
