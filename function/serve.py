@@ -14,7 +14,9 @@ that imported anything) on one listening socket that this process binds and keep
 is started again, and SIGTERM is passed on to all of them.
 
 SIGTERM: the drain of function/shutdown.py (503 for new work, in-flight fusions finish), then the
-server stops, waits up to GRACE_S for the answers still being written, and the process exits 0.
+server stops, waits up to GRACE_S for the answers still being written, and the process exits 0. A
+SIGTERM that comes before the server runs (while the app is imported and built) ends the process at
+once, also with 0: nothing was accepted yet.
 """
 
 from __future__ import annotations
@@ -77,8 +79,20 @@ def build_app():
     return FrontDoor(flask_app, limits, module.precheck, module.PROBE_PATHS), module, limits
 
 
+def _leave_before_serving(signum: int, frame: object) -> None:
+    """SIGTERM before the server runs (a pod, or a sibling worker set, stopped while this process imports
+    and builds the app): nothing has been accepted yet, so there is nothing to drain. Leave at once with
+    0, as after a drain, instead of dying by the signal (-15, which a supervisor reports as a failure).
+    No import and no logging here: the signal may arrive in the middle of either."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
+
+
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
+    signal.signal(signal.SIGTERM, _leave_before_serving)  # until the server's own handler (below) takes over
     from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)

@@ -6,7 +6,11 @@ and a reduced run of bench/attack.py (statuses only, no timing thresholds)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +20,7 @@ import requests
 
 from bench.attack import _read_status, send_body
 
-from .conftest import shared_file
+from .conftest import REPO, shared_file
 from .server import FunctionServer
 
 TOKEN = "front-door-token"
@@ -258,6 +262,31 @@ def test_with_several_workers_every_scrape_counts_the_whole_pod(model_root, tmp_
         srv.stop()
     assert srv.proc.returncode == 0
     assert not Path(next(iter(folders)).decode()).exists()  # the supervisor removes it
+
+
+def test_sigterm_while_the_app_is_built_leaves_at_once_with_0(tmp_path):
+    """A pod (or a worker set) stopped while a process imports and builds the app: it died by the signal
+    (-15), which the supervisor reported as a failure. The build is held here, as slow imports would."""
+    script = ("import time, function.serve as s\n"
+              "from function.config import FunctionConfig\n"
+              "s.build_app = lambda: time.sleep(600)  # the imports and the app's build, taking their time\n"
+              "s.serve(s.bind('127.0.0.1', 0), FunctionConfig.from_env())\n")
+    env = {**os.environ, "MODEL_PATH": str(tmp_path / "none"), "CACHE_PATH": str(tmp_path / "c")}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                          if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):  # a handler for SIGTERM is set
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read().decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
 
 
 def test_several_workers_default_to_waiting_for_readiness():
