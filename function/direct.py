@@ -53,6 +53,8 @@ def multipart(rt: Runtime, request: flask.Request) -> Reply:
         uploads = []
         for upload in files.getlist(name):
             data = upload.read(limit + 1)
+            if name == "reference" and not data and not upload.filename:
+                continue  # an HTML form's file input left blank: no reference, as an empty text field is no option
             if len(data) > limit:
                 raise Problem(413, "image-too-large", f"'{name}' exceeds {limit} bytes", image=name)
             uploads.append(ImageRef(data=data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from werkzeug.datastructures import MIMEAccept
@@ -61,19 +61,20 @@ class InflightLimiter:
             self._sem.release()
 
 
-_MEDIA_FORMATS = {media: name for name, media in OUTPUT_FORMATS.items()}  # image/png -> png
+LOSSY = ("jpeg", "webp")  # the formats `quality` applies to
 
 
-def accept_format(accept: MIMEAccept | None, default: str) -> str:
+def accept_format(accept: MIMEAccept | None, default: str, formats: tuple[str, ...] = tuple(OUTPUT_FORMATS)) -> str:
     """The output format an Accept header prefers, by werkzeug's parsing (q-values, wildcards).
 
     Of equally acceptable types the one the client lists first wins, then `default`; a header that
     names none of ours (or only wildcards) leaves `default`. A type refused with q=0 is never written:
-    `image/jpeg;q=0` alone gets PNG, and a header that refuses all of ours is a 406.
+    `image/jpeg;q=0` alone gets PNG, and a header that refuses all of ours is a 406. `formats`: the
+    formats to choose among (`default` one of them).
     """
     if accept is None:
         return default
-    media = _MEDIA_FORMATS
+    media = {OUTPUT_FORMATS[name]: name for name in formats}
     listed = [value.lower() for value, _ in accept]
     order = sorted(media, key=lambda m: (listed.index(m) if m in listed else len(listed), media[m] != default))
     best = accept.best_match(order)
@@ -114,7 +115,7 @@ def parse_options(raw: Mapping[str, Any], accept: MIMEAccept | None = None, outp
         reference_threshold=values.get("reference_threshold", DEFAULT_REFERENCE_THRESHOLD),
     )
     masks = mask_options(values.get("mask"), values.get("mask_blur"), values.get("mask_padding"),
-                         values.get("mask_regions"))
+                         values.get("mask_regions"), accepted=accepted)
     return FuseOptions(selection=selection, enhance=values.get("enhance", False),
                        output_format=output_format(values, accept, output_uri),
                        quality=values.get("quality", 92), pixel_boost=values.get("pixel_boost"), masks=masks,
@@ -151,15 +152,19 @@ def fusion_headers(result: EncodedFusion, timer: StageTimer) -> dict[str, str]:
 
 def output_format(values: Mapping[str, Any], accept: MIMEAccept | None, output_uri: str | None) -> str:
     """The `format` option, else the output URI's extension (with `output_uri`), else what `accept`
-    prefers (pass it only when the image is the answer), else JPEG. Refused (400) rather than silently
-    done: a `format` that an output's extension contradicts (`a.png` written with JPEG bytes), and a
-    `quality` for a PNG, which is lossless and has none."""
+    prefers (pass it only when the image is the answer; with a `quality`, among JPEG and WebP), else
+    JPEG. Refused (400) rather than silently done: a `format` that an output's extension contradicts
+    (`a.png` written with JPEG bytes), and a `quality` for a PNG, which is lossless and has none."""
     extension = _uri_format(output_uri) if output_uri else None
     given = normalise_format(values["format"]) if values.get("format") else None
     if given and extension and given != extension:
         raise InvalidOptions(f"format {values['format']} disagrees with the output's extension "
                              f"{posixpath.splitext(output_uri or '')[1]}: give one or the other")
-    chosen = given or extension or ("jpeg" if output_uri else accept_format(accept, "jpeg"))
+    chosen = given or extension or ("jpeg" if output_uri else None)
+    if chosen is None and values.get("quality") is not None:  # a quality asks for a lossy answer: the best one
+        with suppress(Problem):  # Accept refuses both: PNG it is, and the quality is refused below
+            chosen = accept_format(accept, "jpeg", LOSSY)
+    chosen = chosen or accept_format(accept, "jpeg")
     if chosen == "png" and values.get("quality") is not None:
         raise InvalidOptions("quality applies to JPEG and WebP; a PNG is lossless and has none")
     return chosen

@@ -85,9 +85,8 @@ class GpuCollector(Collector):
     """GPU memory and utilisation of the devices this worker sees, read through NVML (`nvidia-ml-py`,
     in the `gpu` extra) at scrape time. Nothing at all without NVML or a GPU.
 
-    Device-level figures: in a container NVML reports host process ids, so this worker's own share
-    cannot be told apart; one worker per pod and one GPU per pod (the Service's limits) make the device
-    figures the worker's."""
+    Device-level figures: in a container NVML reports host process ids, so a worker's own share cannot be
+    told apart; one GPU per pod (the Service's limits) makes the device figures the pod's."""
 
     def __init__(self) -> None:
         self._nvml = None

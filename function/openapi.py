@@ -61,11 +61,13 @@ SPEC: dict = {
                             "target": {"type": "string", "format": "binary",
                                        "description": "an image, or a video clip (video/* part or MP4/MOV/Matroska "
                                                       "bytes) of at most VIDEO_MAX_SYNC_SECONDS"},
-                            "reference": {"type": "string", "format": "binary"},
+                            "reference": {"type": "string", "format": "binary",
+                                          "description": "with faces=reference only (else 400)"},
                             "output": {"type": "string"}, **_options_props}}},
                     "application/json": {"schema": {"oneOf": [
                         {"type": "object", "required": ["source", "target"], "additionalProperties": False, "properties": {
-                            "source": _source_ref, "target": _image_ref, "reference": _image_ref,
+                            "source": _source_ref, "target": _image_ref,
+                            "reference": {**_image_ref, "description": "with faces=reference only (else 400)"},
                             "output": {"type": "string"}, "options": _json_options, **_options_props}},
                         {"type": "object", "required": ["Records"], "description": "MinIO / S3 notification"},
                         {"type": "array", "description": "Event Grid CloudEvents-schema batch"},

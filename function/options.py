@@ -198,9 +198,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_face_size", "integer", "target faces smaller than this many pixels are left alone", default=0,
            minimum=0),
     Option("enhance", "boolean", "restore the swapped faces with the enhancer", default=False),
-    Option("format", "string", "output format; without it the Accept header (for an image answer) or the output "
-                               "URI's extension decides, else JPEG", enum=("jpeg", "jpg", "png", "webp")),
-    Option("quality", "integer", "JPEG and WebP quality", default=92, minimum=1, maximum=100),
+    Option("format", "string", "output format; without it the output URI's extension or the Accept header (for an "
+                               "image answer) decides, else JPEG; one the output's extension contradicts is a 400",
+           enum=("jpeg", "jpg", "png", "webp")),
+    Option("quality", "integer", "JPEG and WebP quality; without format, the Accept header's best of JPEG and WebP "
+                                 "is written; for a PNG answer a 400", default=92, minimum=1, maximum=100),
     Option("pixel_boost", "integer", "the size in pixels the face is swapped at: the swapper runs on "
                                      "(pixel_boost / its size)^2 interleaved tiles; a multiple of the swapper's "
                                      "size (its default): 128 for inswapper, 256 for hyperswap, simswap, ghost, "

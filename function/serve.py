@@ -85,14 +85,14 @@ def _leave_before_serving(signum: int, frame: object) -> None:
     0, as after a drain, instead of dying by the signal (-15, which a supervisor reports as a failure).
     No import and no logging here: the signal may arrive in the middle of either."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(Exception):  # RuntimeError too: the signal may land inside a write
             stream.flush()
     os._exit(0)
 
 
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
-    signal.signal(signal.SIGTERM, _leave_before_serving)  # until the server's own handler (below) takes over
+    signal.signal(signal.SIGTERM, _leave_before_serving)  # (again, for callers of serve()) until the server's own
     from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
@@ -184,8 +184,8 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
             if slot in statuses or proc.poll() is None:
                 continue
             multiprocess.mark_process_dead(proc.pid, metrics_dir)  # its live gauges no longer count
-            if stopping.is_set():
-                statuses[slot] = proc.returncode
+            if stopping.is_set():  # a worker the signal ended before Python could handle it left as asked
+                statuses[slot] = 0 if proc.returncode == -signal.SIGTERM else proc.returncode
                 continue
             # back off a worker that keeps dying: 1 s, doubling with each death in the last minute, at most 30 s
             now = time.monotonic()
@@ -201,6 +201,7 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _leave_before_serving)  # before the config's imports (numpy, cv2: 0.2 s)
     from function.config import FunctionConfig
 
     config = FunctionConfig.from_env()

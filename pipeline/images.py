@@ -34,7 +34,7 @@ log = logging.getLogger("facefusion.images")
 
 SUPPORTED_INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
 OUTPUT_FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-_FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+FORMAT_NAMES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}  # what a format option or extension may say
 
 
 class JpegCodec(Protocol):
@@ -65,9 +65,9 @@ class DecodedImage:
 def normalise_format(name: str) -> str:
     """Map a user-given format name (jpg, JPEG, image/png, webp) to jpeg/png/webp."""
     key = name.strip().lower().removeprefix("image/")
-    if key not in _FORMAT_ALIASES:
+    if key not in FORMAT_NAMES:
         raise InvalidOptions(f"unsupported output format {name!r}; use jpeg, png or webp")
-    return _FORMAT_ALIASES[key]
+    return FORMAT_NAMES[key]
 
 
 def _to_bgr(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

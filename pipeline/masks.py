@@ -67,9 +67,6 @@ class MaskOptions:
         if len(padding) != 4 or any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 100 for p in padding):
             raise InvalidOptions(f"mask_padding must be four whole percentages 0-100 (top, right, bottom, left), "
                                  f"got {self.padding!r}")
-        if padding[0] + padding[2] >= 100 or padding[1] + padding[3] >= 100:  # nothing of the swap would show
-            raise InvalidOptions(f"mask_padding cuts away the whole face: top + bottom and left + right must each "
-                                 f"stay below 100, got {list(padding)!r}")
         object.__setattr__(self, "padding", padding)
         regions = tuple(dict.fromkeys(self.regions))
         unknown = [r for r in regions if r not in REGIONS]
@@ -133,10 +130,17 @@ def region_mask(classes: np.ndarray, regions: tuple[str, ...], size: int) -> np.
 
 
 def mask_options(types: tuple[str, ...] | None = None, blur: float | None = None,
-                 padding: tuple[int, int, int, int] | None = None, regions: tuple[str, ...] | None = None) -> MaskOptions:
+                 padding: tuple[int, int, int, int] | None = None, regions: tuple[str, ...] | None = None,
+                 accepted: bool = False) -> MaskOptions:
     """MaskOptions from the options a caller gave (None: not given); an option for a mask that is not
     asked for is refused rather than ignored (mask_regions without region, mask_blur or mask_padding
-    without box)."""
+    without box), and so is a mask_padding that leaves nothing of the swap to show. `accepted`: a
+    stored video job's options, which the last rule, added since, must not fail halfway."""
+    if (not accepted and padding is not None and len(padding) == 4
+            and all(isinstance(p, int) for p in padding)
+            and (padding[0] + padding[2] >= 100 or padding[1] + padding[3] >= 100)):
+        raise InvalidOptions(f"mask_padding cuts away the whole face: top + bottom and left + right must each "
+                             f"stay below 100, got {list(padding)!r}")
     types = tuple(types) if types is not None else DEFAULT_MASKS.types
     if regions is not None and "region" not in types:
         raise InvalidOptions("mask_regions applies to the region mask only: add region to mask")

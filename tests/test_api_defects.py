@@ -225,10 +225,16 @@ def test_a_format_the_output_contradicts_and_a_quality_for_png_are_refused(serve
     assert "disagrees with the output's extension .png" in problem(r, 400)["detail"] and not out.exists()
     r = requests.post(server.url + "/", json={**images, "output": f"file://{out}", "format": "png"}, timeout=60)
     assert r.status_code == 200 and Image.open(out).format == "PNG", r.text  # agreeing is fine
-    for answer in (fuse(server, format="png", quality="10"), fuse(server, headers={"Accept": "image/png"}, quality="10"),
+    for answer in (fuse(server, format="png", quality="10"),
+                   fuse(server, headers={"Accept": "image/png, image/jpeg;q=0, image/webp;q=0"}, quality="10"),
                    requests.post(server.url + "/", json={**images, "output": f"file://{out}", "quality": 10}, timeout=60)):
         assert "quality applies to JPEG and WebP" in problem(answer, 400)["detail"]
     assert fuse(server, format="webp", quality="10").headers["Content-Type"] == "image/webp"
+    # a quality asks for a lossy answer: Accept's best lossy type, not a 400 for the PNG it prefers
+    for accept, expected in (("image/png, image/jpeg", "image/jpeg"), ("image/png, image/webp", "image/webp"),
+                             ("image/png", "image/jpeg"), ("image/jpeg;q=0", "image/webp")):
+        r = fuse(server, headers={"Accept": accept}, quality="10")
+        assert r.status_code == 200 and r.headers["Content-Type"] == expected, (accept, r.text)
 
 
 # -- 14: one option schema -------------------------------------------------------------------------
@@ -306,6 +312,8 @@ def test_an_option_of_another_selection_is_refused_not_ignored(server, store):
         assert "reference applies when faces is reference" in detail, detail
     detail = problem(fuse(server, target="two_people.jpg", reference="obama.jpg"), 400)["detail"]  # multipart
     assert "reference applies when faces is reference, not largest" in detail, detail
+    blank = fuse(server, target="two_people.jpg", reference=("", b""))  # a plain form's file input left blank
+    assert blank.status_code == 200, blank.text
     r = fuse(server, target="two_people.jpg", reference="obama.jpg", faces="reference", reference_threshold="0")
     assert r.status_code == 200, r.text
 

@@ -82,6 +82,8 @@ def obama() -> str:
     (["--index", "1"], "--index applies when --faces is index, not largest"),
     (["--faces", "all", "--threshold", "0.5"], "--threshold applies when --faces is reference, not all"),
     (["--reference", "ref.jpg"], "--reference applies when --faces is reference, not largest"),  # before it is read
+    (["--format", "png"], "--format png disagrees with the output's extension .jpg"),
+    (["--mask-padding", "50,0,50,0"], "mask_padding cuts away the whole face"),
     (["--min-face-size", "-5"], "min_face_size"),
 ])
 def test_invalid_option_values_are_usage_errors(tmp_path, cli_env, obama, extra, needle):
