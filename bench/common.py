@@ -169,8 +169,9 @@ def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout:
     raise TimeoutError(f"{health_url} not ready after {timeout} s")
 
 
-def stop_process(proc, timeout: float = 30) -> None:
-    """SIGTERM to the server's process group (it drains), SIGKILL if it has not left within `timeout`."""
+def stop_process(proc, timeout: float = 30, on_timeout=None) -> None:
+    """SIGTERM to the server's process group (it drains), SIGKILL if it has not left within `timeout`
+    (after calling `on_timeout`, which may look at the processes first)."""
     import os
     import signal
     import subprocess
@@ -180,5 +181,7 @@ def stop_process(proc, timeout: float = 30) -> None:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            if on_timeout is not None:
+                on_timeout()
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -71,5 +71,27 @@ class FunctionServer:
         return self.proc.poll() is None and requests.get(self.url + "/healthz", timeout=5).status_code == 200
 
     def stop(self) -> None:
-        stop_process(self.proc, timeout=20)
+        stop_process(self.proc, timeout=20, on_timeout=self._report_stuck)
         self._log.close()
+
+    def _report_stuck(self) -> None:
+        """A server that has not left 20 s after SIGTERM: what each of its processes was doing (shown
+        with the test's failure), so a rare hang says where it hung. Threads' kernel wait channels and
+        states; the Python side is in the server's log."""
+        import sys as _sys
+
+        lines = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) != self.proc.pid:  # process group
+                    continue
+                pid = stat.parent.name
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                threads = [f"{(t / 'comm').read_text().strip()}:{(t / 'stat').read_text().rsplit(')', 1)[1].split()[0]}"
+                           f"/{(t / 'wchan').read_text()}" for t in (stat.parent / "task").iterdir()]
+                lines.append(f"pid {pid} {cmd}: {' '.join(threads)}")
+            except (OSError, IndexError, ValueError):
+                continue
+        print("server did not stop within 20 s of SIGTERM:\n" + "\n".join(lines) + "\n" + self.logs()[-3000:],
+              file=_sys.stderr)
