@@ -92,7 +92,7 @@ def _leave_before_serving(signum: int, frame: object) -> None:
 
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
-    signal.signal(signal.SIGTERM, _leave_before_serving)  # (again, for callers of serve()) until the server's own
+    signal.signal(signal.SIGTERM, _leave_before_serving)  # until the server's own handler (below) takes over
     from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
@@ -201,7 +201,6 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _leave_before_serving)  # before the config's imports (numpy, cv2: 0.2 s)
     from function.config import FunctionConfig
 
     config = FunctionConfig.from_env()
