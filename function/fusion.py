@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -18,7 +17,7 @@ from pipeline import (
     InvalidOptions,
     Selection,
     StageTimer,
-    normalise_format,
+    checked_format,
 )
 from pipeline.masks import mask_options
 from pipeline.models.enhancer import EnhancerOptions
@@ -155,12 +154,7 @@ def output_format(values: Mapping[str, Any], accept: MIMEAccept | None, output_u
     prefers (pass it only when the image is the answer; with a `quality`, among JPEG and WebP), else
     JPEG. Refused (400) rather than silently done: a `format` that an output's extension contradicts
     (`a.png` written with JPEG bytes), and a `quality` for a PNG, which is lossless and has none."""
-    extension = _uri_format(output_uri) if output_uri else None
-    given = normalise_format(values["format"]) if values.get("format") else None
-    if given and extension and given != extension:
-        raise InvalidOptions(f"format {values['format']} disagrees with the output's extension "
-                             f"{posixpath.splitext(output_uri or '')[1]}: give one or the other")
-    chosen = given or extension or ("jpeg" if output_uri else None)
+    chosen = checked_format(values.get("format"), output_uri) or ("jpeg" if output_uri else None)
     if chosen is None and values.get("quality") is not None:  # a quality asks for a lossy answer: the best one
         with suppress(Problem):  # Accept refuses both: PNG it is, and the quality is refused below
             chosen = accept_format(accept, "jpeg", LOSSY)
@@ -168,11 +162,3 @@ def output_format(values: Mapping[str, Any], accept: MIMEAccept | None, output_u
     if chosen == "png" and values.get("quality") is not None:
         raise InvalidOptions("quality applies to JPEG and WebP; a PNG is lossless and has none")
     return chosen
-
-
-def _uri_format(uri: str) -> str | None:
-    """The output format an output URI's extension names; None when it names none we write."""
-    try:
-        return normalise_format(posixpath.splitext(uri)[1].lstrip("."))
-    except InvalidOptions:
-        return None

@@ -28,7 +28,7 @@ from .errors import (
 from .files import atomic_symlink, atomic_write
 from .fuser import Fuser
 from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
-from .images import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, normalise_format
+from .images import OUTPUT_FORMATS, DecodedImage, checked_format, decode_image, encode_image, normalise_format
 from .loader import ModelBundle, load_fuser, load_models, prepare
 from .manifest import (
     ModelEntry,
@@ -83,6 +83,7 @@ __all__ = [
     "VideoLimits",
     "atomic_symlink",
     "atomic_write",
+    "checked_format",
     "decode_image",
     "encode_image",
     "load_fuser",

@@ -49,7 +49,7 @@ from .errors import (
 from .files import atomic_write, fsync_dir, temp_name
 from .fuser import Fuser
 from .fusion_types import FuseOptions
-from .images import FORMAT_NAMES, normalise_format
+from .images import checked_format
 from .loader import load_fuser
 from .masks import REGIONS, mask_options
 from .models.enhancer import EnhancerOptions
@@ -129,11 +129,8 @@ def _fuse(args: argparse.Namespace) -> int:
     if _is_video(args.target) or _is_video(args.output):
         return _fuse_video(args)
     try:
-        suffix = Path(args.output).suffix.lstrip(".").lower()
-        if args.format and suffix in FORMAT_NAMES and normalise_format(args.format) != normalise_format(suffix):
-            raise InvalidOptions(f"--format {args.format} disagrees with the output's extension .{suffix}"
-                                 f" (as the function answers)")
-        fmt = args.format or suffix or "jpeg"
+        # an extension we do not write (out.txt) without --format is refused by the encoder, by its name
+        fmt = checked_format(args.format, args.output, "--format") or Path(args.output).suffix.lstrip(".").lower() or "jpeg"
         options = _fuse_options(args, output_format=fmt, quality=args.quality)
     except InvalidOptions as exc:
         raise CliError(exc.message, EXIT_USAGE) from exc

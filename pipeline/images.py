@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import posixpath
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,7 +35,7 @@ log = logging.getLogger("facefusion.images")
 
 SUPPORTED_INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"})
 OUTPUT_FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-FORMAT_NAMES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}  # what a format option or extension may say
+_FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
 
 
 class JpegCodec(Protocol):
@@ -65,9 +66,23 @@ class DecodedImage:
 def normalise_format(name: str) -> str:
     """Map a user-given format name (jpg, JPEG, image/png, webp) to jpeg/png/webp."""
     key = name.strip().lower().removeprefix("image/")
-    if key not in FORMAT_NAMES:
+    if key not in _FORMAT_ALIASES:
         raise InvalidOptions(f"unsupported output format {name!r}; use jpeg, png or webp")
-    return FORMAT_NAMES[key]
+    return _FORMAT_ALIASES[key]
+
+
+def checked_format(given: str | None, path: str | None, option: str = "format") -> str | None:
+    """`given` (normalised), else the format `path`'s extension names (`.jpg`: jpeg), else None. A `given`
+    that the extension contradicts is refused rather than written (JPEG bytes in a .png): the function
+    and the CLI answer alike, each naming its own `option`."""
+    extension = posixpath.splitext(path)[1] if path else ""
+    named = _FORMAT_ALIASES.get(extension.lstrip(".").lower())
+    if not given:
+        return named
+    fmt = normalise_format(given)
+    if named and fmt != named:
+        raise InvalidOptions(f"{option} {given} disagrees with the output's extension {extension}: give one or the other")
+    return fmt
 
 
 def _to_bgr(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
