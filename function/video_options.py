@@ -34,16 +34,10 @@ def properties() -> dict[str, dict[str, Any]]:
     return {option.name: option.schema() for option in VIDEO_OPTIONS}
 
 
-def _without_reference(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """`reference` is an input (an image URI or upload the caller reads), not an option to check here."""
-    return {k: v for k, v in raw.items() if k != "reference"}
-
-
 def build(raw: Mapping[str, Any], form: bool = False, accepted: bool = False) -> VideoOptions:
-    """VideoOptions from raw JSON or multipart values (a `reference` among them is left to the caller);
-    `accepted`: a stored job's options, read again for each segment (function/fusion.py parse_options)."""
-    reference = raw.get("reference")
-    raw = _without_reference(raw)
+    """VideoOptions from raw JSON or multipart values (a `reference` among them is an input the caller
+    reads; parse_options only refuses it without faces=reference); `accepted`: a stored job's options,
+    read again for each segment (function/fusion.py parse_options)."""
     video_raw = {k: v for k, v in raw.items() if k in BY_NAME}
     face_raw = {k: v for k, v in raw.items() if k not in BY_NAME}
     image_only = sorted(k for k, v in face_raw.items() if k in IMAGE_ONLY and not (form and v == ""))
@@ -52,10 +46,9 @@ def build(raw: Mapping[str, Any], form: bool = False, accepted: bool = False) ->
                              f"only; a video's output takes {', '.join(BY_NAME)} (its format is the output's extension)")
     errors = []
     try:
-        # the reference goes along only to be refused where faces is not reference
-        fuse: FuseOptions = parse_options({**face_raw, "reference": reference}, form=form, accepted=accepted)
+        fuse: FuseOptions = parse_options(face_raw, form=form, accepted=accepted)
     except InvalidOptions as exc:
-        unknown = [k for k in face_raw if k not in IMAGE_OPTIONS]
+        unknown = [k for k in face_raw if k not in IMAGE_OPTIONS and k != "reference"]
         if unknown:  # name both tables in the message
             raise InvalidOptions(f"{exc.message} or video options {', '.join(BY_NAME)}") from exc
         errors.append(exc.message)

@@ -136,17 +136,17 @@ def mask_options(types: tuple[str, ...] | None = None, blur: float | None = None
     asked for is refused rather than ignored (mask_regions without region, mask_blur or mask_padding
     without box), and so is a mask_padding that leaves nothing of the swap to show. `accepted`: a
     stored video job's options, which the last rule, added since, must not fail halfway."""
-    if (not accepted and padding is not None and len(padding) == 4
-            and all(isinstance(p, int) for p in padding)
-            and (padding[0] + padding[2] >= 100 or padding[1] + padding[3] >= 100)):
-        raise InvalidOptions(f"mask_padding cuts away the whole face: top + bottom and left + right must each "
-                             f"stay below 100, got {list(padding)!r}")
     types = tuple(types) if types is not None else DEFAULT_MASKS.types
     if regions is not None and "region" not in types:
         raise InvalidOptions("mask_regions applies to the region mask only: add region to mask")
     for name, value in (("mask_blur", blur), ("mask_padding", padding)):
         if value is not None and "box" not in types:
             raise InvalidOptions(f"{name} applies to the box mask only: add box to mask")
-    return MaskOptions(types=types, blur=DEFAULT_MASK_BLUR if blur is None else blur,
-                       padding=DEFAULT_MASKS.padding if padding is None else tuple(padding),  # type: ignore[arg-type]
-                       regions=DEFAULT_MASKS.regions if regions is None else tuple(regions))
+    masks = MaskOptions(types=types, blur=DEFAULT_MASK_BLUR if blur is None else blur,
+                        padding=DEFAULT_MASKS.padding if padding is None else tuple(padding),  # type: ignore[arg-type]
+                        regions=DEFAULT_MASKS.regions if regions is None else tuple(regions))
+    top, right, bottom, left = masks.padding  # checked by MaskOptions: four whole percentages
+    if not accepted and (top + bottom >= 100 or left + right >= 100):
+        raise InvalidOptions(f"mask_padding cuts away the whole face: top + bottom and left + right must each "
+                             f"stay below 100, got {list(masks.padding)!r}")
+    return masks
