@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -162,13 +162,24 @@ IMAGE_CODEC_IMAGES = ImageCodecCollector()
 REGISTRY.register(IMAGE_CODEC_IMAGES)
 
 
-def render() -> bytes:
-    """The exposition of /metrics: this process's registry, or with WORKERS > 1 every worker's values."""
+def _exposed() -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or with WORKERS > 1 (PROMETHEUS_MULTIPROC_DIR, read
+    at import as prometheus_client reads it) every worker's values from the shared folder, beside the
+    scrape-time collectors. Built once; the multiprocess reader is imported only where it is used."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
-        return generate_latest(REGISTRY)
+        return REGISTRY
+    from prometheus_client import multiprocess
+
     pod = CollectorRegistry()
     multiprocess.MultiProcessCollector(pod, path=folder)
     for collector in (GPU, IMAGE_CODEC_IMAGES):
         pod.register(collector)
-    return generate_latest(pod)
+    return pod
+
+
+EXPOSED = _exposed()
+
+
+def render() -> bytes:
+    return generate_latest(EXPOSED)
