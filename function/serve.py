@@ -79,26 +79,19 @@ def build_app():
     return FrontDoor(flask_app, limits, module.precheck, module.PROBE_PATHS), module, limits
 
 
-def _leave_before_serving(signum: int, frame: object) -> None:
-    """SIGTERM before the server runs (a pod, or a sibling worker set, stopped while this process imports
-    and builds the app): nothing has been accepted yet, so there is nothing to drain. Leave at once with
-    0, as after a drain, instead of dying by the signal (-15, which a supervisor reports as a failure).
-    No import and no logging here: the signal may arrive in the middle of either."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # RuntimeError too: the signal may land inside a write
-            stream.flush()
-    os._exit(0)
-
-
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
-    signal.signal(signal.SIGTERM, _leave_before_serving)  # until the server's own handler (below) takes over
+    from function import shutdown
+
+    # SIGTERM before the server runs (a pod, or a worker set, stopped while this process builds the app):
+    # nothing was accepted, nothing to drain; leave with 0 as after a drain, not dead by the signal (-15,
+    # which a supervisor reports as a failure). The server's own handler (below) takes over once it runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: shutdown.exit_now(0))
     from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
     import uvicorn
 
-    from function import shutdown
     from function.front_door import Protocol
 
     app, module, limits = build_app()

@@ -65,7 +65,13 @@ def _leave_quietly(status: int = 0) -> None:
     with contextlib.suppress(Exception):
         tracing.shutdown(timeout_s=2.0)
     logging.shutdown()
+    exit_now(status)
+
+
+def exit_now(status: int = 0) -> None:
+    """Flush stdout and stderr and end the process with `status` at once: no exit handlers, no teardown.
+    No import and no logging, so a signal handler may call it (serve.py, SIGTERM before the server runs)."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(Exception):  # RuntimeError too: a signal may land inside a write
             stream.flush()
     os._exit(status)
