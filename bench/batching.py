@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import SHARED, single_face_1080p, standin_models, table
+from bench.common import SHARED, concurrent_rate, single_face_1080p, standin_models, table
 
 
 def _fuser(models: Path, cache: Path, providers: str, env: dict[str, str]):
@@ -89,23 +87,6 @@ class _RunCounter:
         return model.session
 
 
-def _drive(fuser, source, target, concurrency: int, count: int) -> tuple[float, float]:
-    """(fusions/s, p50 ms) of `count` fusions from `concurrency` threads."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def one(_: int) -> None:
-        start = time.perf_counter()
-        fuser.fuse(source, target, source_key="obama")
-        with lock:
-            latencies.append((time.perf_counter() - start) * 1000)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(count)))
-    return count / (time.perf_counter() - start), statistics.median(latencies)
-
-
 def micro_batching(models: Path, cache: Path, providers: str, levels: list[int], count: int) -> list[list]:
     """Concurrent fusions of a 1080p frame with BATCH_WAIT_MS=2 and 0, taking turns at each concurrency:
     rate, p50, and session runs per calls of each micro-batched model."""
@@ -122,7 +103,7 @@ def micro_batching(models: Path, cache: Path, providers: str, levels: list[int],
             fuser.fuse(source, target, source_key="obama")
             for b in batchers.values():
                 b.runs = b.calls = 0
-            rate, p50 = _drive(fuser, source, target, c, max(count, c))
+            rate, p50 = concurrent_rate(lambda f=fuser: f.fuse(source, target, source_key="obama"), c, max(count, c))
             merged = ", ".join(f"{role} {b.runs}/{b.calls}" for role, b in batchers.items() if b.calls) or "not wrapped"
             rows.append([f"BATCH_WAIT_MS={wait}", c, rate, p50, merged])
     return rows

@@ -24,14 +24,12 @@ The detector's per-row figure came from the proxies' probe input, not a 640x640 
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from bench.common import table
+from bench.common import concurrent_rate, table
 
 
 class ModelledSession:
@@ -68,24 +66,16 @@ def serve(wait_ms: float, costs: dict[str, tuple[float, float]], cpu_ms: float, 
     sessions = {name: MicroBatcher(m, wait_ms, 32) if wait_ms > 0 else m for name, m in models.items()}
     feeds = {"detector": {"image": np.zeros((1, 640, 640, 3), np.uint8)},
              "swapper": {"target": np.zeros((1, 3, 128, 128), np.float32)}}
-    latencies: list[float] = []
-    lock = threading.Lock()
 
-    def one(_: int) -> None:
-        start = time.perf_counter()
+    def one() -> None:
         time.sleep(cpu_ms / 2000)  # decode
         for name, session in sessions.items():
             session.run(None, feeds[name])
         time.sleep(cpu_ms / 2000)  # paste and encode
-        with lock:
-            latencies.append((time.perf_counter() - start) * 1000)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(count)))
-    rate = count / (time.perf_counter() - start)
+    rate, p50 = concurrent_rate(one, concurrency, count)
     runs = ", ".join(f"{name} {m.runs}/{count}" for name, m in models.items())
-    return rate, statistics.median(latencies), runs
+    return rate, p50, runs
 
 
 def main(argv: list[str] | None = None) -> list[list]:

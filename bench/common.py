@@ -83,6 +83,26 @@ def taking_turns(calls: Mapping[str, Callable[[], object]], repeat: int, warm: b
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def concurrent_rate(call: Callable[[], object], concurrency: int, count: int) -> tuple[float, float]:
+    """(calls/s, p50 ms) of `count` calls of `call` from `concurrency` threads at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        start = time.perf_counter()
+        call()
+        with lock:
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(count)))
+    return count / (time.perf_counter() - start), statistics.median(latencies)
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [headers, *[[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -78,8 +78,6 @@ class FunctionServer:
         """A server that has not left 20 s after SIGTERM: what each of its processes was doing (shown
         with the test's failure), so a rare hang says where it hung. Threads' kernel wait channels and
         states; the Python side is in the server's log."""
-        import sys as _sys
-
         lines = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -94,4 +92,4 @@ class FunctionServer:
             except (OSError, IndexError, ValueError):
                 continue
         print("server did not stop within 20 s of SIGTERM:\n" + "\n".join(lines) + "\n" + self.logs()[-3000:],
-              file=_sys.stderr)
+              file=sys.stderr)

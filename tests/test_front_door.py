@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from bench.attack import _read_status, send_body
+from bench.gpu import wait_ready
 
 from .conftest import REPO, shared_file
 from .server import FunctionServer
@@ -214,16 +215,9 @@ def test_two_workers_serve_and_drain(model_root, tmp_path):
         assert len(children) == 2
         for _ in range(6):
             assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
-        # both ready (told apart by their own start timings) before the stop: a worker that is still
-        # importing when SIGTERM comes has no handler yet and dies by the signal
-        seen: set[tuple] = set()
-        deadline = time.monotonic() + 60
-        while len(seen) < 2 and time.monotonic() < deadline:
-            r = requests.get(srv.url + "/readyz", timeout=10)
-            if r.status_code == 200:
-                seen.add(tuple(sorted(r.json()["timings_s"].items())))
-            time.sleep(0.05)
-        assert len(seen) == 2, seen
+        # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):
+        # a worker that is still importing when SIGTERM comes has no handler yet and dies by the signal
+        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
     finally:
         srv.stop()
     assert srv.proc.returncode == 0
