@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     base, new = faces.values()
     diff = max((max(np.abs(a.bbox - b.bbox).max(), np.abs(a.kps - b.kps).max()) for a, b in zip(base, new, strict=True)),
                default=0.0) if len(base) == len(new) else float("inf")
+    diff = float(diff)  # numpy's float32 from the boxes: json cannot write it
     print(f"1920x1080 frame, real SCRFD, {providers[0]}, {args.rounds} x {args.reps} calls per graph (median ms)")
     print(table(["detector graph", "prep ms", "detect ms", "feed MB"], rows))
     print(f"faces: {len(base)} and {len(new)}; largest box/keypoint difference {diff:.4f} px")

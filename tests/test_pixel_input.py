@@ -7,6 +7,7 @@ The real SCRFD and photographs come from ../shared (skipped when missing).
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -199,3 +200,18 @@ def test_a_per_channel_normalisation_equals_opencvs_blob_and_keeps_a_named_batch
     np.testing.assert_array_equal(got, fmt.blob(images))
     red = (images[0, 5, 7, 2] - 123.675) / 58.4  # channel 0 of the model is OpenCV's red (BGR index 2)
     assert got[0, 0, 5, 7] == pytest.approx(red, abs=1e-5)
+
+
+def test_the_detect_input_bench_writes_its_rows_and_the_faces_agree(tmp_path):
+    """`python -m bench.detect_input --json` (a step of bench/gpu_machine.sh): on the H200 its JSON failed
+    on numpy's float32 after the table had printed; the two graphs must find the same face."""
+    shared_file("models", "scrfd_2.5g_bnkps.onnx")
+    from bench import detect_input
+
+    out = tmp_path / "detect.json"
+    detect_input.main(["--reps", "2", "--rounds", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["faces"] == [1, 1]
+    assert result["max_diff_px"] <= 0.01
+    assert [row[0] for row in result["rows"]] == ["float input (blobFromImage)", "uint8 input (in the graph)"]
+    assert result["rows"][1][3] < result["rows"][0][3] / 3  # the uint8 feed is a quarter of the float blob
