@@ -17,7 +17,8 @@ The run prints, in one go: process start to `/readyz` 200 and to the first answe
 run in-process; then, over HTTP with the server as production starts it, requests/s and p50/p99 at
 each concurrency for a 1920x1080 and a 3840x2160 frame with one face and the 29-face Solvay photograph
 (`faces=all`), the server's stage times (from Server-Timing), GPU memory per worker and GPU utilisation
-(nvidia-smi) during each load, and the same run with batching off as the baseline (`--configs`:
+(nvidia-smi) during each load, the serving processes' CPU ms per request and the whole machine's CPU use
+(clients included) during each load, and the same run with batching off as the baseline (`--configs`:
 `defaults`, then `unbatched`: BATCH_MAX=1, one face per swapper run and graphs as published; `merged`
 adds micro-batching across requests, BATCH_WAIT_MS=2), with the ratio of the first to each other. The model table says, per config, each model's ms at
 batch 1 and per row of a batch of 8 (where the prepared graph has a free batch axis) and whether its
@@ -44,9 +45,11 @@ from bench.common import (
     REPO,
     SCRFD,
     SHARED,
+    cpu_seconds,
     frame_with_face,
     free_port,
     function_command,
+    machine_cpu,
     median_ms,
     spawn,
     stop_process,
@@ -354,10 +357,17 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
             count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
             files = {"source": source, "target": target}
             for c in levels:
+                n = max(count, c)
+                server = sorted({proc.pid, *worker_pids(proc.pid)})  # one worker: the process itself
+                cpu_before, machine_before = cpu_seconds(server), machine_cpu()
                 with UtilSampler() as util:
-                    rps, p50, p99, errors, stages = load(url, files, data, c, max(count, c), client_procs)
+                    rps, p50, p99, errors, stages = load(url, files, data, c, n, client_procs)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
-                out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, config])
+                # the server's CPU, not the clients', over the row's requests and each connection's warm-up request
+                cpu_ms = (cpu_seconds(server) - cpu_before) * 1000 / (n + c)
+                busy, every = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
+                machine = 100 * busy / every if every else float("nan")
+                out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, cpu_ms, machine, config])
                 out["stages"].append([config, image, c, *(f"{k} {v:.1f}" for k, v in stages.items())])
                 print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
                       " | ".join(out["stages"][-1][3:]), flush=True)
@@ -393,7 +403,10 @@ def gil_profile(url: str, pid: int, image: tuple[bytes, dict], source: bytes, ro
     return summary
 
 
-ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %", "config"]
+# server CPU ms/req: CPU time of the serving processes per request (the load's clients excluded); machine CPU %:
+# the whole machine's, clients included. With both GPU and server CPU far from full, the wait is elsewhere.
+ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %", "server CPU ms/req",
+               "machine CPU %", "config"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,7 +6,7 @@
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
 #   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu graphs detect" by default)
-# The default steps take at most 380 + 115 + 60 s of timeouts (a device call may run 600 s): run it with
+# The default steps take at most 380 + 135 + 60 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
 # A second, short run: STEPS="overlap codec gpucodec" (at most 90 + 135 + 100 s): sources beside the
 # target, JPEG in strips, JPEG on the GPU in the server.
@@ -33,9 +33,10 @@ for step in ${STEPS:-gpu graphs detect}; do
         --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
-    graphs)  # CUDA graphs (pipeline/cuda_graph.py): per model, replay against ordinary runs; then served,
+    graphs)  # CUDA graphs (pipeline/cuda_graph.py): per model, replay against ordinary runs (on the H200 an
+             # ordinary detector run took 168 ms there, so 3 x 40 calls per kind outlasted 40 s); then served,
              # CUDA_GRAPHS=all against the defaults, back to back
-      timeout 40 python3 -m bench.cuda_graph --providers cuda --proxies --work $WORK --json "$O/cuda_graph.json" 2>&1 | tee "$O/cuda_graph.log"
+      timeout 60 python3 -m bench.cuda_graph --providers cuda --proxies --reps 10 --rounds 2 --work $WORK --json "$O/cuda_graph.json" 2>&1 | tee "$O/cuda_graph.log"
       timeout 75 python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" --images 1080p,solvay \
         --configs defaults,graphs --concurrency 1,8 --model-only "" --json "$O/graphs.json" 2>&1 | tee "$O/graphs.log" ;;
     detect)  # the detector's uint8 input (normalised in the graph) against the float blob, on CUDA
