@@ -146,7 +146,7 @@ def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: s
     prepared graph has a free batch axis, per row of a batch of `batch`; what the graph was built to."""
     from pipeline import load_models
     from pipeline.artefacts import graph_notes, optimised_path
-    from pipeline.loader import graph_recipe
+    from pipeline.loader import graph_recipe, role_recipe
 
     settings = _settings(models, cache, providers, config)
     bundle = load_models(settings)
@@ -154,14 +154,16 @@ def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: s
     rows = []
     for role, model in bundle.models.items():
         session = getattr(model.session, "session", model.session)  # the runtime's, not the micro-batcher
-        notes = graph_notes(optimised_path(bundle.model_set.models[role], bundle.providers, cache, recipe))
+        entry = bundle.model_set.models[role]
+        own = role_recipe(recipe, entry, settings)  # the detector's, say, without batch axis and fp16 by default
+        notes = graph_notes(optimised_path(entry, bundle.providers, cache, own))
 
         free = not isinstance(session.get_inputs()[0].shape[0], int)
         fp16 = notes.get("fp16_error")
         rows.append([config, role, bundle.active[role][0], _median_ms(session, 1, runs), _median_ms(session, batch, runs) / batch if free else float("nan"),
-                     "off" if not recipe.fp16 else "yes" if notes.get("fp16") else
+                     "off" if not own.fp16 else "yes" if notes.get("fp16") else
                      ("refused" if fp16 is None else f"refused ({fp16:.3g})"),
-                     "" if free or not recipe.batch else notes.get("batch_why", "?")[:90]])
+                     "" if free or not own.batch else notes.get("batch_why", "?")[:90]])
     return rows, {role: names[0] for role, names in bundle.active.items()}
 
 

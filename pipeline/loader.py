@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +99,16 @@ def graph_recipe(settings: Settings, providers: list[str]) -> GraphRecipe:
                        fp16=fp16_wanted(settings.model_fp16, providers, settings.gpu.device_id))
 
 
+def role_recipe(recipe: GraphRecipe, entry: ModelEntry, settings: Settings) -> GraphRecipe:
+    """`recipe` as one role's graph is built to: a batch axis only where the kind's runs can hold more than
+    one row (models/base.py's `rows_per_request`, or merging across requests on), fp16 under `auto` only
+    for kinds where it pays (`fp16_pays`)."""
+    cls = _kind(entry)
+    batch = recipe.batch and (cls.rows_per_request or settings.batching.wait > 0)
+    fp16 = recipe.fp16 and (cls.fp16_pays or settings.model_fp16 == "on")
+    return replace(recipe, batch=batch, fp16=fp16)
+
+
 def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], cache_dir: Path,
                recipe: GraphRecipe) -> tuple[dict[str, Path], list[str]]:
     """Each kind's own artefacts and an optimised graph per role, building what is missing one at a
@@ -110,10 +120,11 @@ def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], ca
         built += _kind(entry).prepare(entry, cache_dir)
         if not settings.optimised_graphs:
             continue
-        path = optimised_path(entry, providers, cache_dir, recipe)
+        own = role_recipe(recipe, entry, settings)
+        path = optimised_path(entry, providers, cache_dir, own)
         if not path.is_file():
             try:
-                build_optimised(entry, providers, cache_dir, recipe)
+                build_optimised(entry, providers, cache_dir, own)
             except Exception as exc:  # the runtime and the filesystem raise many types here
                 log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
                 continue
@@ -207,7 +218,7 @@ def load_models(settings: Settings) -> ModelBundle:
     graph_options = provider_options(providers, cache_dir, settings.gpu, cuda_graph=True) if graph_roles else None
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
         futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     recipe, graph_options if role in graph_roles else None)
+                                     role_recipe(recipe, entry, settings), graph_options if role in graph_roles else None)
                    for role, entry in model_set.models.items()}
         made = {role: future.result() for role, future in futures.items()}
     sessions = {role: session for role, (session, _) in made.items()}
@@ -218,7 +229,8 @@ def load_models(settings: Settings) -> ModelBundle:
         from .cuda_graph import GraphedSession
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=partial(_session, model_set.models[role], graphs.get(role), providers,
-                                                     cache_dir, options, load_log, recipe))
+                                                     cache_dir, options, load_log,
+                                                     role_recipe(recipe, model_set.models[role], settings)))
                for role in graph_roles if made[role][1] is None}
     refused = {role: why for role, (_, why) in made.items() if why is not None}
     sessions = {role: _batched(graphed.get(role, session), settings) for role, session in sessions.items()}

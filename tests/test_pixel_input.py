@@ -22,7 +22,7 @@ from pipeline import ModelBundle, Settings, load_models
 from pipeline.artefacts import GraphRecipe, build_optimised, graph_notes, optimised_path
 from pipeline.batching import MicroBatcher
 from pipeline.faces import Face
-from pipeline.loader import graph_recipe
+from pipeline.loader import graph_recipe, role_recipe
 from pipeline.manifest import ModelEntry
 from pipeline.models import ScrfdDetector
 from pipeline.pixel_input import PIXEL_INPUT, PIXEL_TOLERANCE, PixelFormat, pixels_match, with_pixel_input
@@ -66,6 +66,12 @@ def prepared(prepared_settings) -> ModelBundle:
 
 
 @pytest.fixture(scope="module")
+def merging(model_root, tmp_path_factory) -> ModelBundle:
+    """Runs merged across requests (BATCH_WAIT_MS > 0): only then does the detector's graph get a batch axis."""
+    return load_models(_settings(model_root, tmp_path_factory.mktemp("merging-cache"), BATCH_WAIT_MS="2"))
+
+
+@pytest.fixture(scope="module")
 def published(model_root, tmp_path_factory) -> ModelBundle:
     return load_models(_settings(model_root, tmp_path_factory.mktemp("published-cache"), OPTIMISED_GRAPHS="0"))
 
@@ -83,8 +89,9 @@ def test_the_prepared_detector_takes_uint8_and_finds_the_faces_of_the_published_
     inputs = detector.session.get_inputs()
     assert [(i.name, i.type, i.shape[1:]) for i in inputs] == [(PIXEL_INPUT, "tensor(uint8)", [640, 640, 3])]
     assert detector.takes_pixels
-    graph = optimised_path(prepared.model_set.models["detector"], prepared.providers,
-                           prepared_settings.resolved_cache_path(), graph_recipe(prepared_settings, prepared.providers))
+    entry = prepared.model_set.models["detector"]
+    graph = optimised_path(entry, prepared.providers, prepared_settings.resolved_cache_path(),
+                           role_recipe(graph_recipe(prepared_settings, prepared.providers), entry, prepared_settings))
     notes = graph_notes(graph)  # what the build kept and how close its probe came, beside the graph
     assert notes["pixels"] is True and notes["pixels_error"] <= PIXEL_TOLERANCE
     for name in PHOTOS:
@@ -99,9 +106,30 @@ def test_optimised_graphs_0_feeds_the_float_blob_and_still_detects(published):
     assert len(detector.detect(_photo("two_people.jpg"))) == 2
 
 
-def test_two_frames_in_one_run_of_the_uint8_graph_equal_two_single_runs(prepared):
-    detector = _detector(prepared)
-    assert detector.session.get_inputs()[0].shape[0] == "batch"  # BATCH_MAX above 1: the free batch axis kept
+def test_by_default_the_detector_keeps_batch_1_and_the_swapper_gets_the_batch_axis(prepared):
+    """A detector run holds one request's frame, so without merging across requests (BATCH_WAIT_MS 0, the
+    default) its graph stays at batch 1, which ran faster (models/base.py); the faces of a frame still
+    share the swapper's and recognizer's runs."""
+    assert _detector(prepared).session.get_inputs()[0].shape[0] == 1
+    for role in ("recognizer", "swapper"):
+        assert prepared.models[role].session.get_inputs()[0].shape[0] == "batch", role
+
+
+def test_the_recipe_of_a_role_follows_its_kind_merging_and_model_fp16(prepared):
+    from pipeline.artefacts import GraphRecipe
+
+    wanted = GraphRecipe(batch=True, fp16=True)
+    detector, swapper = (prepared.model_set.models[role] for role in ("detector", "swapper"))
+    auto, merged_on = Settings.from_env({}), Settings.from_env({"BATCH_WAIT_MS": "2", "MODEL_FP16": "on"})
+    assert (role_recipe(wanted, detector, auto).batch, role_recipe(wanted, detector, auto).fp16) == (False, False)
+    assert (role_recipe(wanted, detector, merged_on).batch, role_recipe(wanted, detector, merged_on).fp16) == (True, True)
+    assert role_recipe(wanted, swapper, auto) == wanted
+    assert role_recipe(GraphRecipe(batch=False), detector, merged_on).batch is False  # BATCH_MAX=1 stays as published
+
+
+def test_two_frames_in_one_run_of_the_uint8_graph_equal_two_single_runs(merging):
+    detector = _detector(merging)
+    assert detector.session.get_inputs()[0].shape[0] == "batch"  # merging on: the free batch axis kept
     canvases = np.stack([detector.letterbox(_photo(name))[0] for name in ("biden.jpg", "two_people.jpg")])
     together = detector.session.run(None, {PIXEL_INPUT: canvases})
     for row in range(2):
@@ -110,10 +138,11 @@ def test_two_frames_in_one_run_of_the_uint8_graph_equal_two_single_runs(prepared
             np.testing.assert_allclose(got[row:row + 1], want, rtol=1e-4, atol=1e-5)
 
 
-def test_concurrent_detections_merge_into_one_run_of_the_uint8_graph(prepared):
+def test_concurrent_detections_merge_into_one_run_of_the_uint8_graph(merging):
     """Three callers at once: the first runs alone (the session was idle), the other two share a run, and
     each gets the faces of its own photo; the micro-batcher's warm-up feeds the uint8 input too."""
-    plain = _detector(prepared)
+    plain = _detector(merging)
+    plain = ScrfdDetector(getattr(plain.session, "session", plain.session))  # the runtime's, not the batcher
     slow = RowCounter(plain.session, delay_s=0.5)  # the others reach the batcher while the first runs
     batcher = MicroBatcher(slow, wait_ms=2000, max_size=4)
     assert batcher.warm() == [1, 2, 4] and slow.rows == [1, 2, 4]

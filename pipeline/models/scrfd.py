@@ -61,6 +61,8 @@ class ScrfdDetector(ModelKind):
     category = "detector"
     default_input_size = (640, 640)
     pixel_format: ClassVar[PixelFormat] = PixelFormat(mean=(127.5, 127.5, 127.5), std=128.0, rgb=True)
+    rows_per_request: ClassVar[bool] = False  # one frame per request: batched only by merging across requests
+    fp16_pays: ClassVar[bool] = False  # slower in fp16 at batch 1 on the H100 and the H200 (models/base.py)
 
     strides = (8, 16, 32)
     anchors_per_location = 2
