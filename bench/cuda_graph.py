@@ -7,7 +7,7 @@ replays a run with one launch (pipeline/cuda_graph.py, `CUDA_GRAPHS`). This meas
 without the server around it, what a replay costs against an ordinary run (`ordinary`), and what
 the wrapper's hand-over to its one thread costs a shape that is not captured (a run of 2 rows, `2 rows:
 through the thread` against `2 rows: direct`), and what the wait for the device after copying the feeds
-in costs (`replay, no device wait`: `GraphedSession.sync_inputs` off, which recent runtimes may not need). The sessions are the loader's, from the same prepared
+in would cost (`replay, device wait`: `GraphedSession.sync_inputs` on, off by default since the H200 run). The sessions are the loader's, from the same prepared
 graphs: one bundle as served by default, one with `CUDA_GRAPHS=all` (on the CPU, where the runtime cannot
 capture, the default bundle's sessions wrapped with `device="cpu"`: the same binding and hand-over). The
 calls take turns within each round, so load on a shared machine falls on all of them; medians in ms.
@@ -65,25 +65,25 @@ def main(argv: list[str] | None = None) -> dict:
             "replay": lambda g=graphed, f=one: g.run(None, f),
         }
 
-        def replay_without_wait(g=graphed, f=one):
-            g.sync_inputs = False
+        def replay_with_wait(g=graphed, f=one):
+            g.sync_inputs = True
             try:
                 return g.run(None, f)
             finally:
-                g.sync_inputs = True
+                g.sync_inputs = False
 
-        calls["replay, no device wait"] = replay_without_wait
+        calls["replay, device wait"] = replay_with_wait
         if two is not None:
             calls["2 rows: direct"] = lambda o=ordinary, t=two: o.run(None, t)
             calls["2 rows: through the thread"] = lambda g=graphed, t=two: g.run(None, t)
         med = taking_turns(calls, args.rounds * args.reps)  # after a first call each: a new shape plans and allocates
         nan = float("nan")
         rows.append([role, plain.active[role][0], state, med["ordinary"], med["replay"], med["replay"] / med["ordinary"],
-                     med["replay, no device wait"], med.get("2 rows: direct", nan), med.get("2 rows: through the thread", nan)])
+                     med["replay, device wait"], med.get("2 rows: direct", nan), med.get("2 rows: through the thread", nan)])
         if args.json:  # row by row: a time limit keeps what was measured
             args.json.write_text(json.dumps({"partial": True, "rows": rows}, indent=1))
     headers = ["model", "provider", "CUDA graph", "ordinary ms", "replay ms", "replay / ordinary",
-               "replay, no device wait ms", "2 rows: direct ms", "2 rows: through the thread ms"]
+               "replay, device wait ms", "2 rows: direct ms", "2 rows: through the thread ms"]
     print(f"{'proxies' if args.proxies else 'stand-ins'}, {args.rounds} rounds of {args.reps} calls each, taking turns"
           + (" (CPU: the wrapper replays through the binding; the runtime cannot capture here)" if on_cpu else ""))
     print(table(headers, rows))

@@ -100,11 +100,12 @@ class GraphedSession:
     when there is nothing to capture or the capture fails, swaps in the session `ordinary` makes (one
     without CUDA graphs, warmed with the remembered feeds) and steps aside. `device` is `cuda` in service;
     `cpu` runs the same binding and hand-over on the CPU provider, which is how the tests check them
-    without a GPU. `sync_inputs`: wait for the device after copying the feeds in (see `_launch`).
+    without a GPU. `sync_inputs`: also wait for the whole device after copying the feeds in (off: see
+    `_launch`).
     """
 
     def __init__(self, session: ort.InferenceSession, *, ordinary: Callable[[], ort.InferenceSession],
-                 device: str = "cuda", device_id: int = 0, sync_inputs: bool = True) -> None:
+                 device: str = "cuda", device_id: int = 0, sync_inputs: bool = False) -> None:
         self.session = session
         self.device = device
         self.device_id = device_id
@@ -228,10 +229,13 @@ class GraphedSession:
         for name, value in graph.inputs.items():
             value.update_inplace(np.ascontiguousarray(feeds[name]))
         if self.sync_inputs:
-            # a runtime whose copy from pageable memory returns before the data lands (no stream sync after
-            # its cudaMemcpy) would let the replay, on the runtime's own stream, read old inputs. This waits
-            # for the whole device, other models' runs too (bench.cuda_graph measures it both ways). The run
-            # synchronises its stream before it returns, so the outputs need no such wait.
+            # Off by default. `update_inplace` copies with cudaMemcpy and then synchronises the default stream
+            # (onnxruntime since 1.10, PR 9841: its sessions' streams do not wait for the default stream), so
+            # the feeds have landed when it returns. This wait was kept for runtimes without that: it waits for
+            # the whole device, every other run of the process included, while holding the GIL (the binding
+            # does not release it). On the H200, with it, a graph role under load slowed the whole process
+            # (one worker 0.88x at concurrency 8 and 32; many-face frames' paste stage 4x longer). The run
+            # synchronises its stream before it returns, so the outputs need no wait either.
             graph.binding.synchronize_inputs()
         self.session.run_with_iobinding(graph.binding, graph.options)
 

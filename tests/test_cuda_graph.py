@@ -70,6 +70,38 @@ def test_concurrent_callers_each_get_their_own_image_s_faces(fuser):
     assert graphed.replays == 3 * len(crops)
 
 
+class _CountingBinding:
+    """An IOBinding that counts its device-wide waits and passes everything else on."""
+
+    def __init__(self, binding, waits: list[int]) -> None:
+        self._binding, self._waits = binding, waits
+
+    def synchronize_inputs(self) -> None:
+        self._waits.append(1)
+        self._binding.synchronize_inputs()
+
+    def __getattr__(self, name: str):
+        return getattr(self._binding, name)
+
+
+def test_a_replay_waits_for_the_whole_device_only_when_asked(fuser):
+    """The binding's synchronize_inputs waits for every run of the process while holding the GIL (the H200
+    run: a graph role slowed the whole worker under load); the runtime's copy of the feeds already ends
+    with a sync of its own, so replays skip it unless `sync_inputs` is set, with the same faces."""
+    plain = fuser.detector
+    graphed = _graphed(plain.session)
+    detector = type(plain)(graphed)
+    image = cv2.imread(str(insightface_image("t1.jpg")))
+    want = _faces(detector.detect(image))
+    graphed.capture()
+    waits: list[int] = []
+    for graph in graphed._graphs.values():
+        graph.binding = _CountingBinding(graph.binding, waits)
+    assert _faces(detector.detect(image)) == want and waits == [] and graphed.replays == 1
+    graphed.sync_inputs = True
+    assert _faces(detector.detect(image)) == want and waits == [1] and graphed.replays == 2
+
+
 def test_a_shape_that_was_not_captured_runs_as_before(fuser):
     swapper = fuser.swapper
     graphed = _graphed(swapper.session)
