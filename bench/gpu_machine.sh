@@ -28,9 +28,9 @@ WORK=/tmp/ff-bench-gpu
 for step in ${STEPS:-gpu graphs detect}; do
   echo "=== $step $(date +%T)"
   case $step in
-    gpu)  # the bench: the defaults, batching off (the baseline), four and eight workers
+    gpu)  # the bench: the defaults, batching off (the baseline), eight workers as knative/ serves, with CUDA graphs
       timeout "${GPU_TIMEOUT:-380}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" \
-        --configs "${CONFIGS:-defaults,unbatched,defaults@4,defaults@8}" --images "${IMAGES:-1080p,4k,solvay}" \
+        --configs "${CONFIGS:-defaults,unbatched,defaults@8,graphs@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     graphs)  # CUDA graphs (pipeline/cuda_graph.py): per model, replay against ordinary runs (on the H200 an
