@@ -5,7 +5,7 @@
 Why: on GPU pods the CPU per request limits throughput, and `cv2.dnn.blobFromImage` (mean, scale,
 BGR->RGB of the 640x640 canvas) was 1-1.5 ms of it on the H100's host, plus 4.9 MB copied to the device
 where the uint8 canvas is 1.2 MB (pipeline/pixel_input.py). Both graphs are the real SCRFD prepared as
-the server prepares it (`build_optimised`, batch axis as `BATCH_MAX` 32 has it), one with `pixels=False`
+the server prepares it by default (`build_optimised`, batch 1 as without merging, fp32), one with `pixels=False`
 (the float input, the baseline) and one as served now (uint8 input), loaded as the loader loads them;
 the detector kind chooses its feed from the session's input type, as in the server.
 
@@ -52,7 +52,7 @@ def detectors(cache: Path, providers: list[str]) -> dict[str, object]:
                        category="detector", input_size=(640, 640))
     found = {}
     for label, pixels in (("float input (blobFromImage)", False), ("uint8 input (in the graph)", True)):
-        graph = build_optimised(entry, providers, cache, GraphRecipe(pixels=pixels))
+        graph = build_optimised(entry, providers, cache, GraphRecipe(batch=False, pixels=pixels))  # the defaults' detector
         if pixels and not graph_notes(graph).get("pixels"):
             raise SystemExit(f"the uint8 graph was refused: {graph_notes(graph).get('pixels_why')}")
         found[label] = ScrfdDetector(create_session(graph, providers, options=fast_load_options()))

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> list[list[object]]:
             with pillow_only():
                 return decode_image(data, limits)
 
-        same = np.array_equal(decode_image(data, limits).bgr, pillow().bgr)
+        new, old = decode_image(data, limits), pillow()
+        same = np.array_equal(new.bgr, old.bgr) and (
+            (new.alpha is None and old.alpha is None)
+            or (new.alpha is not None and old.alpha is not None and np.array_equal(new.alpha, old.alpha)))
         for round_ in range(1, args.rounds + 1):
             med = taking_turns({"opencv": lambda data=data: decode_image(data, limits), "pillow": pillow}, args.calls)
             rows.append([name, f"{layout.width}x{layout.height}" if layout else "?", "yes" if layout and layout.plain

@@ -177,7 +177,7 @@ def _opencv_png(data: bytes, size: tuple[int, int]) -> DecodedImage | None:
     layout = png_layout(data)
     if layout is None or not layout.plain:
         return None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no EXIF turn: none is there
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no turn: plain files carry no orientation
     if pixels is None or pixels.dtype != np.uint8 or (pixels.shape[1], pixels.shape[0]) != size:
         return None
     if pixels.ndim == 2 and layout.colour_type == GRAY:

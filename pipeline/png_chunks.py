@@ -6,7 +6,8 @@ Pillow's decode took 126 ms on the H200 machine's host, the largest stage of tha
 against 130 ms), but it raises on damaged files where OpenCV's answer is less clear. Walking the chunk
 list (a length, a type and a CRC around each chunk's data; PNG spec, section 5) tells, without
 decoding anything, whether the file is whole (every chunk inside the data, IEND last) and what it
-holds besides pixels: transparency, an EXIF orientation, an animation. Only plain, whole 8-bit files
+holds besides pixels: transparency, an EXIF orientation (in eXIf, or in XMP or raw-profile text), an
+animation. Only plain, whole 8-bit files
 go to OpenCV (pipeline/images.py); libpng still checks every CRC and the compressed data as it decodes.
 """
 
@@ -17,9 +18,14 @@ from dataclasses import dataclass
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY, RGB, GRAY_ALPHA, RGBA = 0, 2, 4, 6  # IHDR colour types OpenCV gives as Pillow does (3 is a palette)
-# chunks that change what the pixels mean beyond what OpenCV's plain decode does as Pillow does
-# (transparency of gray/RGB, EXIF orientation, APNG frames); such files stay with Pillow
-NOT_PLAIN = frozenset({b"tRNS", b"eXIf", b"acTL"})
+# Pillow also reads an orientation from text chunks: XMP's tiff:Orientation, and EXIF written as a "Raw
+# profile type exif" (ImageMagick, exiftool); a file with such a keyword gets this mark among its types
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+ORIENTATION_TEXT = (b"XML:com.adobe.xmp", b"Raw profile type ")  # a keyword equal to or starting with one
+TEXT_ORIENTATION = b"text orientation"
+# what changes the pixels beyond what OpenCV's plain decode does as Pillow does (transparency of gray/RGB,
+# an orientation, APNG frames); such files stay with Pillow
+NOT_PLAIN = frozenset({b"tRNS", b"eXIf", b"acTL", TEXT_ORIENTATION})
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,15 @@ def png_layout(data: bytes) -> PngLayout | None:
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
         kind = data[pos + 4:pos + 8]
+        body = pos + 8
         pos += 12 + length  # length, type, data, CRC
         if pos > len(data):
             return None
         types.add(kind)
+        if kind in TEXT_CHUNKS:
+            keyword = data[body:body + min(length, 80)].split(b"\0", 1)[0]  # keywords are 1-79 bytes
+            if keyword.startswith(ORIENTATION_TEXT):
+                types.add(TEXT_ORIENTATION)
         if kind == b"IEND":
             return PngLayout(width, height, bit_depth, colour_type, frozenset(types)) if pos == len(data) else None
     return None

@@ -74,6 +74,10 @@ def test_other_pngs_take_pillows_path_and_still_decode(make):
     assert decoded.bgr.dtype == np.uint8 and decoded.bgr.shape[2] == 3
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def test_an_exif_orientation_in_a_png_is_still_applied():
     img = Image.new("RGB", (40, 20), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
@@ -86,8 +90,6 @@ def test_an_exif_orientation_in_a_png_is_still_applied():
     assert decoded.bgr[5, 10, 2] > 200 and decoded.bgr[35, 10, 2] < 50  # the former left half on top
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def test_a_png_cut_short_is_refused_as_before():
@@ -148,3 +150,55 @@ def test_the_png_decode_bench_compares_both_paths_on_the_same_pixels(capsys):
 
     assert images._opencv_png(shared_file("images", "solvay_conference_1927.png").read_bytes(), (3000, 2171)) is not None
     assert "OpenCV / Pillow" in capsys.readouterr().out
+
+
+def _half_red(width: int = 40, height: int = 20) -> tuple[bytes, bytes, bytes]:
+    """A PNG's signature with IHDR, its IDAT and its IEND, of an RGB image whose left half is red."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2, 0] = 255
+    pixels[:, width // 2:, 2] = 255
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return head, _chunk(b"IDAT", zlib.compress(raw)), _chunk(b"IEND", b"")
+
+
+def _raw_profile_exif(orientation: int) -> bytes:
+    """EXIF as ImageMagick writes it into PNG text: a name, the length, then hex in lines."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    blob = exif.tobytes().hex()
+    return (f"\nexif\n{len(blob) // 2:8d}\n" + "\n".join(blob[i:i + 72] for i in range(0, len(blob), 72)) + "\n").encode()
+
+
+XMP_TURNED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("text", [
+    _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP_TURNED),
+    _chunk(b"tEXt", b"Raw profile type exif\x00" + _raw_profile_exif(6)),
+    _chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(_raw_profile_exif(6))),
+], ids=["xmp", "raw-profile-text", "raw-profile-compressed"])
+def test_an_orientation_in_a_text_chunk_keeps_pillows_turn(text, where):
+    """Pillow turns a PNG whose XMP or raw-profile EXIF text gives an orientation: such a file is not plain,
+    so it is turned as before OpenCV decoded PNGs, wherever the chunk sits."""
+    head, idat, end = _half_red()
+    data = head + text + idat + end if where == "before" else head + idat + text + end
+    assert not png_layout(data).plain
+    decoded = decode_image(data, LIMITS)
+    assert (decoded.height, decoded.width) == (40, 20)  # turned a quarter
+    assert np.array_equal(decoded.bgr, _pillow_reference_turned(data))
+
+
+def _pillow_reference_turned(data: bytes) -> np.ndarray:
+    from PIL import ImageOps
+
+    return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")))[:, :, ::-1])
+
+
+def test_other_text_chunks_keep_a_png_plain():
+    head, idat, end = _half_red()
+    data = head + _chunk(b"tEXt", b"Software\x00made by hand") + _chunk(b"iTXt", b"Comment\x00\x00\x00\x00\x00hi") + idat + end
+    assert png_layout(data).plain and _opencv_png(data, (40, 20)) is not None
+    assert np.array_equal(decode_image(data, LIMITS).bgr, _pillow_reference(data)[0])
