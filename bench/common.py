@@ -167,15 +167,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat; (0, 0) where it is missing."""
+def machine_cpu() -> tuple[int, int]:
+    """(busy, all) clock ticks of the whole machine's CPUs so far, from /proc/stat; (0, 0) where it is
+    missing. Whole ticks, so that a difference of two readings never puts busy above all."""
     try:
         values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
+        return 0, 0
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle and iowait
-    return (sum(values[:8]) - idle) / tick, sum(values[:8]) / tick
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The machine's CPU use between two `machine_cpu` readings, in percent (nan without /proc/stat); kept
+    within 0-100, since the kernel's iowait count may step back."""
+    busy, every = after[0] - before[0], after[1] - before[1]
+    return min(100.0, max(0.0, 100.0 * busy / every)) if every > 0 else float("nan")
 
 
 def memory(pid: int) -> dict[str, float]:

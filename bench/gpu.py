@@ -45,6 +45,7 @@ from bench.common import (
     REPO,
     SCRFD,
     SHARED,
+    busy_percent,
     cpu_seconds,
     frame_with_face,
     free_port,
@@ -367,8 +368,7 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
                 # the server's CPU, not the clients', over the row's requests and each connection's warm-up request
                 cpu_ms = (cpu_seconds(server) - cpu_before) * 1000 / (n + c)
-                busy, every = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
-                machine = 100 * busy / every if every else float("nan")
+                machine = busy_percent(machine_before, machine_cpu())
                 out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, cpu_ms, machine, config])
                 out["stages"].append([config, image, c, *(f"{k} {v:.1f}" for k, v in stages.items())])
                 print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
