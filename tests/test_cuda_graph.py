@@ -155,27 +155,56 @@ def test_a_capture_whose_replay_differs_from_an_ordinary_run_never_serves(tmp_pa
 
 def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     """The runtime keeps a graph in the capturing thread's context and reuses its scratch memory on the
-    session's one stream: replays and ordinary runs alike go through the wrapper's thread."""
+    session's one stream: every run of the graph session goes through the wrapper's thread. Shapes not
+    captured run on the second, ordinary session from the callers' threads, beside the replays."""
     recorder = RowCounter(fuser.swapper.session)
-    graphed = _graphed(recorder)  # type: ignore[arg-type]
+    beside = RowCounter(fuser.swapper.session)
+    graphed = GraphedSession(recorder, device="cpu", ordinary=lambda: beside)  # type: ignore[arg-type]
     rng = np.random.default_rng(5)
     inputs = fuser.swapper.session.get_inputs()
+    if isinstance(inputs[0].shape[0], int):
+        pytest.skip("this stand-in swapper has no batch axis")
 
     def feeds(rows: int) -> dict[str, np.ndarray]:
         return {i.name: rng.uniform(-1, 1, [rows, *i.shape[1:]]).astype(np.float32) for i in inputs}
 
     graphed.run(None, feeds(1))
     graphed.capture()
-    batch_ok = not isinstance(inputs[0].shape[0], int)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda k: graphed.run(None, feeds(1 + (k % 2 if batch_ok else 0))), range(12)))
-    assert graphed.replays >= 6
+    assert graphed.others_ready.wait(30)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="caller") as pool:
+        list(pool.map(lambda k: graphed.run(None, feeds(1 + k % 2)), range(12)))
+    assert graphed.replays == 6
     assert recorder.threads and all(name.startswith("cuda-graph") for name in recorder.threads), recorder.threads
+    assert beside.rows == [2] * 6 and beside.threads and all(name.startswith("caller") for name in beside.threads)
     # ordinary runs neither capture nor replay (without an id the runtime would capture graph 0); replays
     # name their graph, from 1 (0 is the runtime's own)
     assert recorder.graph_ids == {"run": {"-1"}, "bound": {"1"}}
     with pytest.raises(AttributeError, match="runs through run"):
         graphed.run_with_iobinding  # noqa: B018 - would run without a graph id, capturing graph 0
+
+
+def test_without_the_second_session_other_shapes_still_run_on_the_graph_thread(fuser):
+    """Where the second session cannot be made (the device out of memory, say), shapes not captured run on
+    the graph session's thread, marked to neither capture nor replay, with the plain session's outputs."""
+    swapper = fuser.swapper.session
+    recorder = RowCounter(swapper)
+
+    def cannot():
+        raise RuntimeError("out of memory")
+
+    graphed = GraphedSession(recorder, device="cpu", ordinary=cannot)  # type: ignore[arg-type]
+    inputs = swapper.get_inputs()
+    if isinstance(inputs[0].shape[0], int):
+        pytest.skip("this stand-in swapper has no batch axis")
+    rng = np.random.default_rng(9)
+    one = {i.name: rng.uniform(-1, 1, [1, *i.shape[1:]]).astype(np.float32) for i in inputs}
+    three = {i.name: rng.uniform(-1, 1, [3, *i.shape[1:]]).astype(np.float32) for i in inputs}
+    graphed.run(None, one)
+    assert graphed.capture() == "on (1 shape)"
+    assert graphed.others_ready.wait(30) and graphed._others is None
+    recorder.threads.clear()
+    np.testing.assert_allclose(graphed.run(None, three)[0], swapper.run(None, three)[0], rtol=1e-5, atol=1e-5)
+    assert recorder.rows[-1] == 3 and all(name.startswith("cuda-graph") for name in recorder.threads)
 
 
 def test_a_capture_without_runs_says_why(fuser):
