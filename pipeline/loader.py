@@ -247,7 +247,13 @@ def load_models(settings: Settings) -> ModelBundle:
 def load_fuser(settings: Settings) -> Fuser:
     """A Fuser over the models of `settings`, with its image limits and JPEG codec.
 
-    The codec is opened first: IMAGE_CODEC=nvimgcodec without a working nvImageCodec refuses readiness
-    (GpuJpegUnavailable) before any model is loaded, never falling back to OpenCV."""
-    codec = open_image_codec(settings.image_codec, settings.gpu.device_id)
-    return Fuser(load_models(settings), settings.limits, codec)
+    A GPU codec (IMAGE_CODEC=nvimgcodec) is opened on a thread of its own while the models load: on the
+    H200, opening it one after the other made four workers take 6.8 s to turn ready against 3.4 s. Without
+    a working nvImageCodec readiness is still refused (GpuJpegUnavailable, once the models' load has ended,
+    unless that failed first), never falling back to OpenCV."""
+    if settings.image_codec == "opencv":
+        return Fuser(load_models(settings), settings.limits, None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-codec") as pool:
+        codec = pool.submit(open_image_codec, settings.image_codec, settings.gpu.device_id)
+        models = load_models(settings)
+        return Fuser(models, settings.limits, codec.result())
