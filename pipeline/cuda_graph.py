@@ -20,8 +20,8 @@ run as a CUDA graph (`enable_cuda_graph`) and replay it with one launch. Opt-in 
   ordinary session, and the reason is reported.
 
 Shapes that were not captured (a frame with three faces, a micro-batched run) run on a second, ordinary
-session of the same graph, made in the background once the capture has succeeded, from the callers' own
-threads: on the H200 such runs queued on the one thread behind the replays (the Solvay photograph's
+session of the same graph, made in the background once every capture of the process has ended
+(`make_others`), from the callers' own threads: on the H200 such runs queued on the one thread behind the replays (the Solvay photograph's
 29-face batch with four workers: 0.64x the requests/s). Until that session exists, and where it cannot be
 made, they run on the graph session's thread, marked so that the runtime neither captures nor replays
 them (`gpu_graph_id` -1). The shapes captured are those of the warm-up's exercise (pipeline/exercise.py):
@@ -100,9 +100,8 @@ class GraphedSession:
     """Stands in for an InferenceSession whose runs of captured shapes are CUDA graph replays.
 
     Kinds call `run`, `get_inputs`, ... as on the session. Until `capture` the wrapper runs ordinarily and
-    remembers the first feeds of each shape (at most MAX_SHAPES); `capture` turns those into graphs and
-    has `ordinary` make, in the background, the session that runs the other shapes (`others_ready` is set
-    once it is there or could not be made), or, when there is nothing to capture or the capture fails,
+    remembers the first feeds of each shape (at most MAX_SHAPES); `capture` turns those into graphs (and
+    `make_others` then has `ordinary` make the session that runs the other shapes), or, when there is nothing to capture or the capture fails,
     swaps in the session `ordinary` makes (one without CUDA graphs, warmed with the remembered feeds) and
     steps aside. `device` is `cuda` in service;
     `cpu` runs the same binding and hand-over on the CPU provider, which is how the tests check them
@@ -135,6 +134,11 @@ class GraphedSession:
         if name.startswith("run"):  # run_with_iobinding, ... would run without the graph id, capturing graph 0
             raise AttributeError(f"a session with CUDA graphs runs through run(), not {name}")
         return getattr(self.session, name)
+
+    @property
+    def others_made(self) -> bool:
+        """Whether the second, ordinary session runs the shapes not captured (`make_others`)."""
+        return self._others is not None
 
     @property
     def captured(self) -> int:
@@ -182,14 +186,16 @@ class GraphedSession:
             self._step_aside(f"off: capture failed ({type(exc).__name__}: {str(exc)[:200]})", seen)
             return self.state
         self.state = f"on ({len(self._graphs)} shape{'s' if len(self._graphs) > 1 else ''})"
-        threading.Thread(target=self._make_others, name="cuda-graph-others", daemon=True).start()
         return self.state
 
-    def _make_others(self) -> None:
-        """The ordinary session for the shapes not captured; until it is there, and if it cannot be made
-        (the device out of memory, say), those shapes keep running on the graph session's thread."""
+    def make_others(self) -> None:
+        """Make the ordinary session for the shapes not captured, once no capture of any session can still
+        be running (its allocations would break one: ModelBundle.capture_graphs calls it after all of them,
+        in the background). Until it is there, and if it cannot be made (the device out of memory, say),
+        those shapes run on the graph session's thread. Sets `others_ready` either way."""
         try:
-            self._others = self._make_ordinary()
+            if self._thread is not None and self._graphs and self._others is None:
+                self._others = self._make_ordinary()
         except Exception as exc:  # the runtime raises its own types
             log.warning("no second session for the shapes CUDA graphs do not replay; they run on the graph "
                         "session's thread: %s", exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -68,6 +69,12 @@ class ModelBundle:
         whose shapes are the ones captured."""
         for role, session in self.graphed.items():
             log.info("CUDA graph of %s: %s", role, session.capture())
+        # then, in the background (the pod may turn ready meanwhile), each captured role's second session,
+        # for the shapes it does not replay (GraphedSession.make_others): no capture is left to disturb
+        captured = [session for session in self.graphed.values() if session.captured]
+        if captured:
+            threading.Thread(target=lambda: [session.make_others() for session in captured],
+                             name="cuda-graph-others", daemon=True).start()
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
