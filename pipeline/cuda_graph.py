@@ -110,6 +110,7 @@ class GraphedSession:
     """
 
     def __init__(self, session: ort.InferenceSession, *, ordinary: Callable[[], ort.InferenceSession],
+                 second: Callable[[], ort.InferenceSession] | None = None,
                  device: str = "cuda", device_id: int = 0, sync_inputs: bool = False) -> None:
         self.session = session
         self.device = device
@@ -118,6 +119,10 @@ class GraphedSession:
         self.state = "off: not captured yet (the warm-up captures)"
         self.replays = 0  # runs served by a graph (counted on the graph thread)
         self._make_ordinary = ordinary
+        # the second session's maker: the loader's never rebuilds the graph file on a failure (the device
+        # out of memory while the pod serves is no damaged file)
+        self._make_second = second or ordinary
+        self._captured_feeds: list[dict[str, np.ndarray]] = []  # warm the second session with these
         self._others: ort.InferenceSession | None = None  # runs the shapes not captured, from any thread
         self.others_ready = threading.Event()  # set once `_others` is made, or could not be
         self._recording = True
@@ -181,6 +186,7 @@ class GraphedSession:
             return self.state
         try:
             self._graphs = self._thread.submit(self._capture_all, seen).result()
+            self._captured_feeds = list(seen.values())
         except Exception as exc:  # the runtime raises its own types (Fail, RuntimeException, ...)
             log.warning("CUDA graph capture failed, ordinary runs: %s", exc)
             self._step_aside(f"off: capture failed ({type(exc).__name__}: {str(exc)[:200]})", seen)
@@ -194,10 +200,15 @@ class GraphedSession:
         in the background). Until it is there, and if it cannot be made (the device out of memory, say),
         those shapes run on the graph session's thread. Sets `others_ready` either way."""
         try:
-            if self._thread is not None and self._graphs and self._others is None:
-                self._others = self._make_ordinary()
+            with self._lock:  # one maker at a time; a second call finds the session made
+                if self._thread is not None and self._graphs and self._others is None:
+                    session = self._make_second()
+                    for feeds in self._captured_feeds:  # its first runs (allocations, handles) before requests'
+                        session.run(None, feeds)
+                    self._others = session
+                    log.info("CUDA graphs: a second session runs the shapes not captured")
         except Exception as exc:  # the runtime raises its own types
-            log.warning("no second session for the shapes CUDA graphs do not replay; they run on the graph "
+            log.warning("CUDA graphs: no second session for the shapes not captured, which run on the graph "
                         "session's thread: %s", exc)
         finally:
             self.others_ready.set()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
+from . import gpu_jpeg
 from .artefacts import GraphRecipe, build_optimised, fast_load_options, optimised_path
 from .batch_axis import has_free_batch
 from .batching import MicroBatcher
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # imported only where CUDA_GRAPHS names a role: nothing added
 
 log = logging.getLogger(__name__)
 GRAPH_DEVICE = "cuda"  # where a CUDA graph's bound buffers live (the tests wire the loader with "cpu")
+OTHERS_WAIT_S = 120.0  # how long the batch warm-up waits for CUDA graphs' second sessions before warming anyway
 
 
 @dataclass
@@ -78,7 +80,10 @@ class ModelBundle:
 
     def warm_batches(self) -> dict[str, list[int]]:
         """Run each micro-batched model once at every bucket size (MicroBatcher.warm), by role: what
-        the warm-up hook does in the background once the pod is ready."""
+        the warm-up hook does in the background once the pod is ready. With CUDA graphs, after the second
+        sessions are made (bounded wait): they, not the graph sessions, run the batched shapes."""
+        for session in self.graphed.values():
+            session.others_ready.wait(OTHERS_WAIT_S)
         return {role: batcher.warm() for role, batcher in self.batchers.items()}
 
     @property
@@ -234,10 +239,10 @@ def load_models(settings: Settings) -> ModelBundle:
               for role, entry in model_set.models.items()}
     if graph_roles:
         from .cuda_graph import GraphedSession
+    ordinary = {role: partial(_session, model_set.models[role], graphs.get(role), providers, cache_dir, options,
+                              load_log, role_recipe(recipe, model_set.models[role], settings)) for role in graph_roles}
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
-                                    ordinary=partial(_session, model_set.models[role], graphs.get(role), providers,
-                                                     cache_dir, options, load_log,
-                                                     role_recipe(recipe, model_set.models[role], settings)))
+                                    ordinary=ordinary[role], second=partial(ordinary[role], may_refuse=True))
                for role in graph_roles if made[role][1] is None}
     refused = {role: why for role, (_, why) in made.items() if why is not None}
     sessions = {role: _batched(graphed.get(role, session), settings) for role, session in sessions.items()}
@@ -256,10 +261,12 @@ def load_fuser(settings: Settings) -> Fuser:
 
     A GPU codec (IMAGE_CODEC=nvimgcodec) is opened on a thread of its own while the models load: on the
     H200, opening it one after the other made four workers take 6.8 s to turn ready against 3.4 s. Without
-    a working nvImageCodec readiness is still refused (GpuJpegUnavailable, once the models' load has ended,
-    unless that failed first), never falling back to OpenCV."""
+    nvImageCodec installed the load fails at once; a codec that cannot open fails it once the models have
+    loaded (unless that failed first): readiness is refused (GpuJpegUnavailable), never falling back to
+    OpenCV."""
     if settings.image_codec == "opencv":
         return Fuser(load_models(settings), settings.limits, None)
+    gpu_jpeg.import_nvimgcodec()  # a missing library fails here, at once, before any model is loaded
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-codec") as pool:
         codec = pool.submit(open_image_codec, settings.image_codec, settings.gpu.device_id)
         models = load_models(settings)

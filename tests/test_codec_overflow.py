@@ -258,6 +258,7 @@ def test_the_gpu_codec_opens_while_the_models_load(model_root, tmp_path, monkeyp
 
     monkeypatch.setattr(loader, "load_models", load)
     monkeypatch.setattr(loader, "open_image_codec", open_codec)
+    monkeypatch.setattr("pipeline.gpu_jpeg.import_nvimgcodec", lambda: standin)  # installed, as on a GPU pod
     settings = Settings.from_env({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"),
                                   "IMAGE_CODEC": "nvimgcodec"})
     fuser = loader.load_fuser(settings)

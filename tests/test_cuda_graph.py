@@ -172,6 +172,9 @@ def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     graphed.capture()
     assert not graphed.others_ready.is_set()  # made only once no capture can still be running
     graphed.make_others()
+    assert beside.rows == [1]  # its first run, with the captured feeds, before any request's
+    beside.rows.clear()
+    beside.threads.clear()
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="caller") as pool:
         list(pool.map(lambda k: graphed.run(None, feeds(1 + k % 2)), range(12)))
     assert graphed.replays == 6
@@ -182,6 +185,24 @@ def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     assert recorder.graph_ids == {"run": {"-1"}, "bound": {"1"}}
     with pytest.raises(AttributeError, match="runs through run"):
         graphed.run_with_iobinding  # noqa: B018 - would run without a graph id, capturing graph 0
+
+
+def test_the_second_session_comes_from_its_own_maker(fuser):
+    """The loader gives the second session a maker that never rebuilds the graph file (a device out of
+    memory while serving is no damaged file); the ordinary maker stays for a capture that fails."""
+    session = fuser.swapper.session
+    made: list[str] = []
+
+    def maker(name: str):
+        return lambda: made.append(name) or session
+
+    graphed = GraphedSession(session, device="cpu", ordinary=maker("ordinary"), second=maker("second"))
+    feeds = {i.name: np.zeros([1 if not isinstance(d, int) else d for d in i.shape], np.float32) for i in session.get_inputs()}
+    graphed.run(None, feeds)
+    assert graphed.capture() == "on (1 shape)"
+    graphed.make_others()
+    graphed.make_others()  # a second call finds it made
+    assert made == ["second"] and graphed.others_made
 
 
 def test_without_the_second_session_other_shapes_still_run_on_the_graph_thread(fuser):
