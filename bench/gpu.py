@@ -217,7 +217,7 @@ def gpu_memory_mib(pids: set[str]) -> list[list]:
 def _client_process(url: str, files: dict, data: dict, threads: int, count: int, barrier, results) -> None:
     """One load process: `threads` threads with a connection each send `count` requests between them,
     starting together with the other client processes; puts (start, end, latencies ms, errors, the
-    server's stage times of each answer)."""
+    server's stage times of each answer, with `outside`: the latency no stage holds)."""
     import requests as http
 
     sessions = [http.Session() for _ in range(threads)]
@@ -237,10 +237,14 @@ def _client_process(url: str, files: dict, data: dict, threads: int, count: int,
                     return
             t = time.perf_counter()
             r = session.post(url, files=files, data=data, timeout=300)
+            ms = (time.perf_counter() - t) * 1000
+            answer = server_timing(r.headers.get("Server-Timing", ""))
+            if answer:  # what no stage holds: sending and receiving, parsing, the front door, queueing
+                answer["outside"] = ms - sum(answer.values())
             with lock:
-                latencies.append((time.perf_counter() - t) * 1000)
+                latencies.append(ms)
                 errors += r.status_code != 200
-                stages.append(server_timing(r.headers.get("Server-Timing", "")))
+                stages.append(answer)
     barrier.wait()
     start = time.time()
     pool = [threading.Thread(target=work, args=(s,)) for s in sessions]

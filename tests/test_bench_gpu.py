@@ -26,6 +26,8 @@ def test_gpu_bench_runs_on_the_cpu():
     for run in result["runs"]:  # the baseline ran in the same invocation, over the same rows
         assert [(row[0], row[1]) for row in run["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
         assert all(row[5] == 0 for row in run["rows"]), run["rows"]  # no request failed
+        # every row's stages say how much of the latency no stage holds
+        assert all(any(cell.startswith("outside ") for cell in row[3:]) for row in run["stages"]), run["stages"]
         # the serving processes did work for each request, and the machine was busy but not past full
         assert all(row[7] > 0 and 0 < row[8] <= 100 for row in run["rows"]), run["rows"]
         # one worker: a GIL profile where py-spy can read the process (None where it cannot)
