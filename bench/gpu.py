@@ -147,16 +147,16 @@ def per_model_ms(models: Path, cache: Path, providers: str, runs: int, config: s
     prepared graph has a free batch axis, per row of a batch of `batch`; what the graph was built to."""
     from pipeline import load_models
     from pipeline.artefacts import graph_notes, optimised_path
-    from pipeline.loader import graph_recipe, role_recipe
+    from pipeline.loader import role_recipes
 
     settings = _settings(models, cache, providers, config)
     bundle = load_models(settings)
-    recipe = graph_recipe(settings, bundle.providers)
+    recipes = role_recipes(bundle.model_set, settings, bundle.providers)  # the detector's: no axis nor fp16 by default
     rows = []
     for role, model in bundle.models.items():
         session = getattr(model.session, "session", model.session)  # the runtime's, not the micro-batcher
         entry = bundle.model_set.models[role]
-        own = role_recipe(recipe, entry, settings)  # the detector's, say, without batch axis and fp16 by default
+        own = recipes[role]
         notes = graph_notes(optimised_path(entry, bundle.providers, cache, own))
 
         free = not isinstance(session.get_inputs()[0].shape[0], int)
@@ -360,12 +360,13 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
               f"the process's own account: {out['timings_s']}; batch sizes warmed after ready in "
               f"{out['batch_warmup_s']} s", flush=True)
+        pids = worker_pids(proc.pid)  # every worker has answered /readyz: the set is complete
+        server = sorted({proc.pid, *pids})  # with WORKERS > 1 the supervisor too
         for image, (target, data) in images.items():
             count = requests_per_row if image != "solvay" else max(3, requests_per_row // 4)
             files = {"source": source, "target": target}
             for c in levels:
                 n = max(count, c)
-                server = sorted({proc.pid, *worker_pids(proc.pid)})  # one worker: the process itself
                 cpu_before, machine_before = cpu_seconds(server), machine_cpu()
                 with UtilSampler() as util:
                     rps, p50, p99, errors, stages = load(url, files, data, c, n, client_procs)
@@ -377,7 +378,6 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
                 out["stages"].append([config, image, c, *(f"{k} {v:.1f}" for k, v in stages.items())])
                 print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
                       " | ".join(out["stages"][-1][3:]), flush=True)
-        pids = worker_pids(proc.pid)
         if gil_seconds > 0 and len(pids) == 1:
             out["gil"] = gil_profile(url, pids[0], images["1080p"], source, out["rows"], gil_seconds, client_procs, config)
         out["serving_processes"] = len(pids)

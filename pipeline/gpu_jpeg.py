@@ -279,8 +279,3 @@ def open_gpu_jpeg(device_id: int = 0, module: Any | None = None) -> GpuJpeg:
         raise GpuJpegUnavailable(f"IMAGE_CODEC=nvimgcodec, but nvImageCodec's check on CUDA device {device_id} "
                                  f"failed: {problems}")
     return codec
-
-
-def open_image_codec(name: str, device_id: int = 0) -> GpuJpeg | None:
-    """The JPEG codec IMAGE_CODEC names: None for OpenCV (the default), a checked GpuJpeg for nvimgcodec."""
-    return open_gpu_jpeg(device_id) if name == "nvimgcodec" else None

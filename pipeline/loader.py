@@ -28,7 +28,6 @@ from .config import ConfigError, Settings
 from .errors import ModelSetInvalid
 from .fuser import Fuser
 from .gpu_info import gpu_model
-from .gpu_jpeg import open_image_codec
 from .manifest import ModelEntry, ModelSet
 from .model_store import open_model_set
 from .models import ModelKind, kind_class
@@ -111,6 +110,12 @@ def graph_recipe(settings: Settings, providers: list[str]) -> GraphRecipe:
                        fp16=fp16_wanted(settings.model_fp16, providers, settings.gpu.device_id))
 
 
+def role_recipes(model_set: ModelSet, settings: Settings, providers: list[str]) -> dict[str, GraphRecipe]:
+    """What each role's optimised graph is built to (`graph_recipe`, then `role_recipe`), once per load."""
+    recipe = graph_recipe(settings, providers)
+    return {role: role_recipe(recipe, entry, settings) for role, entry in model_set.models.items()}
+
+
 def role_recipe(recipe: GraphRecipe, entry: ModelEntry, settings: Settings) -> GraphRecipe:
     """`recipe` as one role's graph is built to: a batch axis only where the kind's runs can hold more than
     one row (models/base.py's `rows_per_request`, or merging across requests on), fp16 under `auto` only
@@ -122,7 +127,7 @@ def role_recipe(recipe: GraphRecipe, entry: ModelEntry, settings: Settings) -> G
 
 
 def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], cache_dir: Path,
-               recipe: GraphRecipe) -> tuple[dict[str, Path], list[str]]:
+               recipes: dict[str, GraphRecipe]) -> tuple[dict[str, Path], list[str]]:
     """Each kind's own artefacts and an optimised graph per role, building what is missing one at a
     time (building holds a whole model in memory). A role whose graph cannot be built is absent from
     the map and loads from the original model: a read-only or full cache must not stop serving."""
@@ -132,11 +137,10 @@ def _artefacts(model_set: ModelSet, settings: Settings, providers: list[str], ca
         built += _kind(entry).prepare(entry, cache_dir)
         if not settings.optimised_graphs:
             continue
-        own = role_recipe(recipe, entry, settings)
-        path = optimised_path(entry, providers, cache_dir, own)
+        path = optimised_path(entry, providers, cache_dir, recipes[role])
         if not path.is_file():
             try:
-                build_optimised(entry, providers, cache_dir, own)
+                build_optimised(entry, providers, cache_dir, recipes[role])
             except Exception as exc:  # the runtime and the filesystem raise many types here
                 log.warning("cannot build an optimised graph for %s: %s", entry.path.name, exc)
                 continue
@@ -150,7 +154,7 @@ def prepare(settings: Settings) -> list[str]:
     cache_dir = settings.resolved_cache_path()
     model_set = open_model_set(settings.model_dir, cache_dir)
     providers = resolve_providers(settings.execution_providers)
-    return _artefacts(model_set, settings, providers, cache_dir, graph_recipe(settings, providers))[1]
+    return _artefacts(model_set, settings, providers, cache_dir, role_recipes(model_set, settings, providers))[1]
 
 
 def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
@@ -222,15 +226,15 @@ def load_models(settings: Settings) -> ModelBundle:
     cache_dir = settings.resolved_cache_path()
     model_set = open_model_set(settings.model_dir, cache_dir)
     providers = resolve_providers(settings.execution_providers)
-    recipe = graph_recipe(settings, providers)
+    recipes = role_recipes(model_set, settings, providers)
     graph_roles = _graph_roles_of(settings, model_set)  # a misnamed role fails before anything is built
-    graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipe)
+    graphs, built = _artefacts(model_set, settings, providers, cache_dir, recipes)
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
     graph_options = provider_options(providers, cache_dir, settings.gpu, cuda_graph=True) if graph_roles else None
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
         futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     role_recipe(recipe, entry, settings), graph_options if role in graph_roles else None)
+                                     recipes[role], graph_options if role in graph_roles else None)
                    for role, entry in model_set.models.items()}
         made = {role: future.result() for role, future in futures.items()}
     sessions = {role: session for role, (session, _) in made.items()}
@@ -240,7 +244,7 @@ def load_models(settings: Settings) -> ModelBundle:
     if graph_roles:
         from .cuda_graph import GraphedSession
     ordinary = {role: partial(_session, model_set.models[role], graphs.get(role), providers, cache_dir, options,
-                              load_log, role_recipe(recipe, model_set.models[role], settings)) for role in graph_roles}
+                              load_log, recipes[role]) for role in graph_roles}
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=ordinary[role], second=partial(ordinary[role], may_refuse=True))
                for role in graph_roles if made[role][1] is None}
@@ -268,6 +272,6 @@ def load_fuser(settings: Settings) -> Fuser:
         return Fuser(load_models(settings), settings.limits, None)
     gpu_jpeg.import_nvimgcodec()  # a missing library fails here, at once, before any model is loaded
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-codec") as pool:
-        codec = pool.submit(open_image_codec, settings.image_codec, settings.gpu.device_id)
+        codec = pool.submit(gpu_jpeg.open_gpu_jpeg, settings.gpu.device_id)
         models = load_models(settings)
         return Fuser(models, settings.limits, codec.result())

@@ -252,21 +252,21 @@ def test_the_gpu_codec_opens_while_the_models_load(model_root, tmp_path, monkeyp
         started.set()
         return real_load(settings)
 
-    def open_codec(name: str, device_id: int = 0) -> GpuJpeg:
+    def open_codec(device_id: int = 0) -> GpuJpeg:
         assert started.wait(10), "the codec was opened before the models began to load"
         return open_gpu_jpeg(module=standin)
 
     monkeypatch.setattr(loader, "load_models", load)
-    monkeypatch.setattr(loader, "open_image_codec", open_codec)
+    monkeypatch.setattr("pipeline.gpu_jpeg.open_gpu_jpeg", open_codec)
     monkeypatch.setattr("pipeline.gpu_jpeg.import_nvimgcodec", lambda: standin)  # installed, as on a GPU pod
     settings = Settings.from_env({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"),
                                   "IMAGE_CODEC": "nvimgcodec"})
     fuser = loader.load_fuser(settings)
     assert isinstance(fuser.codec, GpuJpeg) and fuser.models.models
 
-    def cannot(name: str, device_id: int = 0) -> GpuJpeg:
+    def cannot(device_id: int = 0) -> GpuJpeg:
         raise GpuJpegUnavailable("IMAGE_CODEC=nvimgcodec, but nvImageCodec cannot be imported")
 
-    monkeypatch.setattr(loader, "open_image_codec", cannot)
+    monkeypatch.setattr("pipeline.gpu_jpeg.open_gpu_jpeg", cannot)
     with pytest.raises(GpuJpegUnavailable, match="nvImageCodec"):
         loader.load_fuser(settings)

@@ -22,7 +22,7 @@ from pipeline import ModelBundle, Settings, load_models
 from pipeline.artefacts import GraphRecipe, build_optimised, graph_notes, optimised_path
 from pipeline.batching import MicroBatcher
 from pipeline.faces import Face
-from pipeline.loader import graph_recipe, role_recipe
+from pipeline.loader import role_recipe, role_recipes
 from pipeline.manifest import ModelEntry
 from pipeline.models import ScrfdDetector
 from pipeline.pixel_input import PIXEL_INPUT, PIXEL_TOLERANCE, PixelFormat, pixels_match, with_pixel_input
@@ -91,7 +91,7 @@ def test_the_prepared_detector_takes_uint8_and_finds_the_faces_of_the_published_
     assert detector.takes_pixels
     entry = prepared.model_set.models["detector"]
     graph = optimised_path(entry, prepared.providers, prepared_settings.resolved_cache_path(),
-                           role_recipe(graph_recipe(prepared_settings, prepared.providers), entry, prepared_settings))
+                           role_recipes(prepared.model_set, prepared_settings, prepared.providers)["detector"])
     notes = graph_notes(graph)  # what the build kept and how close its probe came, beside the graph
     assert notes["pixels"] is True and notes["pixels_error"] <= PIXEL_TOLERANCE
     for name in PHOTOS:
@@ -116,13 +116,12 @@ def test_by_default_the_detector_keeps_batch_1_and_the_swapper_gets_the_batch_ax
 
 
 def test_the_recipe_of_a_role_follows_its_kind_merging_and_model_fp16(prepared):
-    from pipeline.artefacts import GraphRecipe
-
     wanted = GraphRecipe(batch=True, fp16=True)
     detector, swapper = (prepared.model_set.models[role] for role in ("detector", "swapper"))
     auto, merged_on = Settings.from_env({}), Settings.from_env({"BATCH_WAIT_MS": "2", "MODEL_FP16": "on"})
-    assert (role_recipe(wanted, detector, auto).batch, role_recipe(wanted, detector, auto).fp16) == (False, False)
-    assert (role_recipe(wanted, detector, merged_on).batch, role_recipe(wanted, detector, merged_on).fp16) == (True, True)
+    by_default, merging_fp16_on = role_recipe(wanted, detector, auto), role_recipe(wanted, detector, merged_on)
+    assert (by_default.batch, by_default.fp16) == (False, False)
+    assert (merging_fp16_on.batch, merging_fp16_on.fp16) == (True, True)
     assert role_recipe(wanted, swapper, auto) == wanted
     assert role_recipe(GraphRecipe(batch=False), detector, merged_on).batch is False  # BATCH_MAX=1 stays as published
 
