@@ -21,10 +21,10 @@ run as a CUDA graph (`enable_cuda_graph`) and replay it with one launch. Opt-in 
 
 Shapes that were not captured (a frame with three faces, a micro-batched run) run on a second, ordinary
 session of the same graph, made in the background once every capture of the process has ended
-(`make_others`), from the callers' own threads: on the H200 such runs queued on the one thread behind the replays (the Solvay photograph's
-29-face batch with four workers: 0.64x the requests/s). Until that session exists, and where it cannot be
-made, they run on the graph session's thread, marked so that the runtime neither captures nor replays
-them (`gpu_graph_id` -1). The shapes captured are those of the warm-up's exercise (pipeline/exercise.py):
+(`make_others`), from the callers' own threads: on the H200 such runs queued on the one thread behind
+the replays (the Solvay photograph's 29-face batch with four workers: 0.64x the requests/s). Until that
+session exists, and where it cannot be made, they run on the graph session's thread, marked so that
+the runtime neither captures nor replays them (`gpu_graph_id` -1). The shapes captured are those of the warm-up's exercise (pipeline/exercise.py):
 one frame for the detector, one face for the recognizer, swappers, maskers and enhancers, which is what a
 one-face request runs.
 """
@@ -101,11 +101,10 @@ class GraphedSession:
 
     Kinds call `run`, `get_inputs`, ... as on the session. Until `capture` the wrapper runs ordinarily and
     remembers the first feeds of each shape (at most MAX_SHAPES); `capture` turns those into graphs (and
-    `make_others` then has `ordinary` make the session that runs the other shapes), or, when there is nothing to capture or the capture fails,
-    swaps in the session `ordinary` makes (one without CUDA graphs, warmed with the remembered feeds) and
-    steps aside. `device` is `cuda` in service;
-    `cpu` runs the same binding and hand-over on the CPU provider, which is how the tests check them
-    without a GPU. `sync_inputs`: also wait for the whole device after copying the feeds in (off: see
+    `make_others` then has `second` make the session that runs the other shapes), or, when there is
+    nothing to capture or the capture fails, swaps in the session `ordinary` makes (one without CUDA
+    graphs, warmed with the remembered feeds) and steps aside. `device` is `cuda` in service; `cpu` runs
+    the same binding and hand-over on the CPU provider, which is how the tests check them without a GPU. `sync_inputs`: also wait for the whole device after copying the feeds in (off: see
     `_launch`).
     """
 

@@ -170,14 +170,15 @@ def opencv_decode(data: bytes) -> np.ndarray | None:
 
 
 def _opencv_png(data: bytes, size: tuple[int, int]) -> DecodedImage | None:
-    """A whole, plain 8-bit PNG (pipeline/png_chunks.py) decoded by OpenCV, 1.15-1.35x faster than
-    Pillow at it (bench/png_decode.py), with the pixels and alpha Pillow's path gives; None for any other PNG, or when OpenCV
-    cannot decode it or gives another size than the header that the limits were checked on (Pillow's
-    path then decodes or gives the verdict)."""
+    """A whole, plain 8-bit PNG (pipeline/png_chunks.py) decoded by OpenCV, 1.15-1.35x faster than Pillow
+    at it (bench/png_decode.py), with the pixels and alpha Pillow's path gives; None for any other PNG, or
+    when OpenCV cannot decode it or gives another size than the header the limits were checked on
+    (Pillow's path then decodes or gives the verdict)."""
     layout = png_layout(data)
     if layout is None or not layout.plain:
         return None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no turn: plain files carry no orientation
+    # IMREAD_UNCHANGED: no turn (plain files carry no orientation), alpha kept, gray left one channel
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.dtype != np.uint8 or (pixels.shape[1], pixels.shape[0]) != size:
         return None
     if pixels.ndim == 2 and layout.colour_type == GRAY:

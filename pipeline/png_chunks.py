@@ -7,8 +7,8 @@ against 130 ms), but it raises on damaged files where OpenCV's answer is less cl
 list (a length, a type and a CRC around each chunk's data; PNG spec, section 5) tells, without
 decoding anything, whether the file is whole (every chunk inside the data, IEND last) and what it
 holds besides pixels: transparency, an EXIF orientation (in eXIf, or in XMP or raw-profile text), an
-animation. Only plain, whole 8-bit files
-go to OpenCV (pipeline/images.py); libpng still checks every CRC and the compressed data as it decodes.
+animation. Only plain, whole 8-bit files go to OpenCV (pipeline/images.py); libpng still checks every CRC
+and the compressed data as it decodes.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY, RGB, GRAY_ALPHA, RGBA = 0, 2, 4, 6  # IHDR colour types OpenCV gives as Pillow does (3 is a palette)
+# what changes the pixels beyond what OpenCV's plain decode does as Pillow does (transparency of gray/RGB,
+# an EXIF orientation, APNG frames); such files stay with Pillow
+NOT_PLAIN = frozenset({b"tRNS", b"eXIf", b"acTL"})
 # Pillow also reads an orientation from text chunks: XMP's tiff:Orientation, and EXIF written as a "Raw
-# profile type exif" (ImageMagick, exiftool); a file with such a keyword gets this mark among its types
+# profile type exif" (ImageMagick, exiftool); such files stay with Pillow too
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 ORIENTATION_TEXT = (b"XML:com.adobe.xmp", b"Raw profile type ")  # a keyword equal to or starting with one
-TEXT_ORIENTATION = b"text orientation"
-# what changes the pixels beyond what OpenCV's plain decode does as Pillow does (transparency of gray/RGB,
-# an orientation, APNG frames); such files stay with Pillow
-NOT_PLAIN = frozenset({b"tRNS", b"eXIf", b"acTL", TEXT_ORIENTATION})
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,7 @@ class PngLayout:
     bit_depth: int
     colour_type: int
     chunk_types: frozenset[bytes]
+    orientation_text: bool = False  # a text chunk whose keyword may carry an orientation (ORIENTATION_TEXT)
 
     @property
     def has_alpha(self) -> bool:
@@ -44,7 +44,7 @@ class PngLayout:
     def plain(self) -> bool:
         """8-bit gray, gray+alpha, RGB or RGBA with nothing in NOT_PLAIN: OpenCV's pixels are Pillow's."""
         return (self.bit_depth == 8 and self.colour_type in (GRAY, RGB, GRAY_ALPHA, RGBA)
-                and not self.chunk_types & NOT_PLAIN)
+                and not self.chunk_types & NOT_PLAIN and not self.orientation_text)
 
 
 def png_layout(data: bytes) -> PngLayout | None:
@@ -54,6 +54,7 @@ def png_layout(data: bytes) -> PngLayout | None:
         return None
     width, height, bit_depth, colour_type = struct.unpack_from(">IIBB", data, 16)
     types: set[bytes] = set()
+    orientation_text = False
     pos = len(SIGNATURE)
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
@@ -65,8 +66,8 @@ def png_layout(data: bytes) -> PngLayout | None:
         types.add(kind)
         if kind in TEXT_CHUNKS:
             keyword = data[body:body + min(length, 80)].split(b"\0", 1)[0]  # keywords are 1-79 bytes
-            if keyword.startswith(ORIENTATION_TEXT):
-                types.add(TEXT_ORIENTATION)
+            orientation_text = orientation_text or keyword.startswith(ORIENTATION_TEXT)
         if kind == b"IEND":
-            return PngLayout(width, height, bit_depth, colour_type, frozenset(types)) if pos == len(data) else None
+            whole = pos == len(data)
+            return PngLayout(width, height, bit_depth, colour_type, frozenset(types), orientation_text) if whole else None
     return None
