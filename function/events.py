@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from cloudevents.http import CloudEvent, from_http
 
 from .problems import Problem
+from .tracing import STRUCTURED
 
 log = logging.getLogger("facefusion.function")
 
@@ -239,7 +240,7 @@ def _missing_attributes(headers: dict[str, str], body: bytes) -> list[str]:
     lower = {k.lower(): v for k, v in headers.items()}
     if "ce-specversion" in lower:
         return [f"ce-{name} header" for name in REQUIRED_ATTRIBUTES if not lower.get(f"ce-{name}")]
-    if lower.get("content-type", "").split(";")[0].strip().lower() == "application/cloudevents+json":
+    if lower.get("content-type", "").split(";")[0].strip().lower() == STRUCTURED:
         try:
             event = json.loads(body)
         except (ValueError, RecursionError):
@@ -247,7 +248,7 @@ def _missing_attributes(headers: dict[str, str], body: bytes) -> list[str]:
         if isinstance(event, dict):
             return [f"'{name}' attribute" for name in REQUIRED_ATTRIBUTES if not event.get(name)]
         return []
-    return ["ce-specversion header (binary mode) or a Content-Type of application/cloudevents+json (structured mode)"]
+    return [f"ce-specversion header (binary mode) or a Content-Type of {STRUCTURED} (structured mode)"]
 
 
 def parse_batch(body: bytes | list[Any], limit: int) -> list[EventJob]:
@@ -281,7 +282,7 @@ def _batch_entry(item: Any) -> tuple[EventJob, bool]:
         return EventJob(event_id="", event_type="", problem=problem), False
     event_id, event_type = str(item.get("id", "")), str(item.get("type", ""))
     try:
-        event = parse_cloudevent({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+        event = parse_cloudevent({"content-type": STRUCTURED}, json.dumps(item).encode())
     except Problem as problem:
         return EventJob(event_id=event_id, event_type=event_type, problem=problem), False
     try:

@@ -145,8 +145,6 @@ def supervise(sock: socket.socket, workers: int) -> int:
 
 
 def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str, str], metrics_dir: str) -> int:
-    from prometheus_client import multiprocess
-
     stopping = threading.Event()
     procs: dict[int, subprocess.Popen] = {}
 
@@ -169,6 +167,9 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
     signal.signal(signal.SIGINT, forward)
     for slot in range(workers):
         start(slot)
+    # needed only once a worker has left; imported after the workers start, not before (~30 ms)
+    from prometheus_client import multiprocess
+
     statuses: dict[int, int] = {}
     restarts: dict[int, list[float]] = {slot: [] for slot in range(workers)}
     while len(statuses) < workers:

@@ -15,7 +15,7 @@ from pipeline.video.output import CODECS_BY_CONTAINER, X264_PRESETS
 
 from .fusion import parse_options
 from .options import BY_NAME as IMAGE_OPTIONS
-from .options import IMAGE_ONLY, VIDEO_ONLY, Option, validate
+from .options import IMAGE_FIELDS, IMAGE_ONLY, VIDEO_ONLY, Option, validate
 
 CODECS = tuple(sorted({codec for codecs in CODECS_BY_CONTAINER.values() for codec in codecs}))
 VIDEO_OPTIONS: tuple[Option, ...] = (
@@ -48,7 +48,7 @@ def build(raw: Mapping[str, Any], form: bool = False, accepted: bool = False) ->
     try:
         fuse: FuseOptions = parse_options(face_raw, form=form, accepted=accepted)
     except InvalidOptions as exc:
-        unknown = [k for k in face_raw if k not in IMAGE_OPTIONS and k != "reference"]
+        unknown = [k for k in face_raw if k not in IMAGE_OPTIONS and k not in IMAGE_FIELDS]
         if unknown:  # name both tables in the message
             raise InvalidOptions(f"{exc.message} or video options {', '.join(BY_NAME)}") from exc
         errors.append(exc.message)
