@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench.common import (
+    cpu_seconds,
     free_port,
     function_command,
     single_face_1080p,
@@ -52,16 +53,6 @@ class Receiver:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of the server's workers so far (less sensitive than req/s to other
-    load on a shared machine: a CPU-bound server's throughput is CPUs / CPU time per request)."""
-    total = 0
-    for worker in worker_pids(pid):
-        fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def tracing_cpu_per_request(n: int = 2000) -> float:
@@ -135,9 +126,10 @@ def main() -> None:
         for c in levels:
             for _ in range(args.rounds):
                 for name, (port, proc) in servers.items():
-                    before = cpu_seconds(proc.pid)
+                    workers = worker_pids(proc.pid)
+                    before = cpu_seconds(workers)
                     rps = drive(f"http://127.0.0.1:{port}/", files, c, args.requests)[0]
-                    cpu.setdefault((c, name), []).append((cpu_seconds(proc.pid) - before) * 1000 / (args.requests + c))
+                    cpu.setdefault((c, name), []).append((cpu_seconds(workers) - before) * 1000 / (args.requests + c))
                     results.setdefault((c, name), []).append(rps)
         rows = []
         for c in levels:
