@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,22 @@ def settings(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Sett
 @pytest.fixture(scope="session")
 def fuser(settings: Settings) -> Fuser:
     return load_fuser(settings)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk as written by hand: length, type, data and CRC (PNG spec, section 5)."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_parts(rgb, rows: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """A hand-made 8-bit RGB PNG of `rgb` (HxWx3 uint8) as (signature with IHDR, IDAT, IEND), so tests can
+    put chunks between them; `rows`: only that many rows in the compressed data (a file that ends early)."""
+    from pipeline.png_chunks import SIGNATURE
+
+    height, width = rgb.shape[:2]
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb[:rows])  # filter type 0 on every row
+    head = SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return head, png_chunk(b"IDAT", zlib.compress(raw)), png_chunk(b"IEND", b"")
 
 
 def fuse_multipart(server, target: bytes | None = None, **fields) -> requests.Response:

@@ -33,6 +33,23 @@ def _graphed(session: ort.InferenceSession) -> GraphedSession:
     return GraphedSession(session, device="cpu", ordinary=lambda: session)
 
 
+def _feeds(session, rows: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """`rows` rows for every input of `session` (the swapper stand-in's): uniform in -1..1 from `rng`,
+    else zeros."""
+    return {i.name: (rng.uniform(-1, 1, [rows, *i.shape[1:]]) if rng is not None else np.zeros([rows, *i.shape[1:]]))
+            .astype(np.float32) for i in session.get_inputs()}
+
+
+def _skip_without_batch_axis(session) -> None:
+    if isinstance(session.get_inputs()[0].shape[0], int):
+        pytest.skip("this stand-in swapper has no batch axis")
+
+
+def _env(settings: Settings, tmp_path: Path, **extra: str) -> Settings:
+    """The test model set with a cache of this test's own, and `extra` settings."""
+    return Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"), **extra})
+
+
 def _faces(faces) -> list[tuple]:
     return [(tuple(np.round(f.bbox, 3)), round(f.score, 5), tuple(np.round(f.kps.ravel(), 3))) for f in faces]
 
@@ -106,13 +123,11 @@ def test_a_shape_that_was_not_captured_runs_as_before(fuser):
     swapper = fuser.swapper
     graphed = _graphed(swapper.session)
     rng = np.random.default_rng(3)
-    feeds_one = {i.name: rng.uniform(-1, 1, [1 if not isinstance(d, int) else d for d in i.shape]).astype(np.float32)
-                 for i in swapper.session.get_inputs()}
+    feeds_one = _feeds(swapper.session, 1, rng)
     graphed.run(None, feeds_one)
     assert graphed.capture() == "on (1 shape)"
     feeds_two = {name: np.concatenate([value, value[:, ::-1] * 0.5]) for name, value in feeds_one.items()}
-    if any(isinstance(i.shape[0], int) for i in swapper.session.get_inputs()):
-        pytest.skip("this stand-in swapper has no batch axis")
+    _skip_without_batch_axis(swapper.session)
     got = graphed.run(None, feeds_two)
     assert graphed.replays == 0  # an ordinary run, not a replay of the one-row graph
     np.testing.assert_allclose(got[0], swapper.session.run(None, feeds_two)[0], rtol=1e-5, atol=1e-5)
@@ -161,12 +176,10 @@ def test_every_run_of_a_graph_session_is_made_by_its_one_thread(fuser):
     beside = RowCounter(fuser.swapper.session)
     graphed = GraphedSession(recorder, device="cpu", ordinary=lambda: beside)  # type: ignore[arg-type]
     rng = np.random.default_rng(5)
-    inputs = fuser.swapper.session.get_inputs()
-    if isinstance(inputs[0].shape[0], int):
-        pytest.skip("this stand-in swapper has no batch axis")
+    _skip_without_batch_axis(fuser.swapper.session)
 
     def feeds(rows: int) -> dict[str, np.ndarray]:
-        return {i.name: rng.uniform(-1, 1, [rows, *i.shape[1:]]).astype(np.float32) for i in inputs}
+        return _feeds(fuser.swapper.session, rows, rng)
 
     graphed.run(None, feeds(1))
     graphed.capture()
@@ -197,8 +210,7 @@ def test_the_second_session_comes_from_its_own_maker(fuser):
         return lambda: made.append(name) or session
 
     graphed = GraphedSession(session, device="cpu", ordinary=maker("ordinary"), second=maker("second"))
-    feeds = {i.name: np.zeros([1 if not isinstance(d, int) else d for d in i.shape], np.float32) for i in session.get_inputs()}
-    graphed.run(None, feeds)
+    graphed.run(None, _feeds(session, 1))
     assert graphed.capture() == "on (1 shape)"
     graphed.make_others()
     graphed.make_others()  # a second call finds it made
@@ -215,12 +227,9 @@ def test_without_the_second_session_other_shapes_still_run_on_the_graph_thread(f
         raise RuntimeError("out of memory")
 
     graphed = GraphedSession(recorder, device="cpu", ordinary=cannot)  # type: ignore[arg-type]
-    inputs = swapper.get_inputs()
-    if isinstance(inputs[0].shape[0], int):
-        pytest.skip("this stand-in swapper has no batch axis")
+    _skip_without_batch_axis(swapper)
     rng = np.random.default_rng(9)
-    one = {i.name: rng.uniform(-1, 1, [1, *i.shape[1:]]).astype(np.float32) for i in inputs}
-    three = {i.name: rng.uniform(-1, 1, [3, *i.shape[1:]]).astype(np.float32) for i in inputs}
+    one, three = _feeds(swapper, 1, rng), _feeds(swapper, 3, rng)
     graphed.run(None, one)
     assert graphed.capture() == "on (1 shape)"
     graphed.make_others()
@@ -262,8 +271,7 @@ def test_a_fusion_through_captured_models_is_the_fusion_without_them(settings, t
     """The warm-up's exercise runs the shapes a one-face request runs, so after the capture such a request
     replays every model, and its answer (on the CPU provider) is byte for byte the one without graphs;
     micro-batching (BATCH_WAIT_MS) wraps the graph session and keeps its captures."""
-    warm = _warm(Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"),
-                                    "CUDA_GRAPHS": "all", "BATCH_WAIT_MS": "1"}))
+    warm = _warm(_env(settings, tmp_path, CUDA_GRAPHS="all", BATCH_WAIT_MS="1"))
     assert warm.readiness.state == "ready", warm.readiness.reason
     roles = ("detector", "recognizer", "swapper", "enhancer")
     assert warm.readiness.as_dict()["cuda_graphs"] == {role: "on (1 shape)" for role in roles}
@@ -274,8 +282,7 @@ def test_a_fusion_through_captured_models_is_the_fusion_without_them(settings, t
     options = FuseOptions(output_format="png")
     got = warm.fuser.fuse_bytes(source, target, options)
     # without graphs, with the same graphs prepared (merging on gives the detector its batch axis)
-    without = load_fuser(Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"),
-                                            "BATCH_WAIT_MS": "1"}))
+    without = load_fuser(_env(settings, tmp_path, BATCH_WAIT_MS="1"))
     assert got.data == without.fuse_bytes(source, target, options).data
     replayed = {role: session.replays for role, session in bundle.graphed.items()}
     assert replayed["detector"] >= 2 and replayed["recognizer"] >= 1 and replayed["swapper"] >= 1, replayed
@@ -285,8 +292,7 @@ def test_a_fusion_through_captured_models_is_the_fusion_without_them(settings, t
 
 
 def test_with_the_exercise_off_nothing_is_captured_and_ordinary_sessions_serve(settings, tmp_path, graphs_on_the_cpu):
-    warm = _warm(Settings.from_env({"MODEL_PATH": str(settings.model_path), "CACHE_PATH": str(tmp_path / "c"),
-                                    "CUDA_GRAPHS": "detector"}), exercise=False)
+    warm = _warm(_env(settings, tmp_path, CUDA_GRAPHS="detector"), exercise=False)
     assert warm.readiness.state == "ready", warm.readiness.reason
     assert warm.readiness.cuda_graphs == {"detector": "off: no run to capture (the warm-up's exercise is off)"}
     graphed = warm.fuser.models.graphed["detector"]

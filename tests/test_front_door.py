@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from bench.attack import _read_status, send_body
+from bench.common import worker_pids
 from bench.gpu import wait_ready
 
 from .conftest import REPO, shared_file
@@ -208,22 +209,6 @@ def test_refused_bodies_do_not_grow_memory(server):
     assert server.alive()
 
 
-def test_two_workers_serve_and_drain(model_root, tmp_path):
-    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"})
-    try:
-        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-        assert len(children) == 2
-        for _ in range(6):
-            assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
-        # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):
-        # a worker that is still importing when SIGTERM comes has no handler yet and dies by the signal
-        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
-    finally:
-        srv.stop()
-    assert srv.proc.returncode == 0
-    assert "Traceback" not in srv.log_path.read_text(errors="replace")
-
-
 def _pod_metrics(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -232,17 +217,24 @@ def _pod_metrics(url: str) -> dict[str, float]:
             for s in family.samples}
 
 
-def test_with_several_workers_every_scrape_counts_the_whole_pod(model_root, tmp_path):
-    """A scrape reaches one worker through the shared socket; it saw that worker's counters alone, so
-    the pod's total jumped between workers' values (read as counter resets) and undercounted."""
+def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
+    """Two workers on one socket serve, and every scrape counts the whole pod: a scrape reaches one worker
+    through the shared socket; it saw that worker's counters alone, so the pod's total jumped between
+    workers' values (read as counter resets) and undercounted. A SIGTERM then drains both, exit 0."""
     images = {"source": shared_file("images", "obama.jpg").read_bytes(),
               "target": shared_file("images", "biden.jpg").read_bytes()}
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"})
     try:
-        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        children = worker_pids(srv.proc.pid)
+        assert len(children) == 2
         folders = {Path(f"/proc/{pid}/environ").read_bytes().split(b"PROMETHEUS_MULTIPROC_DIR=")[1].split(b"\0")[0]
                    for pid in children}
         assert len(folders) == 1  # one folder for the pod
+        for _ in range(6):
+            assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+        # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):
+        # a worker that is still importing when SIGTERM comes has no handler yet and dies by the signal
+        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
         for _ in range(6):
             assert requests.post(srv.url + "/", files=images, timeout=60).status_code == 200
         key = "facefusion_requests_total[('kind', 'multipart'), ('route', '/'), ('status', '200')]"
@@ -255,6 +247,7 @@ def test_with_several_workers_every_scrape_counts_the_whole_pod(model_root, tmp_
     finally:
         srv.stop()
     assert srv.proc.returncode == 0
+    assert "Traceback" not in srv.log_path.read_text(errors="replace")
     assert not Path(next(iter(folders)).decode()).exists()  # the supervisor removes it
 
 

@@ -23,16 +23,18 @@ from pipeline import (
     decode_image,
     encode_image,
 )
+from pipeline.png_chunks import SIGNATURE
+
+from .conftest import png_chunk
 
 LIMITS = ImageLimits()
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature and IHDR claiming a huge image, followed by a tiny IDAT: a decompression bomb."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return (SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+            + png_chunk(b"IEND", b""))
 
 
 def pil_bytes(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import requests
 import yaml
 
 from .conftest import REPO, shared_file
-from .container.checks import inflight, slow_target
+from .container.checks import start_slow_fusion
 from .server import CONFIG_VARS, free_port
 
 KNATIVE = REPO / "knative"
@@ -283,22 +282,8 @@ def test_entrypoint_serves_probes_and_drains_on_sigterm(model_root, tmp_path):
         ready = requests.get(url + "/readyz", timeout=5).json()
         assert ready["status"] == "ready" and ready["revision"] == "facefusion-00042"
         assert requests.get(url + container["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
-        # Solvay at twice its size, faces=all, a PNG answer: seconds of work, and SIGTERM is sent once it
-        # shows in flight (a fixed sleep was as long as the whole fusion on a faster machine)
-        files = {"source": shared_file("images", "obama.jpg").read_bytes(),
-                 "target": slow_target(shared_file("images", "solvay_conference_1927.png").parent)}
-        result = {}
-
-        def post() -> None:
-            result["r"] = requests.post(url + "/", files=files, data={"faces": "all", "format": "png"}, timeout=120)
-            result["done"] = time.monotonic()
-
-        worker = threading.Thread(target=post, daemon=True)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while inflight(url + "/") < 1:
-            assert "done" not in result and time.monotonic() < deadline, result
-            time.sleep(0.02)
+        # seconds of work, and SIGTERM is sent once it shows in flight
+        worker, result, files = start_slow_fusion(url, shared_file("images", "solvay_conference_1927.png").parent)
         killed = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)

@@ -5,18 +5,17 @@ palette, transparency chunk, EXIF orientation) and every damaged one takes Pillo
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline import ImageLimits, UndecodableImage, decode_image
 from pipeline.images import _opencv_png
 from pipeline.png_chunks import png_layout
 
-from .conftest import shared_file
+from .conftest import png_chunk, png_parts, shared_file
 
 LIMITS = ImageLimits()
 
@@ -28,9 +27,10 @@ def _png(img: Image.Image, **params) -> bytes:
 
 
 def _pillow_reference(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """What Pillow alone makes of the file: BGR, and alpha where the image has it."""
+    """What Pillow alone makes of the file: BGR, turned as its orientation says, and alpha where the image
+    has it."""
     img = Image.open(io.BytesIO(data))
-    rgba = np.asarray(img.convert("RGBA"))
+    rgba = np.asarray(ImageOps.exif_transpose(img.convert("RGBA")))
     alpha = rgba[:, :, 3] if img.mode in ("RGBA", "LA") else None
     return np.ascontiguousarray(rgba[:, :, 2::-1]), alpha
 
@@ -74,10 +74,6 @@ def test_other_pngs_take_pillows_path_and_still_decode(make):
     assert decoded.bgr.dtype == np.uint8 and decoded.bgr.shape[2] == 3
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def test_an_exif_orientation_in_a_png_is_still_applied():
     img = Image.new("RGB", (40, 20), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
@@ -103,10 +99,7 @@ def test_a_png_cut_short_is_refused_as_before():
 def test_a_png_whose_compressed_rows_end_early_takes_pillows_path():
     """Whole chunks, a CRC that holds, but half the rows in the compressed data: OpenCV refuses it,
     so the verdict is Pillow's, as it was before OpenCV decoded PNGs."""
-    rows = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    raw = b"".join(b"\x00" + row.tobytes() for row in rows[:20])
-    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 30, 40, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    data = b"".join(png_parts(np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8), rows=20))
     assert png_layout(data).plain and _opencv_png(data, (30, 40)) is None
     try:
         pillow = _pillow_reference(data)[0]
@@ -153,13 +146,11 @@ def test_the_png_decode_bench_compares_both_paths_on_the_same_pixels(capsys):
 
 
 def _half_red(width: int = 40, height: int = 20) -> tuple[bytes, bytes, bytes]:
-    """A PNG's signature with IHDR, its IDAT and its IEND, of an RGB image whose left half is red."""
+    """The PNG parts (conftest.png_parts) of an RGB image whose left half is red, the right blue."""
     pixels = np.zeros((height, width, 3), np.uint8)
     pixels[:, : width // 2, 0] = 255
     pixels[:, width // 2:, 2] = 255
-    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
-    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return head, _chunk(b"IDAT", zlib.compress(raw)), _chunk(b"IEND", b"")
+    return png_parts(pixels)
 
 
 def _raw_profile_exif(orientation: int) -> bytes:
@@ -176,9 +167,9 @@ XMP_TURNED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://w
 
 @pytest.mark.parametrize("where", ["before", "after"])
 @pytest.mark.parametrize("text", [
-    _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP_TURNED),
-    _chunk(b"tEXt", b"Raw profile type exif\x00" + _raw_profile_exif(6)),
-    _chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(_raw_profile_exif(6))),
+    png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP_TURNED),
+    png_chunk(b"tEXt", b"Raw profile type exif\x00" + _raw_profile_exif(6)),
+    png_chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(_raw_profile_exif(6))),
 ], ids=["xmp", "raw-profile-text", "raw-profile-compressed"])
 def test_an_orientation_in_a_text_chunk_keeps_pillows_turn(text, where):
     """Pillow turns a PNG whose XMP or raw-profile EXIF text gives an orientation: such a file is not plain,
@@ -188,17 +179,11 @@ def test_an_orientation_in_a_text_chunk_keeps_pillows_turn(text, where):
     assert not png_layout(data).plain
     decoded = decode_image(data, LIMITS)
     assert (decoded.height, decoded.width) == (40, 20)  # turned a quarter
-    assert np.array_equal(decoded.bgr, _pillow_reference_turned(data))
-
-
-def _pillow_reference_turned(data: bytes) -> np.ndarray:
-    from PIL import ImageOps
-
-    return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")))[:, :, ::-1])
+    assert np.array_equal(decoded.bgr, _pillow_reference(data)[0])
 
 
 def test_other_text_chunks_keep_a_png_plain():
     head, idat, end = _half_red()
-    data = head + _chunk(b"tEXt", b"Software\x00made by hand") + _chunk(b"iTXt", b"Comment\x00\x00\x00\x00\x00hi") + idat + end
+    data = head + png_chunk(b"tEXt", b"Software\x00made by hand") + png_chunk(b"iTXt", b"Comment\x00\x00\x00\x00\x00hi") + idat + end
     assert png_layout(data).plain and _opencv_png(data, (40, 20)) is not None
     assert np.array_equal(decode_image(data, LIMITS).bgr, _pillow_reference(data)[0])

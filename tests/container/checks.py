@@ -152,7 +152,11 @@ def inflight(url: str) -> float:
     return 0.0
 
 
-def check_drain(url: str, container: str, images: Path, exit_timeout: float) -> None:
+def start_slow_fusion(url: str, images: Path) -> tuple[threading.Thread, dict, dict]:
+    """A fusion of seconds (Solvay at twice its size, faces=all, a PNG answer) posted to `url` (no trailing
+    slash) on a thread of its own; returns once it shows in facefusion_inflight_fusions, so a signal sent
+    then meets it in flight (a fixed sleep was as long as the whole fusion on a faster machine): the
+    thread, the result ("r" or "error", then "done": when it ended) and the files it sent."""
     files = {"source": (images / "obama.jpg").read_bytes(), "target": slow_target(images)}
     result: dict = {}
 
@@ -171,6 +175,11 @@ def check_drain(url: str, container: str, images: Path, exit_timeout: float) -> 
         assert "done" not in result, f"the slow fusion finished before it was seen in flight: {result}"
         assert time.monotonic() < deadline, "the slow fusion never showed in facefusion_inflight_fusions"
         time.sleep(0.02)
+    return worker, result, files
+
+
+def check_drain(url: str, container: str, images: Path, exit_timeout: float) -> None:
+    worker, result, files = start_slow_fusion(url, images)
     killed = time.monotonic()
     subprocess.run(["podman", "kill", "--signal", "TERM", container], check=True, capture_output=True)
     time.sleep(0.3)
