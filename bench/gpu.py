@@ -217,48 +217,51 @@ def gpu_memory_mib(pids: set[str]) -> list[list]:
 def _client_process(url: str, files: dict, data: dict, threads: int, count: int, barrier, results) -> None:
     """One load process: `threads` threads with a connection each send `count` requests between them,
     starting together with the other client processes; puts (start, end, latencies ms, errors, the
-    server's stage times of each answer, with `outside`: the latency no stage holds)."""
-    import requests as http
+    server's stage times of each answer, with `outside`: the latency no stage holds, and the process's
+    CPU seconds during the load). The form is encoded once (bench/form_client.py): the clients share the
+    CPUs with the function, so they should take as little of them as a client can."""
+    from bench.form_client import FormPoster, multipart_form
 
-    sessions = [http.Session() for _ in range(threads)]
-    for session in sessions:  # open and warm each connection
-        session.post(url, files=files, data=data, timeout=300)
+    body, content_type = multipart_form(files, data)
+    posters = [FormPoster(url, body, content_type) for _ in range(threads)]
+    for poster in posters:  # open and warm each connection
+        poster.post()
     left = iter(range(count))
     lock = threading.Lock()
     latencies: list[float] = []
     stages: list[dict[str, float]] = []
     errors = 0
 
-    def work(session) -> None:
+    def work(poster: FormPoster) -> None:
         nonlocal errors
         while True:
             with lock:
                 if next(left, None) is None:
                     return
             t = time.perf_counter()
-            r = session.post(url, files=files, data=data, timeout=300)
+            answer = poster.post()
             ms = (time.perf_counter() - t) * 1000
-            answer = server_timing(r.headers.get("Server-Timing", ""))
-            if answer:  # what no stage holds: sending and receiving, parsing, the front door, queueing
-                answer["outside"] = ms - sum(answer.values())
+            timings = server_timing(answer.headers.get("Server-Timing", ""))
+            if timings:  # what no stage holds: sending and receiving, parsing, the front door, queueing
+                timings["outside"] = ms - sum(timings.values())
             with lock:
                 latencies.append(ms)
-                errors += r.status_code != 200
-                stages.append(answer)
+                errors += answer.status != 200
+                stages.append(timings)
     barrier.wait()
-    start = time.time()
-    pool = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    start, cpu = time.time(), time.process_time()
+    pool = [threading.Thread(target=work, args=(p,)) for p in posters]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    results.put((start, time.time(), latencies, errors, stages))
+    results.put((start, time.time(), latencies, errors, stages, time.process_time() - cpu))
 
 
 def load(url: str, files: dict, data: dict, concurrency: int, count: int,
-         procs: int) -> tuple[float, float, float, int, dict[str, float]]:
-    """(requests/s, p50 ms, p99 ms, errors, median ms of each server stage) for `count` requests at
-    `concurrency`, sent from up to `procs` client processes that start together."""
+         procs: int) -> tuple[float, float, float, int, dict[str, float], float]:
+    """(requests/s, p50 ms, p99 ms, errors, median ms of each server stage, the clients' CPU ms per request)
+    for `count` requests at `concurrency`, sent from up to `procs` client processes that start together."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -273,16 +276,16 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
     got = [results.get(timeout=600) for _ in clients]
     for client in clients:
         client.join()
-    latencies = [ms for _, _, lat, _, _ in got for ms in lat]
+    latencies = [ms for _, _, lat, *_ in got for ms in lat]
     wall = max(end for _, end, *_ in got) - min(start for start, *_ in got)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     by_stage: dict[str, list[float]] = {}
-    for *_, stages in got:
+    for *_, stages, _ in got:
         for answer in stages:
             for name, ms in answer.items():
                 by_stage.setdefault(name, []).append(ms)
-    return (count / wall, statistics.median(latencies), q[98], sum(errors for _, _, _, errors, _ in got),
-            {name: statistics.median(v) for name, v in by_stage.items()})
+    return (count / wall, statistics.median(latencies), q[98], sum(errors for _, _, _, errors, *_ in got),
+            {name: statistics.median(v) for name, v in by_stage.items()}, sum(cpu for *_, cpu in got) * 1000 / count)
 
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
@@ -369,12 +372,12 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
                 n = max(count, c)
                 cpu_before, machine_before = cpu_seconds(server), machine_cpu()
                 with UtilSampler() as util:
-                    rps, p50, p99, errors, stages = load(url, files, data, c, n, client_procs)
+                    rps, p50, p99, errors, stages, client_cpu_ms = load(url, files, data, c, n, client_procs)
                 gpu_util = statistics.mean(util.samples) if util.samples else float("nan")
                 # the server's CPU, not the clients', over the row's requests and each connection's warm-up request
                 cpu_ms = (cpu_seconds(server) - cpu_before) * 1000 / (n + c)
                 machine = busy_percent(machine_before, machine_cpu())
-                out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, cpu_ms, machine, config])
+                out["rows"].append([image, c, rps, p50, p99, errors, gpu_util, cpu_ms, client_cpu_ms, machine, config])
                 out["stages"].append([config, image, c, *(f"{k} {v:.1f}" for k, v in stages.items())])
                 print(table(ROW_HEADERS, [out["rows"][-1]]), "\n  server stages, median ms: " +
                       " | ".join(out["stages"][-1][3:]), flush=True)
@@ -412,7 +415,7 @@ def gil_profile(url: str, pid: int, image: tuple[bytes, dict], source: bytes, ro
 # server CPU ms/req: CPU time of the serving processes per request (the load's clients excluded); machine CPU %:
 # the whole machine's, clients included. With both GPU and server CPU far from full, the wait is elsewhere.
 ROW_HEADERS = ["image", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", "GPU util %", "server CPU ms/req",
-               "machine CPU %", "config"]
+               "client CPU ms/req", "machine CPU %", "config"]
 
 
 def main(argv: list[str] | None = None) -> dict:
