@@ -19,6 +19,12 @@ streams and cut at MAX_REQUEST_BYTES with 413. The body goes to a spooled tempor
 to 1 MiB), so the event loop holds no more than that per upload. Headers must be complete within
 HEADER_TIMEOUT_S of a request's first byte (or of the connection), and a body may pause at most
 BODY_TIMEOUT_S between pieces (408).
+
+An answer that carries Server-Timing (a fusion's stages) gets the front door's part of the latency in
+front of them: `receive` (from the request head to the body's last byte: the upload), `queue` (waiting
+for a request thread) and `handler` (the app's time that no stage of its own names: Flask, the form's
+parsing, options, building the answer). The entries do not overlap, so their sum is the server's time
+and what a client measures beyond it is the network and the client itself.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import logging
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,6 +53,7 @@ REFUSED = "facefusion.refused"  # environ key: the Problem the function answers 
 DISCONNECTED = "facefusion.disconnected"  # environ key: a threading.Event set when the client goes away
 SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
+_RECEIVED = "facefusion.received"  # environ key: perf_counter() at the request head and at its body's end
 
 
 def shown(text: str) -> str:
@@ -96,6 +104,7 @@ class FrontDoor:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
             return
+        head_at = time.perf_counter()
         environ = build_environ(scope)
         body = None
         try:
@@ -109,6 +118,7 @@ class FrontDoor:
             environ["CONTENT_LENGTH"] = "0"
             body = io.BytesIO()
         environ["wsgi.input"] = body
+        environ[_RECEIVED] = (head_at, time.perf_counter())
         gone = environ[DISCONNECTED] = threading.Event()
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, gone)) if not close else None
         await asyncio.sleep(0)  # let the watcher see a close that arrived with the request
@@ -187,6 +197,7 @@ class FrontDoor:
         return body
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
+        app_at = time.perf_counter()
         started: dict[str, Any] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -200,8 +211,26 @@ class FrontDoor:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in started["headers"]]
+        head_at, body_at = environ[_RECEIVED]
+        front = {"receive": body_at - head_at, "queue": app_at - body_at, "app": time.perf_counter() - app_at}
+        headers = [(k.lower().encode("latin-1"),
+                    with_front_door(v, front) if k.lower() == "server-timing" else v.encode("latin-1"))
+                   for k, v in started["headers"]]
         return int(started["status"].split(" ", 1)[0]), headers, chunks
+
+
+def with_front_door(server_timing: str, seconds: dict[str, float]) -> bytes:
+    """The app's Server-Timing with `receive`, `queue` and `handler` in front (module docstring): `handler` is
+    the app's time less the stages it reported itself, so that no two entries count the same time."""
+    stages_ms = 0.0
+    for entry in server_timing.split(","):
+        _, _, duration = entry.partition(";dur=")
+        with contextlib.suppress(ValueError):
+            stages_ms += float(duration.split(";", 1)[0])
+    handler_ms = max(0.0, seconds["app"] * 1000 - stages_ms)
+    front = (f"receive;dur={seconds['receive'] * 1000:.1f}, queue;dur={seconds['queue'] * 1000:.1f}, "
+             f"handler;dur={handler_ms:.1f}")
+    return (f"{front}, {server_timing}" if server_timing else front).encode("latin-1")
 
 
 def body_limit(limits: FunctionConfig, environ: dict[str, Any]) -> int:

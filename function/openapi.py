@@ -161,7 +161,8 @@ SPEC: dict = {
                 "Allow": {"schema": {"type": "string"}, "description": "the methods this path serves"}},
                 "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
         "headers": {
-            "Server-Timing": {"schema": {"type": "string"}, "description": "decode, detect, embed, swap, paste, encode"},
+            "Server-Timing": {"schema": {"type": "string"}, "description": "receive, queue, handler (the front door's part), then the stages that "
+                                                                 "ran: decode, detect, embed, swap, mask, paste, enhance, encode"},
             "X-Faces-Swapped": {"schema": {"type": "integer"}},
             "X-Faces-Found": {"schema": {"type": "integer"}},
             "X-Model-Version": {"schema": {"type": "string"}},

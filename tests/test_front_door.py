@@ -5,6 +5,7 @@ and a reduced run of bench/attack.py (statuses only, no timing thresholds)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import requests
 
 from bench.attack import _read_status, send_body
 from bench.common import worker_pids
+from bench.form_client import multipart_form
 from bench.gpu import wait_ready
 
 from .conftest import REPO, shared_file
@@ -195,6 +197,37 @@ def test_slow_clients_do_not_starve_healthz_or_fusions(server):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
+    """A fusion's Server-Timing starts with the front door's part: `receive` holds a slow upload (here a
+    pause of 0.5 s in the middle of the body), and no entry counts time another does, so together they
+    never exceed what the client waited."""
+    body, content_type = multipart_form({"source": shared_file("images", "obama.jpg").read_bytes(),
+                                         "target": shared_file("images", "biden.jpg").read_bytes()})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        started = time.perf_counter()
+        conn.putrequest("POST", "/")
+        for name, value in (("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Authorization", f"Bearer {TOKEN}")):
+            conn.putheader(name, value)
+        conn.endheaders(body[:len(body) // 2])
+        time.sleep(0.5)
+        conn.send(body[len(body) // 2:])
+        answer = conn.getresponse()
+        answer.read()
+        waited_ms = (time.perf_counter() - started) * 1000
+    finally:
+        conn.close()
+    assert answer.status == 200
+    entries = [(name.strip(), float(dur)) for name, _, dur in
+               (part.partition(";dur=") for part in answer.getheader("Server-Timing").split(","))]
+    names = [name for name, _ in entries]
+    assert names[:3] == ["receive", "queue", "handler"] and {"decode", "detect", "swap", "encode"} <= set(names[3:])
+    timings = dict(entries)
+    assert timings["receive"] >= 500 and min(timings.values()) >= 0, entries
+    assert sum(timings.values()) <= waited_ms + 0.05 * len(entries), (entries, waited_ms)  # each rounded to 0.1 ms
 
 
 def test_refused_bodies_do_not_grow_memory(server):
