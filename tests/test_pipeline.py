@@ -215,6 +215,20 @@ def test_report_and_timings(fuser: Fuser, obama, t1_path):
     assert len(report.faces[0]["box"]) == 4 and len(report.faces[0]["landmarks"]) == 5
 
 
+def test_bytes_in_pastes_into_its_own_decode_and_a_given_image_stays_untouched(fuser: Fuser, obama, t1_path):
+    """fuse_bytes pastes the faces into the target it decoded itself (no copy of the frame); fuse, given
+    a caller's image (video frames, the CLI), leaves it as it was. Both give the same pixels."""
+    target = fuser.decode(t1_path.read_bytes())
+    before = target.bgr.copy()
+    options = FuseOptions(selection=Selection("all"), output_format="png")
+    given = fuser.fuse(obama, target, options)
+    np.testing.assert_array_equal(target.bgr, before)
+    assert given.image.bgr is not target.bgr
+    from_bytes = fuser.fuse_bytes(shared_file("images", "obama.jpg").read_bytes(), t1_path.read_bytes(), options)
+    assert from_bytes.report.faces_swapped == given.report.faces_swapped == 6
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(from_bytes.data, np.uint8), cv2.IMREAD_COLOR), given.image.bgr)
+
+
 def test_source_face_is_cached_by_content(fuser: Fuser, t1_path):
     src = shared_file("images", "obama.jpg").read_bytes()
     fuser.fuse_bytes(src, t1_path.read_bytes())
