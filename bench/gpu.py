@@ -111,6 +111,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "nvimgcodec": {"IMAGE_CODEC": "nvimgcodec"},
     # the defaults with every model's one-frame, one-face runs replayed as CUDA graphs (pipeline/cuda_graph.py)
     "graphs": {"CUDA_GRAPHS": "all"},
+    # the defaults with each worker's native pools (OpenCV's, the sessions') sized to its share of the CPUs
+    "cpushare": {"CPU_THREADS": "share"},
 }
 
 

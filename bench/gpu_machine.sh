@@ -5,11 +5,11 @@
 # .gpu/wheels/ (see ../shared/gpu/README.md), the files bench.gpu reads in .gpu/shared/ (images/obama.jpg,
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
-#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu graphs detect" by default)
-# The default steps take at most 380 + 135 + 60 s of timeouts (a device call may run 600 s): run it with
+#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect" by default)
+# The default steps take at most 480 + 60 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
 # A second, short run: STEPS="overlap codec gpucodec" (at most 90 + 135 + 100 s): sources beside the
-# target, JPEG in strips, JPEG on the GPU in the server.
+# target, JPEG in strips, JPEG on the GPU in the server; STEPS=graphs (135 s) times CUDA graphs per model.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -25,12 +25,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nproc | tee -a "$O/machine.txt"
 python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
 WORK=/tmp/ff-bench-gpu
-for step in ${STEPS:-gpu graphs detect}; do
+for step in ${STEPS:-gpu detect}; do
   echo "=== $step $(date +%T)"
   case $step in
-    gpu)  # the issue's bench: the defaults, batching off (the baseline), eight workers as knative/ serves, with CUDA graphs
-      timeout "${GPU_TIMEOUT:-380}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" \
-        --configs "${CONFIGS:-defaults,unbatched,defaults@8,graphs@8}" --images "${IMAGES:-1080p,4k,solvay}" \
+    gpu)  # the issue's bench: the defaults, batching off (the baseline), eight workers as knative/ serves, with CUDA
+          # graphs, with each worker's native pools sized to its share of the CPUs
+      timeout "${GPU_TIMEOUT:-480}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" \
+        --configs "${CONFIGS:-defaults,unbatched,defaults@8,graphs@8,cpushare@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     graphs)  # CUDA graphs (pipeline/cuda_graph.py): per model, replay against ordinary runs (on the H200 an

@@ -131,6 +131,17 @@ def serve(sock: socket.socket, config: FunctionConfig) -> None:
     shutdown._leave_quietly(status)
 
 
+def resolve_cpu_share(workers: int) -> None:
+    """CPU_THREADS=share: each serving process's share of the usable CPUs (at least 1), written into the
+    environment that the pipeline's settings and the workers read. Left to their defaults, the native pools
+    (OpenCV's, each session's intra-op pool) of every worker size themselves to the whole machine: eight
+    workers on 16 CPUs run eight 16-thread OpenCV pools."""
+    if os.environ.get("CPU_THREADS", "").strip().lower() == "share":
+        from pipeline.config import usable_cpus
+
+        os.environ["CPU_THREADS"] = str(max(1, usable_cpus() // workers))
+
+
 def supervise(sock: socket.socket, workers: int) -> int:
     """WORKERS > 1: run that many fresh serving processes on `sock`; restart any that dies; pass
     SIGTERM and SIGINT on; exit 0 once all have left after a signal. The workers share one folder of
@@ -205,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of a WORKERS > 1 set
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    resolve_cpu_share(workers)  # a worker (--listen-fd) finds it resolved by its supervisor
     if args.listen_fd is not None:
         serve(socket.socket(fileno=args.listen_fd), config)
     sock = bind(args.host, args.port)

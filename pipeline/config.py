@@ -218,6 +218,15 @@ def _read_cuda_graphs(read: EnvReader) -> tuple[str, ...]:
     return roles
 
 
+def _read_cpu_threads(read: EnvReader) -> int:
+    """CPU_THREADS: a number (0: each library's default), or `share`: this process's share of the usable
+    CPUs. function/serve.py divides them among WORKERS before the workers start; a process that meets
+    `share` itself (one worker, `warmup prepare`, the CLI) is alone and takes them all."""
+    if (read.str("CPU_THREADS") or "").lower() == "share":
+        return usable_cpus()
+    return read.int("CPU_THREADS", 0, minimum=0)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs from the environment."""
@@ -232,6 +241,9 @@ class Settings:
     batching: BatchSettings = field(default_factory=BatchSettings)
     model_fp16: str = "auto"  # MODEL_FP16: auto (on for CUDA GPUs with tensor cores), on, off
     image_codec: str = "opencv"  # IMAGE_CODEC: opencv, or nvimgcodec (JPEG on the GPU, pipeline/gpu_jpeg.py)
+    # CPU_THREADS: the threads of this process's native pools (OpenCV's, each ONNX Runtime session's
+    # intra-op pool); 0 leaves each library its default, every usable CPU (see cpu_pools)
+    cpu_threads: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -264,6 +276,7 @@ class Settings:
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),
             model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
             image_codec=read.choice("IMAGE_CODEC", "opencv", ("opencv", "nvimgcodec")),
+            cpu_threads=_read_cpu_threads(read),
         )
         read.raise_problems()
         return settings

@@ -158,16 +158,17 @@ def prepare(settings: Settings) -> list[str]:
 
 
 def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-             load_log: list[str], recipe: GraphRecipe, may_refuse: bool = False) -> ort.InferenceSession:
+             load_log: list[str], recipe: GraphRecipe, threads: int, may_refuse: bool = False) -> ort.InferenceSession:
     """The role's session from its optimised graph (rebuilt once if it is damaged), else from the model.
 
-    `may_refuse`: options the runtime may refuse (CUDA graphs), a refusal the caller handles; it is then
-    neither logged as a load error nor taken for a damaged file."""
+    `threads`: CPU_THREADS. `may_refuse`: options the runtime may refuse (CUDA graphs), a refusal the
+    caller handles; it is then neither logged as a load error nor taken for a damaged file."""
     if graph is None:
-        return create_session(entry.path, providers, provider_options=options, log_failure=not may_refuse)
+        return create_session(entry.path, providers, provider_options=options, log_failure=not may_refuse,
+                              threads=threads)
     try:
         return create_session(graph, providers, options=fast_load_options(), provider_options=options,
-                              log_failure=not may_refuse)
+                              log_failure=not may_refuse, threads=threads)
     except ModelSetInvalid:
         if may_refuse:
             raise
@@ -176,7 +177,7 @@ def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_
         shutil.rmtree(graph.parent, ignore_errors=True)
         build_optimised(entry, providers, cache_dir, recipe)
         load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
-        return create_session(graph, providers, options=fast_load_options(), provider_options=options)
+        return create_session(graph, providers, options=fast_load_options(), provider_options=options, threads=threads)
 
 
 def _graph_roles_of(settings: Settings, model_set: ModelSet) -> list[str]:
@@ -192,7 +193,7 @@ def _graph_roles_of(settings: Settings, model_set: ModelSet) -> list[str]:
 
 
 def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-                  load_log: list[str], recipe: GraphRecipe,
+                  load_log: list[str], recipe: GraphRecipe, threads: int,
                   graph_options: list[dict] | None) -> tuple[ort.InferenceSession, str | None]:
     """A role's session and, for a role CUDA_GRAPHS names (`graph_options`: the provider options with
     them), why it has none (None: created with them).
@@ -201,16 +202,17 @@ def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], c
     between devices, control flow, no CUDA provider; a damaged file too, which the ordinary session then
     rebuilds, so its graphs wait for the next start) the role gets the ordinary session."""
     if graph_options is None:
-        return _session(entry, graph, providers, cache_dir, options, load_log, recipe), None
+        return _session(entry, graph, providers, cache_dir, options, load_log, recipe, threads), None
     if "CUDAExecutionProvider" not in providers:
         why = f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(providers)}"
     else:
         try:
-            return _session(entry, graph, providers, cache_dir, graph_options, load_log, recipe, may_refuse=True), None
+            return _session(entry, graph, providers, cache_dir, graph_options, load_log, recipe, threads,
+                            may_refuse=True), None
         except ModelSetInvalid as exc:
             why = f"off: the runtime refused ({str(exc.__cause__ or exc).strip().splitlines()[-1][:200]})"
             log.warning("CUDA graphs %s for %s; an ordinary session instead", why, entry.role)
-    return _session(entry, graph, providers, cache_dir, options, load_log, recipe), why
+    return _session(entry, graph, providers, cache_dir, options, load_log, recipe, threads), why
 
 
 def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
@@ -232,9 +234,10 @@ def load_models(settings: Settings) -> ModelBundle:
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
     graph_options = provider_options(providers, cache_dir, settings.gpu, cuda_graph=True) if graph_roles else None
+    threads = settings.cpu_threads
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
         futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     recipes[role], graph_options if role in graph_roles else None)
+                                     recipes[role], threads, graph_options if role in graph_roles else None)
                    for role, entry in model_set.models.items()}
         made = {role: future.result() for role, future in futures.items()}
     sessions = {role: session for role, (session, _) in made.items()}
@@ -244,7 +247,7 @@ def load_models(settings: Settings) -> ModelBundle:
     if graph_roles:
         from .cuda_graph import GraphedSession
     ordinary = {role: partial(_session, model_set.models[role], graphs.get(role), providers, cache_dir, options,
-                              load_log, recipes[role]) for role in graph_roles}
+                              load_log, recipes[role], threads) for role in graph_roles}
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=ordinary[role], second=partial(ordinary[role], may_refuse=True))
                for role in graph_roles if made[role][1] is None}
@@ -260,6 +263,16 @@ def load_models(settings: Settings) -> ModelBundle:
                        batchers={role: s for role, s in sessions.items() if isinstance(s, MicroBatcher)})
 
 
+def _size_cpu_pools(settings: Settings) -> None:
+    """OpenCV's thread pool to CPU_THREADS (when set; process-wide); the sessions' pools get it at
+    creation (load_models). N worker processes that each sized their pools to the whole machine would run
+    N times as many pool threads as there are CPUs (WORKERS, function/serve.py, gives each its share)."""
+    if settings.cpu_threads > 0:
+        import cv2
+
+        cv2.setNumThreads(settings.cpu_threads)
+
+
 def load_fuser(settings: Settings) -> Fuser:
     """A Fuser over the models of `settings`, with its image limits and JPEG codec.
 
@@ -268,6 +281,7 @@ def load_fuser(settings: Settings) -> Fuser:
     nvImageCodec installed the load fails at once; a codec that cannot open fails it once the models have
     loaded (unless that failed first): readiness is refused (GpuJpegUnavailable), never falling back to
     OpenCV."""
+    _size_cpu_pools(settings)
     if settings.image_codec == "opencv":
         return Fuser(load_models(settings), settings.limits, None)
     gpu_jpeg.import_nvimgcodec()  # a missing library fails here, at once, before any model is loaded

@@ -119,11 +119,16 @@ def create_session(
     options: ort.SessionOptions | None = None,
     provider_options: Sequence[dict] | None = None,
     log_failure: bool = True,
+    threads: int = 0,
 ) -> ort.InferenceSession:
     """Create one inference session; a model the runtime cannot load is a model-set problem.
 
-    `log_failure` False: the caller expects refusals it handles (CUDA graphs) and says what it does."""
+    `log_failure` False: the caller expects refusals it handles (CUDA graphs) and says what it does.
+    `threads` > 0: the size of its intra-op pool (CPU_THREADS), else ONNX Runtime's default, one thread
+    per physical core, which each of several worker processes would take for itself."""
     opts = options or ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # unused initializers (the swapper's emap) would warn on every start
     # Each session has its own intra-op pool whose threads spin after a run; with four sessions on a
     # few cores the spinning pools of the swapper and recognizer slowed the next detection by 30-100%.

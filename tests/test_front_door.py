@@ -253,10 +253,12 @@ def _pod_metrics(url: str) -> dict[str, float]:
 def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
     """Two workers on one socket serve, and every scrape counts the whole pod: a scrape reaches one worker
     through the shared socket; it saw that worker's counters alone, so the pod's total jumped between
-    workers' values (read as counter resets) and undercounted. A SIGTERM then drains both, exit 0."""
+    workers' values (read as counter resets) and undercounted. Each worker takes its share of the CPUs
+    (CPU_THREADS=share). A SIGTERM then drains both, exit 0."""
     images = {"source": shared_file("images", "obama.jpg").read_bytes(),
               "target": shared_file("images", "biden.jpg").read_bytes()}
-    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"})
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
+                          "CPU_THREADS": "share"})
     try:
         children = worker_pids(srv.proc.pid)
         assert len(children) == 2
@@ -268,6 +270,9 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
         # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):
         # a worker that is still importing when SIGTERM comes has no handler yet and dies by the signal
         wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
+        # CPU_THREADS=share: each worker sized its native pools to half the CPUs, not to all of them
+        share = max(1, len(os.sched_getaffinity(0)) // 2)
+        assert {requests.get(srv.url + "/readyz", timeout=5).json().get("cpu_threads") for _ in range(6)} == {share}
         for _ in range(6):
             assert requests.post(srv.url + "/", files=images, timeout=60).status_code == 200
         key = "facefusion_requests_total[('kind', 'multipart'), ('route', '/'), ('status', '200')]"

@@ -61,3 +61,22 @@ def test_graphs_are_keyed_by_the_gpu_model_not_the_cards_uuid():
     assert job.token() == pod.token()
     named = graph_recipe(Settings.from_env({"NVIDIA_GPU_NAME": "NVIDIA H100 80GB HBM3"}), cuda)
     assert named.gpu == "NVIDIA H100 80GB HBM3"  # the operator's name wins over what the device says
+
+
+def test_cpu_threads_sizes_every_session_pool_and_opencv(model_root, tmp_path):
+    """CPU_THREADS sizes the process's native pools: each session's intra-op pool and OpenCV's (which is
+    process-wide, so it is put back for the tests that follow)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        fuser = load_fuser(Settings(model_path=model_root, cache_path=tmp_path / "c", cpu_threads=1))
+        sessions = {role: model.session for role, model in fuser.models.models.items()}
+        assert {role: s.get_session_options().intra_op_num_threads for role, s in sessions.items()} == \
+            dict.fromkeys(sessions, 1)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+    default = load_fuser(Settings(model_path=model_root, cache_path=tmp_path / "c"))
+    assert all(m.session.get_session_options().intra_op_num_threads == 0 for m in default.models.models.values())
+

@@ -42,6 +42,17 @@ def test_bad_values_are_named_not_raised_at_import():
         Settings.from_env({"MAX_IMAGE_BYTES": "20MB", "TRT_FP16": "sometimes"})
 
 
+def test_cpu_threads_is_a_count_or_this_process_share():
+    from pipeline.config import usable_cpus
+
+    assert Settings.from_env({}).cpu_threads == 0  # each native pool keeps its own default
+    assert Settings.from_env({"CPU_THREADS": "3"}).cpu_threads == 3
+    assert Settings.from_env({"CPU_THREADS": "Share"}).cpu_threads == usable_cpus()  # alone: every CPU
+    for bad in ("-1", "many"):
+        with pytest.raises(ConfigError, match="CPU_THREADS"):
+            Settings.from_env({"CPU_THREADS": bad})
+
+
 def test_a_bad_setting_fails_readiness_with_the_reason_and_the_worker_keeps_serving(model_root, tmp_path):
     server = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "MAX_INFLIGHT": "lots",
                              "WARMUP": "perhaps", "VIDEO_NVENC": "sometimes"})

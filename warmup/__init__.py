@@ -53,6 +53,7 @@ class Readiness:
     timings_s: dict[str, float] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)  # role -> the execution provider it runs on
     cuda_graphs: dict[str, str] = field(default_factory=dict)  # role -> CUDA graph state (roles CUDA_GRAPHS names)
+    cpu_threads: int = 0  # CPU_THREADS as this process applied it (0: each native pool's own default)
     ready_event: threading.Event = field(default_factory=threading.Event)  # a verdict: ready, or failed (maybe retrying)
     done: threading.Event = field(default_factory=threading.Event)  # the warm-up has stopped trying
 
@@ -66,6 +67,8 @@ class Readiness:
             body["providers"] = self.providers
         if self.cuda_graphs:
             body["cuda_graphs"] = self.cuda_graphs
+        if self.cpu_threads:
+            body["cpu_threads"] = self.cpu_threads
         if self.reason:
             body["reason"] = self.reason
         return body
@@ -152,6 +155,7 @@ class Warmup:
             fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
             readiness.providers = {role: names[0] for role, names in fuser.models.active.items()}
+            readiness.cpu_threads = settings.cpu_threads
             for line in fuser.load_log:
                 log.info(line)
             if config.exercise if self.exercise is None else self.exercise:
