@@ -117,11 +117,19 @@ CONFIGS: dict[str, dict[str, str]] = {
 
 
 def parse_config(spec: str) -> tuple[str, int]:
-    """`defaults@4` -> ("defaults", 4): a config of CONFIGS served by that many worker processes."""
+    """`defaults@4` -> ("defaults", 4): a config of CONFIGS (or several joined by `+`, such as
+    `graphs+nvimgcodec`) served by that many worker processes."""
     name, _, workers = spec.partition("@")
-    if name not in CONFIGS:
-        raise SystemExit(f"unknown config {name!r}; use one of {', '.join(CONFIGS)} (with @N for N workers)")
+    unknown = [part for part in name.split("+") if part not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown config {unknown[0]!r}; use one of {', '.join(CONFIGS)} (joined by +, with @N for "
+                         "N workers)")
     return name, int(workers or 1)
+
+
+def config_env(name: str) -> dict[str, str]:
+    """The settings of a config name from parse_config: those of each of its `+`-joined parts."""
+    return {key: value for part in name.split("+") for key, value in CONFIGS[part].items()}
 
 
 def _settings(models: Path, cache: Path, providers: str, config: str):
@@ -129,7 +137,7 @@ def _settings(models: Path, cache: Path, providers: str, config: str):
 
     # the server's environment (it inherits ours), so the graphs prepared here are the ones it loads
     env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
-           **CONFIGS[parse_config(config)[0]],
+           **config_env(parse_config(config)[0]),
            "CUDA_GRAPHS": "off"}  # the model table runs sessions directly: a graph session would capture graph 0
     return Settings.from_env(env)
 
@@ -351,7 +359,7 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
     url = f"http://127.0.0.1:{port}/"
     env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
            "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench-gpu", "DRAIN_SECONDS": "0",
-           "WORKERS": str(workers), **CONFIGS[name]}
+           "WORKERS": str(workers), **config_env(name)}
     started = time.perf_counter()
     proc = spawn(function_command(port), env)
     out: dict = {"config": config, "workers": workers, "rows": [], "stages": [], "memory": [], "timings_s": {}}
@@ -360,7 +368,7 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        merging = CONFIGS[name].get("BATCH_WAIT_MS", "0") != "0" and CONFIGS[name].get("BATCH_MAX") != "1"
+        merging = config_env(name).get("BATCH_WAIT_MS", "0") != "0" and config_env(name).get("BATCH_MAX") != "1"
         out["batch_warmup_s"] = batch_warmup(url) if merging else None
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
               f"the process's own account: {out['timings_s']}; batch sizes warmed after ready in "
@@ -428,9 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--images", default="1080p,4k,solvay")
     parser.add_argument("--model-runs", type=int, default=50)
-    parser.add_argument("--configs", default="defaults,unbatched", help=f"of {', '.join(CONFIGS)}, each with @N for "
-                        "WORKERS=N processes sharing the GPU (default 1); the first is the one measured, the second "
-                        "its baseline in the same run")
+    parser.add_argument("--configs", default="defaults,unbatched", help=f"of {', '.join(CONFIGS)} (or several joined "
+                        "by +: graphs+nvimgcodec), each with @N for WORKERS=N processes sharing the GPU (default 1); "
+                        "the first is the one measured, the second its baseline in the same run")
     parser.add_argument("--model-only", default="fp32", help="configs measured in the model table only (not served)")
     parser.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
                         help="load-generating processes")
@@ -459,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
     active: dict[str, str] = {}
     extra = [c for c in args.model_only.split(",") if c]
     for name in dict.fromkeys([parse_config(c)[0] for c in configs] + [parse_config(c)[0] for c in extra]):  # also prepares each config's graphs,
-        if "CUDA_GRAPHS" in CONFIGS[name]:  # the defaults' graphs; replays per model are bench.cuda_graph's
+        if "CUDA_GRAPHS" in config_env(name):  # the defaults' graphs; replays per model are bench.cuda_graph's
             print(f"[{name}] no rows in the model table: see python -m bench.cuda_graph", flush=True)
             continue
         t = time.perf_counter()                                      # so the cold starts below are prepared starts

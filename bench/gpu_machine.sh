@@ -28,10 +28,11 @@ WORK=/tmp/ff-bench-gpu
 for step in ${STEPS:-gpu detect}; do
   echo "=== $step $(date +%T)"
   case $step in
-    gpu)  # the bench: the defaults, batching off (the baseline), eight workers as knative/ serves, with CUDA
-          # graphs, with each worker's native pools sized to its share of the CPUs
-      timeout "${GPU_TIMEOUT:-480}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-80}" \
-        --configs "${CONFIGS:-defaults,unbatched,defaults@8,graphs@8,cpushare@8}" --images "${IMAGES:-1080p,4k,solvay}" \
+    gpu)  # the bench: the defaults, batching off (the baseline), CUDA graphs with JPEG on the GPU (the
+          # shortest one-request latency), eight workers as knative/ serves, with each worker's native pools
+          # sized to its share of the CPUs, with CUDA graphs
+      timeout "${GPU_TIMEOUT:-480}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-60}" \
+        --configs "${CONFIGS:-defaults,unbatched,graphs+nvimgcodec,defaults@8,cpushare@8,graphs@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;
     graphs)  # CUDA graphs (pipeline/cuda_graph.py): per model, replay against ordinary runs (on the H200 an

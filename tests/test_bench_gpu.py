@@ -11,17 +11,17 @@ def test_gpu_bench_runs_on_the_cpu():
     from bench.gpu import main
 
     result = main(["--cpu", "--requests", "3", "--concurrency", "1,2", "--images", "1080p,solvay", "--model-runs", "2",
-                   "--configs", "defaults,unbatched,defaults@2,merged", "--client-procs", "2", "--gil-seconds", "1"])
+                   "--configs", "defaults,unbatched,defaults@2,merged+cpushare", "--client-procs", "2", "--gil-seconds", "1"])
     assert result["ready_s"] > 0 and result["first_s"] >= result["ready_s"]
-    assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("defaults", "unbatched", "merged", "fp32")
+    assert {(row[0], row[1]) for row in result["models"]} == {(config, role) for config in ("defaults", "unbatched", "merged+cpushare", "fp32")
                                                                for role in ("detector", "recognizer", "swapper")}
     assert all(row[2] == "CPUExecutionProvider" for row in result["models"])
     # the batched configs prepared graphs with a free batch axis (a per-row time), the baseline as published;
     # the detector's only where runs merge across requests (one frame per request otherwise)
-    assert all((row[4] == row[4]) == (row[0] != "unbatched" and (row[1] != "detector" or row[0] == "merged"))
+    assert all((row[4] == row[4]) == (row[0] != "unbatched" and (row[1] != "detector" or row[0] == "merged+cpushare"))
                for row in result["models"]), result["models"]
     # the multi-worker config reuses the defaults' graphs: no second row per model for it
-    assert [run["config"] for run in result["runs"]] == ["defaults", "unbatched", "defaults@2", "merged"]
+    assert [run["config"] for run in result["runs"]] == ["defaults", "unbatched", "defaults@2", "merged+cpushare"]
     assert [run["serving_processes"] for run in result["runs"]] == [1, 1, 2, 1]
     for run in result["runs"]:  # the baseline ran in the same invocation, over the same rows
         assert [(row[0], row[1]) for row in run["rows"]] == [("1080p", 1), ("1080p", 2), ("solvay", 1), ("solvay", 2)]
