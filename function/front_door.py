@@ -54,6 +54,7 @@ DISCONNECTED = "facefusion.disconnected"  # environ key: a threading.Event set w
 SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
 _RECEIVED = "facefusion.received"  # environ key: perf_counter() at the request head and at its body's end
+_STARTED = "facefusion.started"  # environ key: perf_counter() when a request thread began the app
 
 
 def shown(text: str) -> str:
@@ -197,7 +198,7 @@ class FrontDoor:
         return body
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
-        app_at = time.perf_counter()
+        app_at = environ[_STARTED] = time.perf_counter()
         started: dict[str, Any] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -217,6 +218,16 @@ class FrontDoor:
                     with_front_door(v, front) if k.lower() == "server-timing" else v.encode("latin-1"))
                    for k, v in started["headers"]]
         return int(started["status"].split(" ", 1)[0]), headers, chunks
+
+
+def intake_ms(environ: dict[str, Any]) -> dict[str, float]:
+    """`receive_ms` and `queue_ms` of a request the front door took in, for the request's log line (which
+    the app writes before the front door knows `handler`); empty for one it did not (a test client)."""
+    received, started = environ.get(_RECEIVED), environ.get(_STARTED)
+    if received is None or started is None:
+        return {}
+    return {"receive_ms": round((received[1] - received[0]) * 1000, 1),
+            "queue_ms": round((started - received[1]) * 1000, 1)}
 
 
 def with_front_door(server_timing: str, seconds: dict[str, float]) -> bytes:

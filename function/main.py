@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # functions-framew
 import flask  # noqa: E402
 
 from function import demo, direct, events, fanout, jobs, metrics, observe, shutdown  # noqa: E402
-from function.front_door import REFUSED, shown  # noqa: E402
+from function.front_door import REFUSED, intake_ms, shown  # noqa: E402
 from function.openapi import SPEC  # noqa: E402
 from function.problems import Problem, as_problem, internal_error  # noqa: E402
 from function.reply import Reply, json_response, without_body_type  # noqa: E402
@@ -284,7 +284,7 @@ def fuse(request: flask.Request) -> flask.Response:
         _log({"severity": "INFO" if response.status_code < 500 else "ERROR", "revision": RUNTIME.config.revision,
               "method": request.method, "path": shown(request.path), "kind": reply.kind,
               "event_id": reply.event_id or request.headers.get("ce-id", ""), "status": response.status_code,
-              "ms": round((time.perf_counter() - started) * 1000, 1), **({"error": error} if error else {}),
-              "server_timing": response.headers.get("Server-Timing", "")})
+              "ms": round((time.perf_counter() - started) * 1000, 1), **intake_ms(request.environ),
+              **({"error": error} if error else {}), "server_timing": response.headers.get("Server-Timing", "")})
     observe.observe_request(path, reply.kind, response.status_code, time.perf_counter() - started)
     return response

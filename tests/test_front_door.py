@@ -202,7 +202,7 @@ def test_slow_clients_do_not_starve_healthz_or_fusions(server):
 def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
     """A fusion's Server-Timing starts with the front door's part: `receive` holds a slow upload (here a
     pause of 0.5 s in the middle of the body), and no entry counts time another does, so together they
-    never exceed what the client waited."""
+    never exceed what the client waited. The log line carries `receive_ms` and `queue_ms`."""
     body, content_type = multipart_form({"source": shared_file("images", "obama.jpg").read_bytes(),
                                          "target": shared_file("images", "biden.jpg").read_bytes()})
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -229,6 +229,10 @@ def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
     # the pause, less however late the server read the request's head (a busy machine: 496.8 ms seen)
     assert timings["receive"] >= 400 and min(timings.values()) >= 0, entries
     assert sum(timings.values()) <= waited_ms + 0.05 * len(entries), (entries, waited_ms)  # each rounded to 0.1 ms
+    # the request's log line has the front door's part too (written before `handler` is known)
+    lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
+    logged = [line for line in lines if line.get("status") == 200 and line.get("receive_ms", 0) >= 400]
+    assert len(logged) == 1 and logged[0]["queue_ms"] >= 0 and logged[0]["receive_ms"] == timings["receive"], lines[-3:]
 
 
 def test_refused_bodies_do_not_grow_memory(server):
