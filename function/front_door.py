@@ -24,7 +24,8 @@ An answer that carries Server-Timing (a fusion's stages) gets the front door's p
 front of them: `receive` (from the request head to the body's last byte: the upload), `queue` (waiting
 for a request thread) and `handler` (the app's time that no stage of its own names: Flask, the form's
 parsing, options, building the answer). The entries do not overlap, so their sum is the server's time
-and what a client measures beyond it is the network and the client itself.
+and what a client measures beyond it is the network, the client and the event loop's own part; where
+the app's stages ran side by side (a new source on a GPU, a video), `handler` is less than the truth.
 """
 
 from __future__ import annotations

@@ -132,11 +132,11 @@ def serve(sock: socket.socket, config: FunctionConfig) -> None:
 
 
 def resolve_cpu_share(workers: int) -> None:
-    """CPU_THREADS=share: each serving process's share of the usable CPUs (at least 1), written into the
-    environment that the pipeline's settings and the workers read. Left to their defaults, the native pools
-    (OpenCV's, each session's intra-op pool) of every worker size themselves to the whole machine: eight
-    workers on 16 CPUs run eight 16-thread OpenCV pools."""
-    if os.environ.get("CPU_THREADS", "").strip().lower() == "share":
+    """CPU_THREADS=share with WORKERS > 1: each serving process's share of the usable CPUs (at least 1),
+    written into the environment the workers inherit. Left to their defaults, the pools of every worker
+    (OpenCV's, each session's intra-op pool, the helper threads) size themselves to the whole machine:
+    eight workers on 16 CPUs run eight 16-thread OpenCV pools. One process alone keeps the defaults."""
+    if workers > 1 and os.environ.get("CPU_THREADS", "").strip().lower() == "share":
         from pipeline.config import usable_cpus
 
         os.environ["CPU_THREADS"] = str(max(1, usable_cpus() // workers))

@@ -103,7 +103,8 @@ def raise_problems(problems: Sequence[str]) -> None:
 
 def usable_cpus() -> int:
     """The CPUs this process may run on (a container's cpuset, not the host's count): what the pools of
-    helper threads (paste, JPEG strips, sources beside the target) are sized by."""
+    helper threads (paste, JPEG strips, sources beside the target) are sized by. A CPU limit (a CFS quota,
+    as Kubernetes sets for `limits.cpu`) is not a cpuset and is not seen here."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
@@ -218,12 +219,13 @@ def _read_cuda_graphs(read: EnvReader) -> tuple[str, ...]:
     return roles
 
 
-def _read_cpu_threads(read: EnvReader) -> int:
-    """CPU_THREADS: a number (0: each library's default), or `share`: this process's share of the usable
-    CPUs. function/serve.py divides them among WORKERS before the workers start; a process that meets
-    `share` itself (one worker, `warmup prepare`, the CLI) is alone and takes them all."""
+def read_cpu_threads(read: EnvReader) -> int:
+    """CPU_THREADS: a number (0: each pool's own default), or `share`: this process's share of the usable
+    CPUs. function/serve.py turns `share` into a number for each of WORKERS before they start; a process
+    that meets `share` itself (one worker, `warmup prepare`, the CLI) is alone, and alone the defaults are
+    its share (0)."""
     if (read.str("CPU_THREADS") or "").lower() == "share":
-        return usable_cpus()
+        return 0
     return read.int("CPU_THREADS", 0, minimum=0)
 
 
@@ -242,7 +244,7 @@ class Settings:
     model_fp16: str = "auto"  # MODEL_FP16: auto (on for CUDA GPUs with tensor cores), on, off
     image_codec: str = "opencv"  # IMAGE_CODEC: opencv, or nvimgcodec (JPEG on the GPU, pipeline/gpu_jpeg.py)
     # CPU_THREADS: the threads of this process's native pools (OpenCV's, each ONNX Runtime session's
-    # intra-op pool); 0 leaves each library its default, every usable CPU (see cpu_pools)
+    # intra-op pool) and at most that many helper threads (pipeline/overlap.py); 0 leaves each its default
     cpu_threads: int = 0
 
     @classmethod
@@ -276,7 +278,7 @@ class Settings:
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),
             model_fp16=read.choice("MODEL_FP16", "auto", ("auto", "on", "off")),
             image_codec=read.choice("IMAGE_CODEC", "opencv", ("opencv", "nvimgcodec")),
-            cpu_threads=_read_cpu_threads(read),
+            cpu_threads=read_cpu_threads(read),
         )
         read.raise_problems()
         return settings

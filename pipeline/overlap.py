@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
 
-from .config import usable_cpus
+from .config import EnvReader, read_cpu_threads, usable_cpus
 
 T = TypeVar("T")
 A = TypeVar("A")
 
-# helper threads per process (fewer on fewer CPUs): a 4K JPEG's 8 strips at once on a quiet pod
-HELPER_THREADS = min(8, usable_cpus())
+# helper threads per process (fewer on fewer CPUs, or with CPU_THREADS, which WORKERS processes share:
+# function/serve.py sets it before they start): a 4K JPEG's 8 strips at once on a quiet pod
+HELPER_THREADS = min(8, read_cpu_threads(EnvReader()) or usable_cpus())
 
 _pool: ThreadPoolExecutor | None = None
 _slots = threading.BoundedSemaphore(HELPER_THREADS)

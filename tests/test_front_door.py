@@ -201,7 +201,7 @@ def test_slow_clients_do_not_starve_healthz_or_fusions(server):
 
 def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
     """A fusion's Server-Timing starts with the front door's part: `receive` holds a slow upload (here a
-    pause of 0.5 s in the middle of the body), and no entry counts time another does, so together they
+    pause of 1 s in the middle of the body), and no entry counts time another does, so together they
     never exceed what the client waited. The log line carries `receive_ms` and `queue_ms`."""
     body, content_type = multipart_form({"source": shared_file("images", "obama.jpg").read_bytes(),
                                          "target": shared_file("images", "biden.jpg").read_bytes()})
@@ -213,7 +213,7 @@ def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
                             ("Authorization", f"Bearer {TOKEN}")):
             conn.putheader(name, value)
         conn.endheaders(body[:len(body) // 2])
-        time.sleep(0.5)
+        time.sleep(1.0)  # BODY_TIMEOUT_S is 2
         conn.send(body[len(body) // 2:])
         answer = conn.getresponse()
         answer.read()
@@ -226,12 +226,13 @@ def test_server_timing_names_the_upload_the_queue_and_the_handler(server):
     names = [name for name, _ in entries]
     assert names[:3] == ["receive", "queue", "handler"] and {"decode", "detect", "swap", "encode"} <= set(names[3:])
     timings = dict(entries)
-    # the pause, less however late the server read the request's head (a busy machine: 496.8 ms seen)
-    assert timings["receive"] >= 400 and min(timings.values()) >= 0, entries
+    # the pause, less however late the server read the request's head (a busy machine: 3 ms late seen)
+    assert timings["receive"] >= 700 and min(timings.values()) >= 0, entries
+    # (on the CPU a new source is made in turn, so its stages never overlap the target's)
     assert sum(timings.values()) <= waited_ms + 0.05 * len(entries), (entries, waited_ms)  # each rounded to 0.1 ms
     # the request's log line has the front door's part too (written before `handler` is known)
     lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
-    logged = [line for line in lines if line.get("status") == 200 and line.get("receive_ms", 0) >= 400]
+    logged = [line for line in lines if line.get("status") == 200 and line.get("receive_ms", 0) >= 700]
     assert len(logged) == 1 and logged[0]["queue_ms"] >= 0 and logged[0]["receive_ms"] == timings["receive"], lines[-3:]
 
 

@@ -214,3 +214,19 @@ def test_the_bench_compares_beside_with_in_turn_on_the_cpu(capsys):
     assert "would make a new source in turn" in out  # the CPU's choice, said in the header
     rows = [line for line in out.splitlines() if line.startswith(("in turn", "beside"))]
     assert len(rows) == 4 and all(float(line.split("|")[2]) > 0 for line in rows)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("share", None), ("", None)])
+def test_cpu_threads_bounds_the_helper_threads(value, expected):
+    """A worker's helper threads stay within its CPU_THREADS (what WORKERS processes share); `share` in a
+    process alone, or no value, leaves them at min(8, the usable CPUs)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.config import usable_cpus
+
+    env = {**os.environ, "CPU_THREADS": value}
+    out = subprocess.run([sys.executable, "-c", "from pipeline import overlap; print(overlap.HELPER_THREADS)"],
+                         env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert int(out.stdout) == (expected or min(8, usable_cpus()))

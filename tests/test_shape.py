@@ -43,11 +43,9 @@ def test_bad_values_are_named_not_raised_at_import():
 
 
 def test_cpu_threads_is_a_count_or_this_process_share():
-    from pipeline.config import usable_cpus
-
     assert Settings.from_env({}).cpu_threads == 0  # each native pool keeps its own default
     assert Settings.from_env({"CPU_THREADS": "3"}).cpu_threads == 3
-    assert Settings.from_env({"CPU_THREADS": "Share"}).cpu_threads == usable_cpus()  # alone: every CPU
+    assert Settings.from_env({"CPU_THREADS": "Share"}).cpu_threads == 0  # a process alone: the defaults
     for bad in ("-1", "many"):
         with pytest.raises(ConfigError, match="CPU_THREADS"):
             Settings.from_env({"CPU_THREADS": bad})
