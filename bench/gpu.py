@@ -132,6 +132,16 @@ def config_env(name: str) -> dict[str, str]:
     return {key: value for part in name.split("+") for key, value in CONFIGS[part].items()}
 
 
+# settings that change how a config serves, not the graphs it loads or how a model runs on its own
+SERVING_ONLY = frozenset({"CUDA_GRAPHS", "IMAGE_CODEC", "CPU_THREADS"})
+
+
+def graphs_of(name: str) -> str:
+    """The config whose prepared graphs and model-table rows `name` shares: the defaults' for a config
+    that only changes how it serves (graphs, codec, threads), else its own."""
+    return "defaults" if set(config_env(name)) <= SERVING_ONLY else name
+
+
 def _settings(models: Path, cache: Path, providers: str, config: str):
     from pipeline import Settings
 
@@ -466,11 +476,12 @@ def main(argv: list[str] | None = None) -> dict:
     model_rows: list[list] = []
     active: dict[str, str] = {}
     extra = [c for c in args.model_only.split(",") if c]
-    for name in dict.fromkeys([parse_config(c)[0] for c in configs] + [parse_config(c)[0] for c in extra]):  # also prepares each config's graphs,
-        if "CUDA_GRAPHS" in config_env(name):  # the defaults' graphs; replays per model are bench.cuda_graph's
-            print(f"[{name}] no rows in the model table: see python -m bench.cuda_graph", flush=True)
-            continue
-        t = time.perf_counter()                                      # so the cold starts below are prepared starts
+    for name in dict.fromkeys(parse_config(c)[0] for c in [*configs, *extra]):
+        if graphs_of(name) != name:  # replays per model (CUDA_GRAPHS) are bench.cuda_graph's
+            print(f"[{name}] serves the defaults' graphs: no rows of its own in the model table", flush=True)
+    # also prepares each config's graphs, so that the cold starts below are prepared starts
+    for name in dict.fromkeys(graphs_of(parse_config(c)[0]) for c in [*configs, *extra]):
+        t = time.perf_counter()
         rows, active = per_model_ms(models, work / "cache", providers, args.model_runs, name)
         model_rows += rows
         print(f"[{name}] prepared and measured in {time.perf_counter() - t:.1f} s", flush=True)
