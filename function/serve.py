@@ -65,8 +65,10 @@ def build_app():
     import functions_framework
 
     from function.front_door import FrontDoor, Protocol
+    from function.uploads import FormRequest
 
     flask_app = functions_framework.create_app(target=TARGET, source=str(SOURCE))
+    flask_app.request_class = FormRequest  # small uploads' parts in memory, not on disk (function/uploads.py)
     # functions-framework answers /robots.txt and /favicon.ico, and Flask /static/..., with HTML 404s of
     # their own that no log line or metric saw; every path goes to the function, which routes all (main.py)
     run = flask_app.view_functions["run"]
