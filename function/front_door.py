@@ -55,7 +55,7 @@ DISCONNECTED = "facefusion.disconnected"  # environ key: a threading.Event set w
 SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
 _RECEIVED = "facefusion.received"  # environ key: perf_counter() at the request head and at its body's end
-_STARTED = "facefusion.started"  # environ key: perf_counter() when a request thread began the app
+_INTAKE = "facefusion.intake"  # environ key: the request's receive and queue ms, once a request thread has it
 
 
 def shown(text: str) -> str:
@@ -199,7 +199,9 @@ class FrontDoor:
         return body
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
-        app_at = environ[_STARTED] = time.perf_counter()
+        app_at = time.perf_counter()
+        head_at, body_at = environ[_RECEIVED]
+        intake = environ[_INTAKE] = {"receive": (body_at - head_at) * 1000, "queue": (app_at - body_at) * 1000}
         started: dict[str, Any] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -213,10 +215,9 @@ class FrontDoor:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        head_at, body_at = environ[_RECEIVED]
-        front = {"receive": body_at - head_at, "queue": app_at - body_at, "app": time.perf_counter() - app_at}
+        app_ms = (time.perf_counter() - app_at) * 1000
         headers = [(k.lower().encode("latin-1"),
-                    with_front_door(v, front) if k.lower() == "server-timing" else v.encode("latin-1"))
+                    with_front_door(v, intake, app_ms) if k.lower() == "server-timing" else v.encode("latin-1"))
                    for k, v in started["headers"]]
         return int(started["status"].split(" ", 1)[0]), headers, chunks
 
@@ -224,14 +225,11 @@ class FrontDoor:
 def intake_ms(environ: dict[str, Any]) -> dict[str, float]:
     """`receive_ms` and `queue_ms` of a request the front door took in, for the request's log line (which
     the app writes before the front door knows `handler`); empty for one it did not (a test client)."""
-    received, started = environ.get(_RECEIVED), environ.get(_STARTED)
-    if received is None or started is None:
-        return {}
-    return {"receive_ms": round((received[1] - received[0]) * 1000, 1),
-            "queue_ms": round((started - received[1]) * 1000, 1)}
+    intake = environ.get(_INTAKE, {})
+    return {f"{name}_ms": round(ms, 1) for name, ms in intake.items()}
 
 
-def with_front_door(server_timing: str, seconds: dict[str, float]) -> bytes:
+def with_front_door(server_timing: str, intake: dict[str, float], app_ms: float) -> bytes:
     """The app's Server-Timing with `receive`, `queue` and `handler` in front (module docstring): `handler` is
     the app's time less the stages it reported itself, so that no two entries count the same time."""
     stages_ms = 0.0
@@ -239,9 +237,7 @@ def with_front_door(server_timing: str, seconds: dict[str, float]) -> bytes:
         _, _, duration = entry.partition(";dur=")
         with contextlib.suppress(ValueError):
             stages_ms += float(duration.split(";", 1)[0])
-    handler_ms = max(0.0, seconds["app"] * 1000 - stages_ms)
-    front = (f"receive;dur={seconds['receive'] * 1000:.1f}, queue;dur={seconds['queue'] * 1000:.1f}, "
-             f"handler;dur={handler_ms:.1f}")
+    front = ", ".join(f"{name};dur={ms:.1f}" for name, ms in {**intake, "handler": max(0.0, app_ms - stages_ms)}.items())
     return (f"{front}, {server_timing}" if server_timing else front).encode("latin-1")
 
 

@@ -79,4 +79,3 @@ def test_cpu_threads_sizes_every_session_pool_and_opencv(model_root, tmp_path):
         cv2.setNumThreads(before)
     default = load_fuser(Settings(model_path=model_root, cache_path=tmp_path / "c"))
     assert all(m.session.get_session_options().intra_op_num_threads == 0 for m in default.models.models.values())
-
