@@ -35,6 +35,7 @@ from bench.common import (
     table,
     worker_pids,
 )
+from bench.form_client import multipart_form
 
 SIZES_MB = {"detector": 13.6, "recognizer": 166, "swapper": 554}
 
@@ -68,12 +69,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
 
 
 def post_fusion(url: str, source: bytes, target: bytes) -> None:
-    boundary = "ffbench"
-    body = b"".join(
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.jpg\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for name, data in (("source", source), ("target", target))
-    ) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + "/", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, content_type = multipart_form({"source": source, "target": target})
+    req = urllib.request.Request(url + "/", data=body, headers={"Content-Type": content_type})
     with urllib.request.urlopen(req, timeout=120) as r:
         assert r.status == 200, r.status
         r.read()

@@ -221,6 +221,14 @@ def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout:
     raise TimeoutError(f"{health_url} not ready after {timeout} s")
 
 
+def start_function(env: Mapping[str, str], timeout: float = 120):
+    """The function as production starts it (`function_command`) on a free loopback port, once `/readyz`
+    answers 200: (the process, its base URL ending in /)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    return start_process(function_command(port), dict(env), url + "readyz", timeout), url
+
+
 def stop_process(proc, timeout: float = 30, on_timeout=None) -> None:
     """SIGTERM to the server's process group (it drains), SIGKILL if it has not left within `timeout`
     (after calling `on_timeout`, which may look at the processes first)."""

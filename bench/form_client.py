@@ -79,22 +79,10 @@ def _compare(repeat: int = 30) -> None:
 
     import requests
 
-    from bench.common import (
-        SHARED,
-        free_port,
-        function_command,
-        single_face_1080p,
-        standin_models,
-        start_process,
-        stop_process,
-        table,
-    )
+    from bench.common import SHARED, single_face_1080p, standin_models, start_function, stop_process, table
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
     models = tempfile.TemporaryDirectory(prefix="ff-bench-models-")
-    proc = start_process(function_command(port), {"MODEL_PATH": str(standin_models(Path(models.name), enhancer=False))},
-                         url + "readyz")
+    proc, url = start_function({"MODEL_PATH": str(standin_models(Path(models.name), enhancer=False))})
     try:
         files = {"source": (SHARED / "images" / "obama.jpg").read_bytes(), "target": single_face_1080p()}
         session, poster = requests.Session(), FormPoster(url, *multipart_form(files))

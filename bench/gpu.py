@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import requests
 
@@ -234,12 +235,22 @@ def gpu_memory_mib(pids: set[str]) -> list[list]:
     return [[pid, float(used)] for pid, used in nvidia_smi("pid,used_memory", "compute-apps") if pid in pids]
 
 
+class ClientRun(NamedTuple):
+    """What one load process measured (it crosses the process boundary, so a plain picklable record)."""
+
+    start: float  # wall clock (time.time) when its threads began, and ended
+    end: float
+    latencies: list[float]  # ms
+    errors: int
+    stages: list[dict[str, float]]  # the server's stage times of each answer, with `outside`
+    cpu_s: float  # the process's own CPU seconds during the load
+
+
 def _client_process(url: str, files: dict, data: dict, threads: int, count: int, barrier, results) -> None:
     """One load process: `threads` threads with a connection each send `count` requests between them,
-    starting together with the other client processes; puts (start, end, latencies ms, errors, the
-    server's stage times of each answer, with `outside`: the latency no stage holds, and the process's
-    CPU seconds during the load). The form is encoded once (bench/form_client.py): the clients share the
-    CPUs with the function, so they should take as little of them as a client can."""
+    starting together with the other client processes; puts its ClientRun (`outside`: the latency no
+    stage holds). The form is encoded once (bench/form_client.py): the clients share the CPUs with the
+    function, so they should take as little of them as a client can."""
     from bench.form_client import FormPoster, multipart_form
 
     body, content_type = multipart_form(files, data)
@@ -275,7 +286,7 @@ def _client_process(url: str, files: dict, data: dict, threads: int, count: int,
         thread.start()
     for thread in pool:
         thread.join()
-    results.put((start, time.time(), latencies, errors, stages, time.process_time() - cpu))
+    results.put(ClientRun(start, time.time(), latencies, errors, stages, time.process_time() - cpu))
 
 
 def load(url: str, files: dict, data: dict, concurrency: int, count: int,
@@ -293,19 +304,18 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
                for i in range(procs)]
     for client in clients:
         client.start()
-    got = [results.get(timeout=600) for _ in clients]
+    got: list[ClientRun] = [results.get(timeout=600) for _ in clients]
     for client in clients:
         client.join()
-    latencies = [ms for _, _, lat, *_ in got for ms in lat]
-    wall = max(end for _, end, *_ in got) - min(start for start, *_ in got)
+    latencies = [ms for run in got for ms in run.latencies]
+    wall = max(run.end for run in got) - min(run.start for run in got)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     by_stage: dict[str, list[float]] = {}
-    for *_, stages, _ in got:
-        for answer in stages:
-            for name, ms in answer.items():
-                by_stage.setdefault(name, []).append(ms)
-    return (count / wall, statistics.median(latencies), q[98], sum(errors for _, _, _, errors, *_ in got),
-            {name: statistics.median(v) for name, v in by_stage.items()}, sum(cpu for *_, cpu in got) * 1000 / count)
+    for answer in (answer for run in got for answer in run.stages):
+        for name, ms in answer.items():
+            by_stage.setdefault(name, []).append(ms)
+    return (count / wall, statistics.median(latencies), q[98], sum(run.errors for run in got),
+            {name: statistics.median(v) for name, v in by_stage.items()}, sum(run.cpu_s for run in got) * 1000 / count)
 
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:

@@ -18,10 +18,9 @@ from pathlib import Path
 from bench.common import (
     cpu_seconds,
     free_port,
-    function_command,
     single_face_1080p,
     standin_models,
-    start_process,
+    start_function,
     stop_process,
     table,
     worker_pids,
@@ -117,18 +116,17 @@ def main() -> None:
     servers = {}
     try:
         for name, extra in configs.items():
-            port = free_port()
-            servers[name] = (port, start_process(function_command(port), {**env_clean, **base, **extra},
-                                                 f"http://127.0.0.1:{port}/readyz"))
+            proc, url = start_function({**env_clean, **base, **extra})
+            servers[name] = (url, proc)
         files = lambda i: {"source": source, "target": target}  # noqa: E731
         results: dict[tuple[int, str], list[float]] = {}
         cpu: dict[tuple[int, str], list[float]] = {}
         for c in levels:
             for _ in range(args.rounds):
-                for name, (port, proc) in servers.items():
+                for name, (url, proc) in servers.items():
                     workers = worker_pids(proc.pid)
                     before = cpu_seconds(workers)
-                    rps = drive(f"http://127.0.0.1:{port}/", files, c, args.requests)[0]
+                    rps = drive(url, files, c, args.requests)[0]
                     cpu.setdefault((c, name), []).append((cpu_seconds(workers) - before) * 1000 / (args.requests + c))
                     results.setdefault((c, name), []).append(rps)
         rows = []
