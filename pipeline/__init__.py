@@ -3,46 +3,88 @@
 `load_fuser(settings)` builds the one public entry, `Fuser`; `prepare(settings)` builds derived
 artefacts ahead of serving. The rest of this package is private to it. The pipeline never sees HTTP,
 events or URIs.
+
+The package's names are imported when first used (PEP 562 `__getattr__`), not when the package is:
+`pipeline.config` is then read without numpy, OpenCV and ONNX Runtime, so a process that only reads
+settings (the WORKERS supervisor, the CLI's argument errors) does not pay ~0.2 s and ~100 MB for them,
+and a serving process can start its GPU's context before they load (function/serve.py).
 """
 
-from .config import ConfigError, EnvReader, ImageLimits, Settings, VideoLimits
-from .errors import (
-    EmptyImage,
-    FaceError,
-    ImageError,
-    ImageTooLarge,
-    InvalidOptions,
-    ModelSetInvalid,
-    ModelSetMissing,
-    NoMatchingFace,
-    NoReferenceFace,
-    NoSourceFace,
-    NoTargetFace,
-    PipelineError,
-    ProviderUnavailable,
-    RuntimeFailure,
-    UndecodableImage,
-    UnsupportedImageType,
-    VideoError,
-)
-from .files import atomic_symlink, atomic_write
-from .fuser import Fuser
-from .fusion_types import EncodedFusion, FuseOptions, FusionReport, FusionResult
-from .images import OUTPUT_FORMATS, DecodedImage, checked_format, decode_image, encode_image, normalise_format
-from .loader import ModelBundle, load_fuser, load_models, prepare
-from .manifest import (
-    ModelEntry,
-    ModelSet,
-    manifest_document,
-    parse_manifest,
-    plain_name,
-    read_manifest,
-    write_manifest_file,
-)
-from .model_store import VerdictCache, open_model_set, sha256_file
-from .selection import MODES as FACE_MODES
-from .selection import Selection
-from .timing import StageTimer
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ConfigError": "config",
+    "EnvReader": "config",
+    "ImageLimits": "config",
+    "Settings": "config",
+    "VideoLimits": "config",
+    "EmptyImage": "errors",
+    "FaceError": "errors",
+    "ImageError": "errors",
+    "ImageTooLarge": "errors",
+    "InvalidOptions": "errors",
+    "ModelSetInvalid": "errors",
+    "ModelSetMissing": "errors",
+    "NoMatchingFace": "errors",
+    "NoReferenceFace": "errors",
+    "NoSourceFace": "errors",
+    "NoTargetFace": "errors",
+    "PipelineError": "errors",
+    "ProviderUnavailable": "errors",
+    "RuntimeFailure": "errors",
+    "UndecodableImage": "errors",
+    "UnsupportedImageType": "errors",
+    "VideoError": "errors",
+    "atomic_symlink": "files",
+    "atomic_write": "files",
+    "Fuser": "fuser",
+    "EncodedFusion": "fusion_types",
+    "FuseOptions": "fusion_types",
+    "FusionReport": "fusion_types",
+    "FusionResult": "fusion_types",
+    "OUTPUT_FORMATS": "images",
+    "DecodedImage": "images",
+    "checked_format": "images",
+    "decode_image": "images",
+    "encode_image": "images",
+    "normalise_format": "images",
+    "ModelBundle": "loader",
+    "load_fuser": "loader",
+    "load_models": "loader",
+    "prepare": "loader",
+    "ModelEntry": "manifest",
+    "ModelSet": "manifest",
+    "manifest_document": "manifest",
+    "parse_manifest": "manifest",
+    "plain_name": "manifest",
+    "read_manifest": "manifest",
+    "write_manifest_file": "manifest",
+    "VerdictCache": "model_store",
+    "open_model_set": "model_store",
+    "sha256_file": "model_store",
+    "FACE_MODES": "selection:MODES",
+    "Selection": "selection",
+    "StageTimer": "timing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines `name` on first use and keep the name here."""
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, _, attribute = where.partition(":")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), attribute or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 __all__ = [
     "FACE_MODES",

@@ -258,7 +258,7 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
     """Two workers on one socket serve, and every scrape counts the whole pod: a scrape reaches one worker
     through the shared socket; it saw that worker's counters alone, so the pod's total jumped between
     workers' values (read as counter resets) and undercounted. Each worker takes its share of the CPUs
-    (CPU_THREADS=share). A SIGTERM then drains both, exit 0."""
+    (CPU_THREADS=share). The supervisor stays small. A SIGTERM then drains both, exit 0."""
     images = {"source": shared_file("images", "obama.jpg").read_bytes(),
               "target": shared_file("images", "biden.jpg").read_bytes()}
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
@@ -269,6 +269,10 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
         folders = {Path(f"/proc/{pid}/environ").read_bytes().split(b"PROMETHEUS_MULTIPROC_DIR=")[1].split(b"\0")[0]
                    for pid in children}
         assert len(folders) == 1  # one folder for the pod
+        # the supervisor only reads settings: it never loads the inference stack (numpy, OpenCV, ONNX
+        # Runtime: ~60 MB and ~0.2 s before the workers could start)
+        maps = Path(f"/proc/{srv.proc.pid}/maps").read_text()
+        assert not [lib for lib in ("onnxruntime", "cv2", "_multiarray_umath") if lib in maps]
         for _ in range(6):
             assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
         # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):

@@ -319,3 +319,19 @@ def test_importing_the_function_leaves_the_libraries_of_other_paths_for_later():
             "print(','.join(m for m in ('av', 'fsspec', 'requests', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == ""
+
+
+def test_reading_settings_loads_no_inference_library_and_every_pipeline_name_resolves():
+    """The pipeline package imports its names on first use: a process that only reads settings (the
+    WORKERS supervisor) loads neither numpy, OpenCV nor ONNX Runtime; every name the package exports
+    still imports, and a name it does not export is an AttributeError, not a silent None."""
+    code = ("import sys, function.config, function.serve, pipeline.config; "
+            "print(','.join(m for m in ('numpy', 'cv2', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == ""
+    import pipeline
+
+    assert all(getattr(pipeline, name) is not None for name in pipeline.__all__)
+    assert pipeline.Fuser.__module__ == "pipeline.fuser" and pipeline.FACE_MODES
+    with pytest.raises(AttributeError):
+        pipeline.no_such_name  # noqa: B018
