@@ -83,6 +83,9 @@ def build_app():
 
 def serve(sock: socket.socket, config: FunctionConfig) -> None:
     """Serve on a bound socket until SIGTERM has drained the process; never returns."""
+    from pipeline import cuda_context
+
+    cuda_context.start_early()  # first: the GPU's context is made beside every import that follows
     from function import shutdown
 
     # SIGTERM before the server runs (a pod, or a worker set, stopped while this process builds the app):

@@ -30,6 +30,11 @@ class ConfigError(ValueError):
     """One or more settings have values that cannot be used; the message names each variable."""
 
 
+def provider_words(spec: str) -> list[str]:
+    """EXECUTION_PROVIDERS as its lower-case words (`cuda,cpu` -> ["cuda", "cpu"]); ["auto"] when it names none."""
+    return [p.strip().lower() for p in spec.split(",") if p.strip()] or ["auto"]
+
+
 class EnvReader:
     """Typed reads of environment variables that collect problems instead of raising.
 
@@ -183,6 +188,8 @@ class GpuSettings:
     name: str = ""  # NVIDIA_GPU_NAME: the GPU model in artefact keys, when set (else read from the device)
     # CUDA_GRAPHS: the roles whose runs replay as CUDA graphs (pipeline/cuda_graph.py), `all`, or none (off)
     cuda_graphs: tuple[str, ...] = ()
+    # CUDA_EARLY_CONTEXT: a serving process makes the GPU's context beside its imports (pipeline/cuda_context.py)
+    early_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -273,6 +280,7 @@ class Settings:
                 trt_max_workspace_mb=read.int("TRT_MAX_WORKSPACE_MB", 2048, minimum=1),
                 name=read.str("NVIDIA_GPU_NAME") or "",
                 cuda_graphs=_read_cuda_graphs(read),
+                early_context=read.bool("CUDA_EARLY_CONTEXT", True),
             ),
             batching=BatchSettings(wait_ms=read.float("BATCH_WAIT_MS", 0.0, minimum=0.0),
                                    max_size=read.int("BATCH_MAX", 32, minimum=1)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .config import GpuSettings
+from .config import GpuSettings, provider_words
 from .errors import ModelSetInvalid, ProviderUnavailable
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,9 @@ PROVIDER_NAMES = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
-def _wanted(spec: str) -> list[str]:
-    return [p.strip().lower() for p in spec.split(",") if p.strip()] or ["auto"]
-
-
 def is_auto(spec: str) -> bool:
     """EXECUTION_PROVIDERS leaves the choice to this runtime (`auto`, or nothing named)."""
-    return _wanted(spec) == ["auto"]
+    return provider_words(spec) == ["auto"]
 
 
 def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
@@ -42,7 +38,7 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     than a silent fall back to the CPU, which would turn a GPU service into a very slow one.
     """
     available = list(ort.get_available_providers() if available is None else available)
-    wanted = _wanted(spec)
+    wanted = provider_words(spec)
     if wanted == ["auto"]:
         chosen = [PROVIDER_NAMES[p] for p in AUTO_ORDER if PROVIDER_NAMES[p] in available]
     else:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline import ConfigError, Fuser, ModelSetMissing, PipelineError, Settings, load_fuser
+from pipeline import ConfigError, Fuser, ModelSetMissing, PipelineError, Settings, cuda_context, load_fuser
 from pipeline.config import raise_problems
 
 from .config import WarmupConfig
@@ -154,6 +154,9 @@ class Warmup:
             settings = self.settings or Settings.from_env()
             fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
+            made = cuda_context.early()
+            if made is not None and made.seconds is not None:  # the GPU's context, made beside the imports
+                readiness.timings_s["cuda_context"] = round(made.seconds, 3)
             readiness.providers = {role: names[0] for role, names in fuser.models.active.items()}
             readiness.cpu_threads = settings.cpu_threads
             for line in fuser.load_log:
