@@ -1,15 +1,11 @@
 """Cold start: process start to ready and to the first fusion, peak memory, and a second worker's
 private memory; against the insightface way of loading the same models, in the same run.
 
-Proxy models of the real sizes (detector 16 MB, recognizer 166 MB, swapper 554 MB; stand-in graphs
+Proxy models of the real sizes (detector 13.6 MB, recognizer 166 MB, swapper 554 MB; stand-in graphs
 whose padding weights are really used) are generated once under $TMPDIR and never committed. The page
 cache is warm for both sides (the models are read once before timing), as on a node whose volume
 served a pod before. Our side runs `python -m warmup prepare` first, as the init container does.
 Run: python -m bench.cold_start [--runs 5]
-
-`--against KEY=VALUE[,KEY=VALUE...]` compares two starts of ours instead, in turns, with the process's
-own account of each (from `/readyz`): the same start with those settings is the baseline, as in
-`python -m bench.cold_start --providers cuda --against CUDA_EARLY_CONTEXT=off` on a GPU machine.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,63 +77,11 @@ def post_fusion(url: str, source: bytes, target: bytes) -> None:
         r.read()
 
 
-def start_ours(models: Path, cache: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, float]:
+def start_ours(models: Path, cache: Path) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     t0 = time.time()
-    proc = spawn(function_command(port), {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), **(env or {})})
+    proc = spawn(function_command(port), {"MODEL_PATH": str(models), "CACHE_PATH": str(cache)})
     return proc, f"http://127.0.0.1:{port}", t0
-
-
-def own_account(url: str) -> dict[str, float]:
-    """The process's `/readyz` timings: load_start, model_load, warmup, app_built, cold_start, cuda_context."""
-    with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-        return json.loads(r.read())["timings_s"]
-
-
-def parse_settings(spec: str) -> dict[str, str]:
-    """`CUDA_EARLY_CONTEXT=off,CPU_THREADS=2` -> {"CUDA_EARLY_CONTEXT": "off", "CPU_THREADS": "2"}."""
-    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
-    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
-        raise SystemExit(f"--against wants KEY=VALUE[,KEY=VALUE...], got {spec!r}")
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def compare_starts(models: Path, cache: Path, runs: int, base: dict[str, str], against: dict[str, str]) -> None:
-    """Ours with `base` and with `base` plus `against`, `runs` fresh processes each, in turns."""
-    source = (SHARED / "images" / "obama.jpg").read_bytes()
-    target = single_face_1080p()
-    sides = {"ours": base, "against": {**base, **against}}
-    ready: dict[str, list[float]] = {side: [] for side in sides}
-    first: dict[str, list[float]] = {side: [] for side in sides}
-    account: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-    for _ in range(runs):
-        for side, env in sides.items():
-            proc, url, t0 = start_ours(models, cache, env)
-            try:
-                ready[side].append(wait_ready(url, proc) - t0)
-                post_fusion(url, source, target)
-                first[side].append(time.time() - t0)
-                account[side].append(own_account(url))
-            finally:
-                stop_process(proc)
-    med = statistics.median
-    rows = [["process start -> /readyz 200 (s)", med(ready["ours"]), med(ready["against"]),
-             med(ready["against"]) / med(ready["ours"])],
-            ["process start -> first fusion answered (s)", med(first["ours"]), med(first["against"]),
-             med(first["against"]) / med(first["ours"])]]
-    keys = [k for k in ("load_start", "cuda_context", "model_load", "warmup", "app_built", "cold_start")
-            if any(k in a for side in sides for a in account[side])]
-    for key in keys:
-        mine = [a[key] for a in account["ours"] if key in a]
-        theirs = [a[key] for a in account["against"] if key in a]
-        rows.append([f"  its own {key} (s)", med(mine) if mine else float("nan"), med(theirs) if theirs else float("nan"),
-                     med(theirs) / med(mine) if mine and theirs and med(mine) else float("nan")])
-    label = ", ".join(f"{k}={v}" for k, v in against.items())
-    print(f"cold start, proxy models of the real sizes, median of {runs} fresh processes each, in turns, warm page "
-          f"cache, {os.cpu_count()} CPUs; settings of both: {base or 'the defaults'}")
-    print(table(["measure", "ours", label, "ratio"], rows))
-    for side in sides:
-        print(f"{side}: ready (s) {[round(x, 2) for x in ready[side]]}; first answer (s) {[round(x, 2) for x in first[side]]}")
 
 
 BASELINE = textwrap.dedent("""
@@ -162,27 +107,13 @@ BASELINE = textwrap.dedent("""
 """)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--providers", default="", help="EXECUTION_PROVIDERS of our starts (default: auto)")
-    parser.add_argument("--against", type=parse_settings, default=None, metavar="KEY=VALUE[,...]",
-                        help="compare ours with these settings instead of with the insightface way")
-    args = parser.parse_args()
-    base = {"EXECUTION_PROVIDERS": args.providers} if args.providers else {}
-    models = proxy_models()
-    cache = Path(tempfile.mkdtemp(prefix="ff-coldstart-cache-"))
-    env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache), **base}
-    subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=REPO, env=env, check=True, capture_output=True)
-    subprocess.run(["sync"], check=False)  # freshly written artefacts count as dirty pages until written back
-    if args.against is not None:
-        compare_starts(models, cache, args.runs, base, args.against)
-        return
+def compare_with_insightface(models: Path, cache: Path, runs: int) -> None:
+    """Ours against the insightface way of loading the same files, then a second worker's memory."""
     source = (SHARED / "images" / "obama.jpg").read_bytes()
     target = single_face_1080p()
 
     ours_ready, ours_first, ours_rss = [], [], []
-    for _ in range(args.runs):
+    for _ in range(runs):
         proc, url, t0 = start_ours(models, cache)
         try:
             ours_ready.append(wait_ready(url, proc) - t0)
@@ -194,7 +125,7 @@ def main() -> None:
             stop_process(proc)
 
     base_loaded, base_ran, base_rss = [], [], []
-    for _ in range(args.runs):
+    for _ in range(runs):
         t0 = time.time()
         out = subprocess.run([sys.executable, "-c", BASELINE, str(models / "proxy")], cwd=REPO, capture_output=True,
                              text=True, check=True)
@@ -223,12 +154,30 @@ def main() -> None:
         ["peak RSS (MB)", med(base_rss), med(ours_rss), med(base_rss) / med(ours_rss)],
     ]
     print(f"cold start, proxy models of the real sizes ({', '.join(f'{k} {v:g} MB' for k, v in SIZES_MB.items())}), "
-          f"median of {args.runs} fresh processes each, warm page cache, {os.cpu_count()} CPUs")
+          f"median of {runs} fresh processes each, warm page cache, {os.cpu_count()} CPUs")
     print(table(["measure", "insightface way", "ours", "ratio"], rows))
     print(f"\ntwo workers on the same models: first worker PSS {first['pss']:.0f} MB, private {first['private']:.0f} MB; "
           f"second worker PSS {second['pss']:.0f} MB, private {second['private']:.0f} MB")
     print("ours, ready (s):", [round(x, 2) for x in ours_ready], " first response (s):", [round(x, 2) for x in ours_first])
     print("baseline, loaded (s):", [round(x, 2) for x in base_loaded], " with first runs (s):", [round(x, 2) for x in base_ran])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per side (default 5)")
+    args = parser.parse_args()
+    models = proxy_models()
+    cache = Path(tempfile.mkdtemp(prefix="ff-coldstart-cache-"))
+    env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache)}
+    try:
+        prepared = subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=REPO, env=env, capture_output=True,
+                                  text=True)
+        if prepared.returncode != 0:  # say why (EXECUTION_PROVIDERS=cuda on the CPU build, say), not just the status
+            raise SystemExit(prepared.stderr.strip() or prepared.stdout.strip() or "warmup prepare failed")
+        subprocess.run(["sync"], check=False)  # freshly written artefacts count as dirty pages until written back
+        compare_with_insightface(models, cache, args.runs)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # the prepared graphs (~740 MB); the proxies are kept for reruns
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
 # .gpu/wheels/ (see ../shared/gpu/README.md), the files bench.gpu reads in .gpu/shared/ (images/obama.jpg,
 # images/solvay_conference_1927.png, models/scrfd_2.5g_bnkps.onnx) for a machine without ../shared, and,
 # for the nvImageCodec rows, `python -m bench.gpu_codec_kit .gpu/codec.tar.xz`. Then, there:
-#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="coldstart gpu detect" by default)
-# The default steps take at most 80 + 400 + 60 s of timeouts (a device call may run 600 s): run it with
+#   bash bench/gpu_machine.sh        (OUT=folder for the logs and JSON; STEPS="gpu detect" by default)
+# The default steps take at most 480 + 60 s of timeouts (a device call may run 600 s): run it with
 # timeout_s 590; bench.gpu writes its JSON after each config, so a run cut short keeps what it measured.
-# A second, short run: STEPS="overlap codec gpucodec" (at most 90 + 135 + 100 s): sources beside the
-# target, JPEG in strips, JPEG on the GPU in the server; STEPS=graphs (135 s) times CUDA graphs per model.
+# A second, short run: STEPS="coldstart overlap codec gpucodec" (at most 120 + 90 + 135 + 100 s): the GPU's
+# context made beside the imports against CUDA_EARLY_CONTEXT=off, sources beside the target, JPEG in
+# strips, JPEG on the GPU in the server; STEPS=graphs (135 s) times CUDA graphs per model.
 set -u
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp}
@@ -25,16 +26,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nproc | tee -a "$O/machine.txt"
 python3 -c "import functions_framework, uvicorn, h11, cloudevents, onnxruntime as o; print('imports ok', o.__version__, o.get_available_providers())" || exit 1
 WORK=/tmp/ff-bench-gpu
-for step in ${STEPS:-coldstart gpu detect}; do
+for step in ${STEPS:-gpu detect}; do
   echo "=== $step $(date +%T)"
   case $step in
     coldstart)  # process start to ready with the GPU's context made beside the imports (the default) against
-                # CUDA_EARLY_CONTEXT=off (made by the first session, after them), in turns
-      timeout 80 python3 -m bench.cold_start --providers cuda --runs 4 --against CUDA_EARLY_CONTEXT=off 2>&1 | tee "$O/coldstart.log" ;;
+                # CUDA_EARLY_CONTEXT=off (made by the first session, after them), in turns (ABBA)
+      timeout 120 python3 -m bench.startup_ab --providers cuda --proxies --runs 4 --against CUDA_EARLY_CONTEXT=off 2>&1 | tee "$O/coldstart.log" ;;
     gpu)  # the issue's bench: the defaults, batching off (the baseline), CUDA graphs with JPEG on the GPU (the
           # shortest one-request latency), eight workers as knative/ serves, with each worker's native pools
           # sized to its share of the CPUs, with CUDA graphs
-      timeout "${GPU_TIMEOUT:-400}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-60}" \
+      timeout "${GPU_TIMEOUT:-480}" python3 -m bench.gpu --work $WORK --requests "${REQUESTS:-60}" \
         --configs "${CONFIGS:-defaults,unbatched,graphs+nvimgcodec,defaults@8,cpushare@8,graphs@8}" --images "${IMAGES:-1080p,4k,solvay}" \
         --concurrency "${LEVELS:-1,8,32}" --model-only "${MODEL_ONLY-fp32}" --gil-seconds "${GIL_SECONDS:-10}" \
         --json "$O/gpu.json" 2>&1 | tee "$O/gpu.log" ;;

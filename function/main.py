@@ -255,6 +255,17 @@ def _cause(problem: Problem) -> str:
     return f" (caused by {type(root).__name__})" if root is not None else ""
 
 
+def _severity(status: int, route: Route | None) -> str:
+    """A request's log level: ERROR for work that failed on our side, but a probe's 503 is what a process
+    says while it starts or drains (INFO), or once its warm-up failed, which the warm-up's own line already
+    logged as ERROR (WARNING): alerts on ERROR then count failures, not every poll of a starting pod."""
+    if status < 500:
+        return "INFO"
+    if status != 503 or route is None or route.logged:
+        return "ERROR"
+    return "WARNING" if RUNTIME.warmup.readiness.state == "failed" else "INFO"
+
+
 @observe.entry  # the request's server span (docs/observability.md)
 def fuse(request: flask.Request) -> flask.Response:
     """The single functions-framework entry point (HTTP signature)."""
@@ -281,7 +292,7 @@ def fuse(request: flask.Request) -> flask.Response:
     response = without_body_type(reply.response)
     response.headers["X-Revision"] = RUNTIME.config.revision
     if route is None or route.logged or response.status_code >= 400:
-        _log({"severity": "INFO" if response.status_code < 500 else "ERROR", "revision": RUNTIME.config.revision,
+        _log({"severity": _severity(response.status_code, route), "revision": RUNTIME.config.revision,
               "method": request.method, "path": shown(request.path), "kind": reply.kind,
               "event_id": reply.event_id or request.headers.get("ce-id", ""), "status": response.status_code,
               "ms": round((time.perf_counter() - started) * 1000, 1), **intake_ms(request.environ),

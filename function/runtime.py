@@ -78,7 +78,7 @@ class Runtime:
             self.warmup.wait(self.config.request_wait_s)
         readiness = self.warmup.readiness
         if readiness.state == "failed":
-            raise Problem(503, "not-ready", f"models failed to load: {readiness.reason}", retry_after=30)
+            raise Problem(503, "not-ready", f"not ready: {readiness.reason}", retry_after=30)  # settings or models
         if not readiness.ready or self.warmup.fuser is None:
             raise Problem(503, "not-ready", f"models are not ready yet ({readiness.state})", retry_after=2)
         return self.warmup.fuser

@@ -12,7 +12,7 @@ and a serving process can start its GPU's context before they load (function/ser
 
 from __future__ import annotations
 
-import importlib
+from importlib import import_module
 from typing import Any
 
 # name -> the submodule that defines it
@@ -78,7 +78,11 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module_name, _, attribute = where.partition(":")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), attribute or name)
+    try:
+        module = import_module(f".{module_name}", __name__)
+    except AttributeError as exc:  # raised inside that import: Python would report it as "cannot import name"
+        raise ImportError(f"importing {__name__}.{module_name} for {name!r} failed: {exc}") from exc
+    value = getattr(module, attribute or name)
     globals()[name] = value
     return value
 

@@ -12,9 +12,9 @@ sessions keep theirs for the life of the process.
 It decides nothing: a driver that is missing or fails leaves its reason in the log, and creating the
 sessions reports the real error as before (strict providers, pipeline/sessions.py). Only a process
 that will run CUDA does it: EXECUTION_PROVIDERS names `cuda` or `tensorrt`, or is `auto` where the
-installed ONNX Runtime has its CUDA provider; the WORKERS supervisor never does (it serves nothing), nor
+installed ONNX Runtime has its CUDA provider, or IMAGE_CODEC is `nvimgcodec`; the WORKERS supervisor never does (it serves nothing), nor
 a process with CUDA_EARLY_CONTEXT=off (the sessions then make the context, as before: the baseline of
-`python -m bench.cold_start --against CUDA_EARLY_CONTEXT=off`).
+`python -m bench.startup_ab --against CUDA_EARLY_CONTEXT=off`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class EarlyContext:
     started: float = field(default_factory=time.time)
     done: threading.Event = field(default_factory=threading.Event)
     seconds: float | None = None  # how long the driver took, once it succeeded
+    ready: float | None = None  # when it succeeded (a Unix time)
     error: str | None = None  # why there is none, once it failed
 
 
@@ -66,23 +67,37 @@ def runs_cuda(spec: str) -> bool:
     return words == {"auto"} and gpu_runtime_installed()
 
 
+def _driver(library: str) -> ctypes.CDLL:
+    """The driver library with the signatures of the calls made here (CUresult is a 32-bit int, CUdevice an
+    int, CUcontext a pointer); a driver without one of the three calls raises AttributeError."""
+    driver = ctypes.CDLL(library)
+    for call, args in (("cuInit", [ctypes.c_uint]),
+                       ("cuDeviceGet", [ctypes.POINTER(ctypes.c_int), ctypes.c_int]),
+                       ("cuDevicePrimaryCtxRetain", [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int])):
+        function = getattr(driver, call)
+        function.argtypes, function.restype = args, ctypes.c_int
+    return driver
+
+
 def _check(driver: ctypes.CDLL, status: int, call: str) -> None:
     if status == 0:
         return
     name = ctypes.c_char_p()
-    known = driver.cuGetErrorName(status, ctypes.byref(name)) == 0 and name.value
+    error_name = getattr(driver, "cuGetErrorName", None)  # since CUDA 6.0; the number alone without it
+    known = error_name is not None and error_name(status, ctypes.byref(name)) == 0 and name.value
     raise RuntimeError(f"{call} failed: {name.value.decode() if known else 'CUDA error'} ({status})")
 
 
 def _retain(early: EarlyContext, library: str) -> None:
     try:
-        driver = ctypes.CDLL(library)
+        driver = _driver(library)
         _check(driver, driver.cuInit(0), "cuInit")
         device = ctypes.c_int()
         _check(driver, driver.cuDeviceGet(ctypes.byref(device), early.device_id), f"cuDeviceGet({early.device_id})")
         context = ctypes.c_void_p()
         _check(driver, driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
-        early.seconds = time.time() - early.started
+        early.ready = time.time()
+        early.seconds = early.ready - early.started
         log.info("CUDA context of device %d made in %.3f s, beside the imports", early.device_id, early.seconds)
     except (OSError, AttributeError, RuntimeError) as exc:  # no driver, an old one, or a failing device
         early.error = f"{type(exc).__name__}: {exc}" if isinstance(exc, AttributeError) else str(exc)
@@ -106,7 +121,8 @@ def start_early(env: Mapping[str, str] | None = None) -> EarlyContext | None:
         settings = Settings.from_env(env)
     except ConfigError:
         return None
-    if not settings.gpu.early_context or not runs_cuda(settings.execution_providers):
+    gpu_work = runs_cuda(settings.execution_providers) or settings.image_codec == "nvimgcodec"  # JPEG on the GPU too
+    if not settings.gpu.early_context or not gpu_work:
         return None
     return start(settings.gpu.device_id)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .config import GpuSettings, provider_words
+from .config import ConfigError, GpuSettings, provider_words
 from .errors import ModelSetInvalid, ProviderUnavailable
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+GPU_PROVIDER_NAMES = frozenset({PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]})
 
 
 def is_auto(spec: str) -> bool:
@@ -34,8 +35,9 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     """Turn EXECUTION_PROVIDERS (`auto` or e.g. `cuda,cpu`) into the runtime's provider names.
 
     `auto` keeps the TensorRT, CUDA, CPU order and drops what this runtime build lacks. An explicit list
-    is honoured in its order; naming a provider that is not available is a configuration error rather
-    than a silent fall back to the CPU, which would turn a GPU service into a very slow one.
+    is honoured in its order; naming a provider that is not available is a configuration error (ConfigError:
+    readiness names it in one line) rather than a silent fall back to the CPU, which would turn a GPU
+    service into a very slow one.
     """
     available = list(ort.get_available_providers() if available is None else available)
     wanted = provider_words(spec)
@@ -44,13 +46,17 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     else:
         unknown = [p for p in wanted if p not in PROVIDER_NAMES]
         if unknown:
-            raise ValueError(f"EXECUTION_PROVIDERS: unknown provider(s) {unknown}; use auto or {list(PROVIDER_NAMES)}")
+            raise ConfigError(f"invalid configuration: EXECUTION_PROVIDERS: unknown provider(s) {unknown}; use auto "
+                              f"or {list(PROVIDER_NAMES)}")
         chosen = [PROVIDER_NAMES[p] for p in wanted]
         missing = [p for p in chosen if p not in available]
         if missing:
-            raise ValueError(f"EXECUTION_PROVIDERS asks for {missing}, but this runtime offers only {available}")
+            hint = ("; this is the CPU build of ONNX Runtime: a GPU needs onnxruntime-gpu instead (the `gpu` extra, "
+                    "or the GPU image)") if GPU_PROVIDER_NAMES.isdisjoint(available) else ""
+            raise ConfigError(f"invalid configuration: EXECUTION_PROVIDERS asks for {missing}, but this runtime offers "
+                              f"only {available}{hint}")
     if not chosen:
-        raise ValueError(f"no usable execution provider among {available}")
+        raise ConfigError(f"no usable execution provider among {available}")
     return chosen
 
 

@@ -3,6 +3,10 @@ refused, and the provider of every model is reported."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import onnxruntime as ort
 import pytest
 import requests
@@ -10,6 +14,7 @@ import requests
 from pipeline import ProviderUnavailable, Settings, load_fuser
 from warmup import Warmup
 
+from .conftest import REPO
 from .server import FunctionServer
 
 
@@ -79,3 +84,13 @@ def test_cpu_threads_sizes_every_session_pool_and_opencv(model_root, tmp_path):
         cv2.setNumThreads(before)
     default = load_fuser(Settings(model_path=model_root, cache_path=tmp_path / "c"))
     assert all(m.session.get_session_options().intra_op_num_threads == 0 for m in default.models.models.values())
+
+
+def test_asking_a_cpu_runtime_for_cuda_is_a_one_line_configuration_error(model_root, tmp_path):
+    """`warmup prepare` (the init container) with EXECUTION_PROVIDERS=cuda where only the CPU build of
+    ONNX Runtime is installed: exit 1 with one line naming the setting and what to install, not a traceback."""
+    env = {**os.environ, "MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "EXECUTION_PROVIDERS": "cuda"}
+    out = subprocess.run([sys.executable, "-m", "warmup", "prepare"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "EXECUTION_PROVIDERS asks for ['CUDAExecutionProvider']" in out.stderr and "onnxruntime-gpu" in out.stderr

@@ -65,6 +65,10 @@ def test_a_bad_setting_fails_readiness_with_the_reason_and_the_worker_keeps_serv
         assert r.status_code == 503 and "MAX_INFLIGHT" in r.json()["detail"]
     finally:
         server.stop()
+    # the probe's 503 is a WARNING (the warm-up logged the failure once, as ERROR); refused work is an ERROR
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    assert {line["severity"] for line in lines if line.get("path") == "/readyz"} == {"WARNING"}
+    assert {line["severity"] for line in lines if line.get("path") == "/"} == {"ERROR"}
 
 
 def _manifest(**models) -> dict:

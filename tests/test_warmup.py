@@ -331,7 +331,22 @@ def test_reading_settings_loads_no_inference_library_and_every_pipeline_name_res
     assert out.stdout.strip() == ""
     import pipeline
 
+    assert sorted(pipeline.__all__) == sorted(pipeline._EXPORTS)
     assert all(getattr(pipeline, name) is not None for name in pipeline.__all__)
     assert pipeline.Fuser.__module__ == "pipeline.fuser" and pipeline.FACE_MODES
     with pytest.raises(AttributeError):
         pipeline.no_such_name  # noqa: B018
+
+
+def test_a_failure_inside_a_lazily_imported_module_keeps_its_message(monkeypatch):
+    """An AttributeError raised while a submodule imports (a library of the wrong version, say) would read
+    as "cannot import name" with no cause; it names the module and the cause instead."""
+    import pipeline
+
+    def broken(name, package=None):
+        raise AttributeError("module 'numpy' has no attribute 'float_'")
+
+    monkeypatch.setitem(pipeline._EXPORTS, "Broken", "broken_module")
+    monkeypatch.setattr(pipeline, "import_module", broken)
+    with pytest.raises(ImportError, match=r"pipeline\.broken_module for 'Broken' failed: .*numpy.*float_"):
+        from pipeline import Broken  # noqa: F401

@@ -155,8 +155,8 @@ class Warmup:
             fuser, started = self._load(settings, config.model_wait_s)
             readiness.timings_s["model_load"] = round(time.time() - started, 3)
             made = cuda_context.early()
-            if made is not None and made.seconds is not None:  # the GPU's context, made beside the imports
-                readiness.timings_s["cuda_context"] = round(made.seconds, 3)
+            if made is not None and made.ready is not None:  # when the GPU's context, made beside the imports, was
+                readiness.timings_s["cuda_context"] = round(made.ready - PROCESS_START, 3)  # there (cf. load_start)
             readiness.providers = {role: names[0] for role, names in fuser.models.active.items()}
             readiness.cpu_threads = settings.cpu_threads
             for line in fuser.load_log:

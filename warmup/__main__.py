@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline import EnvReader, PipelineError, Settings, prepare
+from pipeline import ConfigError, EnvReader, PipelineError, Settings, prepare
 from pipeline.config import DEFAULT_MODEL_PATH
 
 from . import Warmup
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             built = prepare(Settings.from_env())
         except PipelineError as exc:
             print(f"prepare failed: {exc.message}", file=sys.stderr)
+            return 1
+        except ConfigError as exc:  # a bad setting, EXECUTION_PROVIDERS naming what this runtime lacks included
+            print(f"prepare failed: {exc}", file=sys.stderr)
             return 1
         print(json.dumps({"built": built}))
         return 0
