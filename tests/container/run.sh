@@ -158,6 +158,18 @@ bad += [p for p in ("/app/devtools", "/app/tests", "/app/bench") if os.path.exis
 bad += [p for p in ("/etc/pip.conf",) if os.path.exists(p) and os.path.getsize(p)]
 sys.exit(f"not for the runtime image: {bad}" if bad else 0)' || die "the image holds development files"
 [ "$(podman image inspect --format '{{.Config.User}}' "$IMAGE")" = 10001 ] || die "the image's USER is not 10001"
+# the service's modules are compiled in the image, and their bytecode matches their sources (a start
+# that cannot write /app would otherwise compile them all again)
+podman run --rm --network none --entrypoint python "$IMAGE" -c '
+import importlib.util, pathlib, sys
+missing = []
+for source in (p for d in ("function", "pipeline", "warmup") for p in pathlib.Path("/app", d).rglob("*.py")):
+    cached = pathlib.Path(importlib.util.cache_from_source(str(source)))
+    head = cached.read_bytes()[:16] if cached.is_file() else b""
+    if head[:4] != importlib.util.MAGIC_NUMBER or head[8:16] != importlib.util.source_hash(source.read_bytes()):
+        missing.append(str(source))
+sys.exit(f"not compiled in the image, or stale: {missing[:5]} ({len(missing)})" if missing else 0)' \
+  || die "the image does not hold its modules' bytecode"
 
 # --- 5. stand-in model set (real SCRFD detector) and storage folders ------------------------------
 models=$WORK/models
