@@ -320,9 +320,9 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
 
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
     """Seconds from `started` to the first `/readyz` 200; then, with several workers sharing the socket,
-    waits until each has said 200, so no load meets a loading worker. Workers are told apart by their own
-    account of the start (every timing taken by readiness, to the ms): by `cold_start` alone, two workers
-    started together can tie, and then the wait never ended (seen in CI). `timings` gets the first ready
+    waits until each has said 200, so no load meets a loading worker. Workers are told apart by the `pid`
+    /readyz gives (before it did, by their own account of the start, every timing taken by readiness, to
+    the ms: by `cold_start` alone, two workers started together could tie, and the wait never ended). `timings` gets the first ready
     process's account (model_load, warmup, cold_start)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -351,7 +351,8 @@ def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> f
                     timings.update(body.get("timings_s", {}))
                     if body.get("cuda_graphs"):  # what CUDA_GRAPHS did, role by role
                         print(f"  CUDA graphs: {body['cuda_graphs']}", flush=True)
-                seen.add(tuple(sorted((k, v) for k, v in body.get("timings_s", {}).items() if k != "batch_warmup")))
+                seen.add(body.get("pid") or tuple(sorted((k, v) for k, v in body.get("timings_s", {}).items()
+                                                         if k != "batch_warmup")))
             if ready_s is not None and len(seen) >= workers:
                 return ready_s
             time.sleep(0.02)

@@ -129,8 +129,8 @@ class FunctionConfig:
             # its objects no longer than this
             lease_ttl_s=read.float("LEASE_TTL_S", 2 * storage_timeout + FUSION_BUDGET_S, minimum=1),
             max_batch=read.int("MAX_BATCH", 32, minimum=1),
-            # WORKERS > 1 share one socket: once one worker is ready the pod is, and a request can land on a
-            # sibling still loading (a second or two), which then waits rather than answering 503
+            # WORKERS > 1 share one socket: the first worker takes connections while it loads (its siblings
+            # only once they are ready, function/serve.py), and a request that reaches it then waits
             request_wait_s=read.float("READY_WAIT_S", 0.0 if workers == 1 else 30.0, minimum=0),
             drain_seconds=read.float("DRAIN_SECONDS", 2.0, minimum=0),
             drain_max_seconds=read.float("DRAIN_MAX_SECONDS", 25.0, minimum=0),

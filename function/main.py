@@ -53,7 +53,8 @@ def _readyz(request: flask.Request) -> Reply:
     warmup = RUNTIME.warmup
     warmup.ensure_started()
     readiness = warmup.readiness
-    body = {**readiness.as_dict(), "revision": RUNTIME.config.revision}
+    # pid: which process answered, with WORKERS > 1 (any of them may take a probe on the shared socket)
+    body = {**readiness.as_dict(), "revision": RUNTIME.config.revision, "pid": os.getpid()}
     if warmup.fuser is not None:
         body["model_version"] = warmup.fuser.model_version
     if readiness.ready:  # the gauges are set once, when the process turns ready (observe.py)

@@ -297,6 +297,38 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
     assert not Path(next(iter(folders)).decode()).exists()  # the supervisor removes it
 
 
+def test_the_first_worker_starts_alone_and_no_request_meets_a_loading_sibling(model_root, tmp_path):
+    """WORKERS=2: the second worker starts once the first has its verdict (eight starting together slowed
+    each other's start), and takes no connection before its own: from the first 200, every /readyz answer
+    is a 200, whichever process took it; /readyz names that process (`pid`)."""
+    from warmup import process_start_time
+
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"},
+                         wait_ready=False)
+    try:
+        answers: list[tuple[int, int, dict]] = []  # (status, pid, timings) from the first 200 on
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len({pid for status, pid, _ in answers if status == 200}) < 2:
+            try:
+                reply = requests.get(srv.url + "/readyz", timeout=5)
+            except requests.ConnectionError:
+                time.sleep(0.02)
+                continue
+            body = reply.json()
+            if reply.status_code == 200 or answers:
+                answers.append((reply.status_code, body["pid"], body["timings_s"]))
+        assert len({pid for status, pid, _ in answers if status == 200}) == 2, answers[-3:]
+        assert all(status == 200 for status, _, _ in answers)
+        first, first_timings = answers[0][1], answers[0][2]
+        second = [pid for pid in worker_pids(srv.proc.pid) if pid != first]
+        assert len(second) == 1 and first in worker_pids(srv.proc.pid)
+        first_decided = process_start_time(first) + first_timings["cold_start"]
+        assert process_start_time(second[0]) >= first_decided - 0.05  # /proc's clock ticks: 10 ms
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0
+
+
 def test_sigterm_while_the_app_is_built_leaves_at_once_with_0(tmp_path):
     """A pod (or a worker set) stopped while a process imports and builds the app: it died by the signal
     (-15), which the supervisor reported as a failure. The build is held here, as slow imports would."""

@@ -24,12 +24,13 @@ from .config import WarmupConfig
 log = logging.getLogger("facefusion.warmup")
 
 
-def process_start_time() -> float:
-    """When this process started, as a Unix time: the kernel's start time (/proc/self/stat, in clock ticks
-    since boot) set against /proc/uptime, so `cold_start` counts the interpreter and every import (on an
-    H100 about 1.2 s that a clock started by this module missed). Now, where /proc cannot be read."""
+def process_start_time(pid: int | str = "self") -> float:
+    """When a process (this one by default) started, as a Unix time: the kernel's start time
+    (/proc/PID/stat, in clock ticks since boot) set against /proc/uptime, so `cold_start` counts the
+    interpreter and every import (on an H100 about 1.2 s that a clock started by this module missed).
+    Now, where /proc cannot be read."""
     try:
-        with open("/proc/self/stat") as fh:
+        with open(f"/proc/{pid}/stat") as fh:
             ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
         with open("/proc/uptime") as fh:
             uptime = float(fh.read().split()[0])
