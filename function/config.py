@@ -84,6 +84,11 @@ class FunctionConfig:
     body_timeout_s: float = 30.0
     keepalive_s: int = 5
     max_connections: int = 1000
+    # MAX_CONNECTION_REQUESTS: answers on one keep-alive connection before it is closed (`Connection:
+    # close` on the last): with WORKERS > 1 on one socket, a connection stays with the worker that
+    # accepted it, so without a cap the connections a proxy opened while one worker served alone (the
+    # first, while its siblings start) would keep them all there; 0: no cap
+    max_connection_requests: int = 100
     threads: int = 8
     # video (README, Video; docs/video.md)
     video_limits: VideoLimits = field(default_factory=VideoLimits)  # VIDEO_MAX_SECONDS, _PIXELS, _SEGMENT_SECONDS
@@ -148,6 +153,7 @@ class FunctionConfig:
             body_timeout_s=read.float("BODY_TIMEOUT_S", 30.0, minimum=0.1),
             keepalive_s=read.int("KEEPALIVE_S", 5, minimum=1),
             max_connections=read.int("MAX_CONNECTIONS", 1000, minimum=1),
+            max_connection_requests=read.int("MAX_CONNECTION_REQUESTS", 100, minimum=0),
             threads=read.int("THREADS", 8, minimum=1),
             video_limits=video_limits,
             video_max_sync_seconds=read.float("VIDEO_MAX_SYNC_SECONDS", 10.0, minimum=0),

@@ -56,6 +56,7 @@ SPOOL_BYTES = 1 << 20
 SHOWN_CHARS = 256  # how much of a request path ever reaches an answer or the log
 _RECEIVED = "facefusion.received"  # environ key: perf_counter() at the request head and at its body's end
 _INTAKE = "facefusion.intake"  # environ key: the request's receive and queue ms, once a request thread has it
+CLOSE_HEADER = (b"connection", b"close")  # as uvicorn spells it: in a request's headers, it closes after the answer
 
 
 def shown(text: str) -> str:
@@ -287,12 +288,14 @@ class _LingeringTransport:
 class Protocol(H11Protocol):
     """uvicorn's h11 protocol with the limits it lacks: a connection must complete its request
     headers within HEADER_TIMEOUT_S of connecting or of a request's first byte, at most
-    MAX_CONNECTIONS are open at once, and refused uploads end with a lingering close (above)."""
+    MAX_CONNECTIONS are open at once, a connection is closed after MAX_CONNECTION_REQUESTS answers,
+    and refused uploads end with a lingering close (above)."""
 
     limits = FunctionConfig()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.discarding = False
+        self.requests_begun = 0
         self._header_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self.transport = _LingeringTransport(transport, self)  # type: ignore[assignment]
@@ -323,6 +326,18 @@ class Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_timer()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle and self.cycle is not None:  # a request began (its app runs after this)
+            self.requests_begun += 1
+            cap = self.limits.max_connection_requests
+            if cap and self.requests_begun >= cap and CLOSE_HEADER not in self.headers:
+                # the last on this connection: uvicorn then answers with `Connection: close` and closes
+                # after the answer, so the client opens a new connection (to whichever worker accepts
+                # it) instead of racing a close it was not told about
+                self.headers.append(CLOSE_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()

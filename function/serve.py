@@ -102,6 +102,7 @@ def serve(sock: socket.socket, config: FunctionConfig, verdict_fd: int | None = 
     # nothing was accepted, nothing to drain; leave with 0 as after a drain, not dead by the signal (-15,
     # which a supervisor reports as a failure). The server's own handler (below) takes over once it runs.
     signal.signal(signal.SIGTERM, lambda signum, frame: shutdown.exit_now(0))
+    signal.signal(signal.SIGINT, lambda signum, frame: shutdown.exit_now(0))  # Ctrl+C: the same, no traceback
     from warmup import Warmup, prestart
 
     prestart(Warmup(problems=config.problems))  # the app built below adopts it (function/runtime.py)
@@ -186,15 +187,29 @@ def supervise(sock: socket.socket, workers: int) -> int:
 def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str, str], metrics_dir: str) -> int:
     stopping = threading.Event()
     procs: dict[int, subprocess.Popen] = {}
-    # the first worker starts alone and tells its verdict through this pipe (or closes it by dying); every
-    # other start (the rest of the set, and any restart) accepts no connection before its own verdict
-    verdict_read, verdict_write = os.pipe()
+    # The first worker starts alone and tells its verdict through a pipe (or closes it by dying); the others
+    # start then. A start while a sibling runs (the rest of the set, a restart) accepts no connection before
+    # its own verdict; a start with no sibling alive serves at once, as the first did.
+    verdict: list[int] = []  # the read end of the pipe of the worker whose verdict the others wait for
+    waiting = list(range(1, workers))  # the slots started once the first worker has its verdict
 
-    def start(slot: int, first: bool = False) -> None:
+    def start(slot: int) -> None:
         # same process group: a SIGKILL of the group (or a container's end) takes the workers along
-        extra, fds = (["--verdict-fd", str(verdict_write)], (sock.fileno(), verdict_write)) if first else \
-            (["--accept-after-verdict"], (sock.fileno(),))
-        procs[slot] = subprocess.Popen(cmd + extra, pass_fds=fds, env=env)
+        if any(proc.poll() is None for other, proc in procs.items() if other != slot):
+            extra, fds = ["--accept-after-verdict"], (sock.fileno(),)  # a sibling serves meanwhile
+        else:  # alone: it answers probes (503 with the reason) while it loads; the waiting slots follow it
+            extra, fds = [], (sock.fileno(),)
+            if waiting:
+                read_end, write_end = os.pipe()
+                for old in verdict:
+                    os.close(old)
+                verdict[:] = [read_end]
+                extra, fds = ["--verdict-fd", str(write_end)], (sock.fileno(), write_end)
+        try:
+            procs[slot] = subprocess.Popen(cmd + extra, pass_fds=fds, env=env)
+        finally:
+            if len(fds) > 1:
+                os.close(fds[1])  # the worker holds the only write end: its exit reads as end of file
         if stopping.is_set():  # a signal arrived while it was being started: it must leave too
             with contextlib.suppress(ProcessLookupError):
                 procs[slot].send_signal(signal.SIGTERM)
@@ -209,29 +224,26 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    start(0, first=True)
-    os.close(verdict_write)  # the first worker holds the only write end: its exit reads as end of file
+    start(0)
     # needed only once a worker has left; imported after the first worker starts, not before (~30 ms)
     from prometheus_client import multiprocess
 
     statuses: dict[int, int] = {}
     restarts: dict[int, list[float]] = {slot: [] for slot in range(workers)}
-    waiting = list(range(1, workers))  # the slots started once the first worker has its verdict
     while len(statuses) < workers:
-        if waiting and select.select([verdict_read], [], [], 0.2)[0]:
-            os.close(verdict_read)
-            for slot in waiting:
-                if stopping.is_set():
-                    statuses[slot] = 0  # never started: nothing to stop
-                else:
-                    start(slot)
-            waiting = []
-        elif waiting and stopping.is_set():
-            os.close(verdict_read)
+        if waiting and stopping.is_set():  # never started: nothing to stop
             statuses.update((slot, 0) for slot in waiting)
-            waiting = []
+            waiting.clear()
+        if waiting and verdict:
+            if select.select(verdict, [], [], 0.2)[0]:
+                told = os.read(verdict[0], 1)  # b"": it left before its verdict; its restart will tell instead
+                os.close(verdict.pop())
+                if told:
+                    for slot in waiting:
+                        start(slot)
+                    waiting.clear()
         else:
-            time.sleep(0 if waiting else 0.2)
+            time.sleep(0.2)
         for slot, proc in list(procs.items()):
             if slot in statuses or proc.poll() is None:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -264,6 +265,9 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
                           "CPU_THREADS": "share"})
     try:
+        # both ready (bench.gpu's wait, which tells workers apart by the pid /readyz gives): the second
+        # starts once the first is ready
+        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
         children = worker_pids(srv.proc.pid)
         assert len(children) == 2
         folders = {Path(f"/proc/{pid}/environ").read_bytes().split(b"PROMETHEUS_MULTIPROC_DIR=")[1].split(b"\0")[0]
@@ -275,9 +279,6 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
         assert not [lib for lib in ("onnxruntime", "cv2", "_multiarray_umath") if lib in maps]
         for _ in range(6):
             assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
-        # both ready before the stop (bench.gpu's wait, which tells workers apart by their start timings):
-        # a worker that is still importing when SIGTERM comes has no handler yet and dies by the signal
-        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
         # CPU_THREADS=share: each worker sized its native pools to half the CPUs, not to all of them
         share = max(1, len(os.sched_getaffinity(0)) // 2)
         assert {requests.get(srv.url + "/readyz", timeout=5).json().get("cpu_threads") for _ in range(6)} == {share}
@@ -300,18 +301,20 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
 def test_the_first_worker_starts_alone_and_no_request_meets_a_loading_sibling(model_root, tmp_path):
     """WORKERS=2: the second worker starts once the first has its verdict (eight starting together slowed
     each other's start), and takes no connection before its own: from the first 200, every /readyz answer
-    is a 200, whichever process took it; /readyz names that process (`pid`)."""
+    is a 200, whichever process took it; /readyz names that process (`pid`). A keep-alive client that
+    connected while the first served alone reaches the second too (MAX_CONNECTION_REQUESTS)."""
     from warmup import process_start_time
 
-    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2"},
-                         wait_ready=False)
-    try:
+    srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
+                          "MAX_CONNECTION_REQUESTS": "5"}, wait_ready=False)
+    session = requests.Session()  # one keep-alive client: its connection, opened while the first worker
+    try:  # served alone, moves on after 5 answers (MAX_CONNECTION_REQUESTS), so it meets the second too
         answers: list[tuple[int, int, dict]] = []  # (status, pid, timings) from the first 200 on
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len({pid for status, pid, _ in answers if status == 200}) < 2:
             try:
-                reply = requests.get(srv.url + "/readyz", timeout=5)
-            except requests.ConnectionError:
+                reply = session.get(srv.url + "/readyz", timeout=5)
+            except requests.RequestException:
                 time.sleep(0.02)
                 continue
             body = reply.json()
@@ -325,8 +328,67 @@ def test_the_first_worker_starts_alone_and_no_request_meets_a_loading_sibling(mo
         first_decided = process_start_time(first) + first_timings["cold_start"]
         assert process_start_time(second[0]) >= first_decided - 0.05  # /proc's clock ticks: 10 ms
     finally:
+        session.close()
         srv.stop()
     assert srv.proc.returncode == 0
+
+
+def test_a_first_worker_that_dies_before_its_verdict_is_replaced_by_one_that_answers_probes(model_root, tmp_path):
+    """WORKERS=2 with no model set yet: the first worker answers /readyz 503 `waiting` while its sibling
+    waits to start. Killed, it comes back (alone, so serving at once) and answers again: no moment where
+    every worker waits for a verdict and probes hang. Once the set appears, both end up ready."""
+    root = tmp_path / "models"
+    root.mkdir()
+    srv = FunctionServer({"MODEL_PATH": str(root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
+                          "MODEL_WAIT_S": "0.2"}, wait_ready=False)
+
+    def waiting_answer(deadline_s: float = 60) -> dict:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            try:
+                body = requests.get(srv.url + "/readyz", timeout=5).json()
+                if body["status"] == "waiting":
+                    return body
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"no /readyz `waiting` answer in {deadline_s} s:\n{srv.logs()[-2000:]}")
+
+    try:
+        first = waiting_answer()["pid"]
+        assert worker_pids(srv.proc.pid) == [first]  # its sibling waits for its verdict
+        os.kill(first, signal.SIGKILL)
+        replaced = waiting_answer()["pid"]  # restarted after 1 s, alone: it answers while it waits too
+        assert replaced != first and worker_pids(srv.proc.pid) == [replaced]
+        shutil.copytree(model_root / "test", root / "test")
+        os.symlink("test", root / "current")
+        wait_ready(srv.url + "/", srv.proc, workers=2, started=time.perf_counter(), timings={})
+        assert len(worker_pids(srv.proc.pid)) == 2
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0
+
+
+def test_a_keep_alive_connection_closes_after_its_hundredth_answer_and_says_so(server):
+    """MAX_CONNECTION_REQUESTS (100 by default): the 100th answer on one connection says `Connection:
+    close` and the server closes it after; the 99 before keep it open. The client is told, so it never
+    sends on a connection the server is closing."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for _ in range(99):
+            conn.request("GET", "/healthz")
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200 and answer.getheader("Connection") is None
+        raw = conn.sock.dup()  # to watch the server's side once http.client has let its socket go
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200 and answer.getheader("Connection") == "close"
+        assert closed_by_server(raw, within=5)
+        raw.close()
+    finally:
+        conn.close()
 
 
 def test_sigterm_while_the_app_is_built_leaves_at_once_with_0(tmp_path):
