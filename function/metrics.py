@@ -42,7 +42,13 @@ MODEL_CUDA_GRAPH = Gauge("facefusion_model_cuda_graph", "1 where a model's runs 
                          "CUDA_GRAPHS names it but they are off (/readyz says why)", ["role"], registry=REGISTRY,
                          multiprocess_mode="livemin")
 READY = Gauge("facefusion_ready", "1 when models are loaded and warmed", registry=REGISTRY,
-              multiprocess_mode="livemin")  # a pod whose workers are not all ready reads 0
+              multiprocess_mode="livemin")  # a pod whose live workers are not all ready reads 0
+# with WORKERS > 1 the first worker starts alone (function/serve.py): until its siblings start, the live
+# workers are all ready while the pod is not yet complete; these two tell how far it is
+WORKERS_READY = Gauge("facefusion_workers_ready", "Serving processes of this pod that are ready", registry=REGISTRY,
+                      multiprocess_mode="livesum")
+WORKERS = Gauge("facefusion_workers", "Serving processes this pod runs (WORKERS)", registry=REGISTRY,
+                multiprocess_mode="livemax")
 
 # -- operators' questions (docs/observability.md) ----------------------------------------------------
 REQUEST_SECONDS = Histogram(

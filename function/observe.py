@@ -32,6 +32,7 @@ def install(runtime: Any, probe_paths: frozenset[str]) -> None:
     config = runtime.config
     tracing.setup(config.service, config.revision)
     metrics.INFO.labels(config.service, config.revision).set(1)
+    metrics.WORKERS.set(config.workers)
     runtime.warmup.add_ready_hook(_ready_metrics(config.revision))
     metrics.IMAGE_CODEC_IMAGES.source = functools.partial(_image_codec_counts, runtime.warmup)
     _PROBES.clear()
@@ -92,6 +93,7 @@ def _ready_metrics(revision: str) -> Callable[[Any], None]:
     def record(readiness: Any) -> None:
         timings = readiness.timings_s
         metrics.READY.set(1)
+        metrics.WORKERS_READY.set(1)
         metrics.COLD_START.set(timings.get("cold_start", 0))
         metrics.MODEL_LOAD.set(timings.get("model_load", 0))
         for role, provider in readiness.providers.items():

@@ -290,6 +290,7 @@ def test_two_workers_serve_count_the_whole_pod_and_drain(model_root, tmp_path):
             assert scraped[key] == 6, {k: v for k, v in scraped.items() if k.startswith("facefusion_requests_total")}
             info = [v for k, v in scraped.items() if k.startswith("facefusion_info[")]
             assert info == [1.0]  # one pod, whatever its workers
+            assert scraped["facefusion_workers_ready[]"] == 2 and scraped["facefusion_workers[]"] == 2
             assert scraped["facefusion_inflight_fusions[]"] == 0
     finally:
         srv.stop()
