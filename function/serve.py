@@ -12,7 +12,7 @@ after the app is imported, so inference sessions (CUDA) are created in the servi
 processes instead, each started fresh (`python -m function.serve --listen-fd`, no fork of a process
 that imported anything) on one listening socket that this process binds and keeps; a worker that dies
 is started again, and SIGTERM is passed on to all of them. The first worker starts alone and answers
-probes (503 with the reason) from the moment its app is built; the others start once it has a verdict
+probes (503 with its status) from the moment its app is built; the others start once it has a verdict
 (ready, or failed with a reason) and take no connection before their own, so the pod turns ready as
 soon as one process alone would (eight starting together slowed each other: 3.2 against 1.8 s on the
 H200) and no request waits on a sibling that is still loading.
@@ -197,7 +197,7 @@ def _supervise(sock: socket.socket, workers: int, cmd: list[str], env: dict[str,
         # same process group: a SIGKILL of the group (or a container's end) takes the workers along
         if any(proc.poll() is None for other, proc in procs.items() if other != slot):
             extra, fds = ["--accept-after-verdict"], (sock.fileno(),)  # a sibling serves meanwhile
-        else:  # alone: it answers probes (503 with the reason) while it loads; the waiting slots follow it
+        else:  # alone: it answers probes (503 with its status) while it loads; the waiting slots follow it
             extra, fds = [], (sock.fileno(),)
             if waiting:
                 read_end, write_end = os.pipe()
