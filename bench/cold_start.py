@@ -30,6 +30,7 @@ from bench.common import (
     free_port,
     function_command,
     memory,
+    prepare_graphs,
     single_face_1080p,
     spawn,
     stop_process,
@@ -170,10 +171,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="ff-coldstart-cache-"))
     env = {**os.environ, "MODEL_PATH": str(models), "CACHE_PATH": str(cache)}
     try:
-        prepared = subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=REPO, env=env, capture_output=True,
-                                  text=True)
-        if prepared.returncode != 0:  # say why (EXECUTION_PROVIDERS=cuda on the CPU build, say), not just the status
-            raise SystemExit(prepared.stderr.strip() or prepared.stdout.strip() or "warmup prepare failed")
+        prepare_graphs(env)
         subprocess.run(["sync"], check=False)  # freshly written artefacts count as dirty pages until written back
         compare_with_insightface(models, cache, args.runs)
     finally:

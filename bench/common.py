@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -219,6 +221,15 @@ def start_process(cmd: list[str], env: dict[str, str], health_url: str, timeout:
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"{health_url} not ready after {timeout} s")
+
+
+def prepare_graphs(env: Mapping[str, str], checkout: Path = REPO) -> None:
+    """`python -m warmup prepare` in `checkout` with `env`, as the init container runs it before a start;
+    where it fails, the bench stops with its reason (EXECUTION_PROVIDERS=cuda on the CPU build, say)."""
+    done = subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=checkout, env=dict(env), capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip() or done.stdout.strip() or f"warmup prepare failed in {checkout}")
 
 
 def start_function(env: Mapping[str, str], timeout: float = 120):

@@ -321,9 +321,7 @@ def load(url: str, files: dict, data: dict, concurrency: int, count: int,
 def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> float:
     """Seconds from `started` to the first `/readyz` 200; then, with several workers sharing the socket,
     waits until each has said 200, so no load meets a loading worker. Workers are told apart by the `pid`
-    /readyz gives (before it did, by their own account of the start, every timing taken by readiness, to
-    the ms: by `cold_start` alone, two workers started together could tie, and the wait never ended). `timings` gets the first ready
-    process's account (model_load, warmup, cold_start)."""
+    /readyz gives. `timings` gets the first ready process's account (model_load, warmup, cold_start)."""
     from concurrent.futures import ThreadPoolExecutor
 
     ready_s = None
@@ -351,8 +349,7 @@ def wait_ready(url: str, proc, workers: int, started: float, timings: dict) -> f
                     timings.update(body.get("timings_s", {}))
                     if body.get("cuda_graphs"):  # what CUDA_GRAPHS did, role by role
                         print(f"  CUDA graphs: {body['cuda_graphs']}", flush=True)
-                seen.add(body.get("pid") or tuple(sorted((k, v) for k, v in body.get("timings_s", {}).items()
-                                                         if k != "batch_warmup")))
+                seen.add(body["pid"])
             if ready_s is not None and len(seen) >= workers:
                 return ready_s
             time.sleep(0.02)
@@ -378,9 +375,10 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
     name, workers = parse_config(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
+    settings = config_env(name)
     env = {"MODEL_PATH": str(models), "CACHE_PATH": str(cache), "EXECUTION_PROVIDERS": providers,
            "MAX_INFLIGHT": str(max(levels)), "K_REVISION": "bench-gpu", "DRAIN_SECONDS": "0",
-           "WORKERS": str(workers), **config_env(name)}
+           "WORKERS": str(workers), **settings}
     started = time.perf_counter()
     proc = spawn(function_command(port), env)
     out: dict = {"config": config, "workers": workers, "rows": [], "stages": [], "memory": [], "timings_s": {}}
@@ -389,7 +387,7 @@ def serve_config(config: str, models: Path, cache: Path, providers: str, images:
         first = requests.post(url, files={"source": source, "target": images["1080p"][0]}, timeout=300)
         out["first_s"] = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        merging = config_env(name).get("BATCH_WAIT_MS", "0") != "0" and config_env(name).get("BATCH_MAX") != "1"
+        merging = settings.get("BATCH_WAIT_MS", "0") != "0" and settings.get("BATCH_MAX") != "1"
         out["batch_warmup_s"] = batch_warmup(url) if merging else None
         print(f"[{config}] cold start: ready {out['ready_s']:.2f} s, first answer {out['first_s']:.2f} s; "
               f"the process's own account: {out['timings_s']}; batch sizes warmed after ready in "

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import REPO, free_port, standin_models, stop_process, table
+from bench.common import REPO, free_port, prepare_graphs, standin_models, stop_process, table
 
 KEYS = ("load_start", "cuda_context", "app_built", "model_load", "warmup", "cold_start")
 
@@ -61,14 +61,6 @@ def settings(spec: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def prepare(checkout: Path, env: dict[str, str]) -> None:
-    """The graphs built ahead, as the init container does; why not, where it fails."""
-    done = subprocess.run([sys.executable, "-m", "warmup", "prepare"], cwd=checkout, env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr.strip() or done.stdout.strip() or f"warmup prepare failed in {checkout}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.startup_ab", description=__doc__.split("\n\n")[0])
     side = parser.add_mutually_exclusive_group(required=True)
@@ -99,7 +91,7 @@ def main() -> None:
         else:
             sides = {"this checkout": (REPO, env), "baseline": (args.baseline.resolve(), env)}
         for checkout, side_env in sides.values():  # graphs built ahead (a setting may change which)
-            prepare(checkout, side_env)
+            prepare_graphs(side_env, checkout)
         results: dict[str, list[tuple[float, dict]]] = {name: [] for name in sides}
         for run in range(args.runs):
             order = list(sides.items())

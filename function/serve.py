@@ -165,9 +165,9 @@ def resolve_cpu_share(workers: int) -> None:
     written into the environment the workers inherit. Left to their defaults, the pools of every worker
     (OpenCV's, each session's intra-op pool, the helper threads) size themselves to the whole machine:
     eight workers on 16 CPUs run eight 16-thread OpenCV pools. One process alone keeps the defaults."""
-    if workers > 1 and os.environ.get("CPU_THREADS", "").strip().lower() == "share":
-        from pipeline.config import usable_cpus
+    from pipeline.config import EnvReader, cpu_threads_shared, usable_cpus
 
+    if workers > 1 and cpu_threads_shared(EnvReader()):
         os.environ["CPU_THREADS"] = str(max(1, usable_cpus() // workers))
 
 

@@ -226,14 +226,17 @@ def _read_cuda_graphs(read: EnvReader) -> tuple[str, ...]:
     return roles
 
 
+def cpu_threads_shared(read: EnvReader) -> bool:
+    """CPU_THREADS is `share`: each of WORKERS processes takes its share of the usable CPUs."""
+    return (read.str("CPU_THREADS") or "").lower() == "share"
+
+
 def read_cpu_threads(read: EnvReader) -> int:
     """CPU_THREADS: a number (0: each pool's own default), or `share`: this process's share of the usable
     CPUs. function/serve.py turns `share` into a number for each of WORKERS before they start; a process
     that meets `share` itself (one worker, `warmup prepare`, the CLI) is alone, and alone the defaults are
     its share (0)."""
-    if (read.str("CPU_THREADS") or "").lower() == "share":
-        return 0
-    return read.int("CPU_THREADS", 0, minimum=0)
+    return 0 if cpu_threads_shared(read) else read.int("CPU_THREADS", 0, minimum=0)
 
 
 @dataclass(frozen=True)

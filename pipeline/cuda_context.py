@@ -42,9 +42,13 @@ class EarlyContext:
     device_id: int
     started: float = field(default_factory=time.time)
     done: threading.Event = field(default_factory=threading.Event)
-    seconds: float | None = None  # how long the driver took, once it succeeded
     ready: float | None = None  # when it succeeded (a Unix time)
     error: str | None = None  # why there is none, once it failed
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the driver took, once it succeeded."""
+        return None if self.ready is None else self.ready - self.started
 
 
 _EARLY: list[EarlyContext] = []
@@ -97,7 +101,6 @@ def _retain(early: EarlyContext, library: str) -> None:
         context = ctypes.c_void_p()
         _check(driver, driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
         early.ready = time.time()
-        early.seconds = early.ready - early.started
         log.info("CUDA context of device %d made in %.3f s, beside the imports", early.device_id, early.seconds)
     except (OSError, AttributeError, RuntimeError) as exc:  # no driver, an old one, or a failing device
         early.error = f"{type(exc).__name__}: {exc}" if isinstance(exc, AttributeError) else str(exc)

@@ -157,27 +157,40 @@ def prepare(settings: Settings) -> list[str]:
     return _artefacts(model_set, settings, providers, cache_dir, role_recipes(model_set, settings, providers))[1]
 
 
-def _session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-             load_log: list[str], recipe: GraphRecipe, threads: int, may_refuse: bool = False) -> ort.InferenceSession:
-    """The role's session from its optimised graph (rebuilt once if it is damaged), else from the model.
+@dataclass(frozen=True)
+class _RoleLoad:
+    """What creating one role's session takes: its model, optimised graph (None: load the model itself) and
+    recipe, and the load's providers, cache folder, log and CPU_THREADS (each session's intra-op pool)."""
 
-    `threads`: CPU_THREADS. `may_refuse`: options the runtime may refuse (CUDA graphs), a refusal the
-    caller handles; it is then neither logged as a load error nor taken for a damaged file."""
-    if graph is None:
-        return create_session(entry.path, providers, provider_options=options, log_failure=not may_refuse,
-                              threads=threads)
-    try:
-        return create_session(graph, providers, options=fast_load_options(), provider_options=options,
-                              log_failure=not may_refuse, threads=threads)
-    except ModelSetInvalid:
-        if may_refuse:
-            raise
-        # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
-        log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
-        shutil.rmtree(graph.parent, ignore_errors=True)
-        build_optimised(entry, providers, cache_dir, recipe)
-        load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
-        return create_session(graph, providers, options=fast_load_options(), provider_options=options, threads=threads)
+    entry: ModelEntry
+    graph: Path | None
+    recipe: GraphRecipe
+    providers: list[str]
+    cache_dir: Path
+    load_log: list[str]
+    threads: int
+
+    def session(self, options: list[dict], may_refuse: bool = False) -> ort.InferenceSession:
+        """The role's session with provider `options`, from its optimised graph (rebuilt once if it is
+        damaged), else from the model. `may_refuse`: options the runtime may refuse (CUDA graphs), a refusal
+        the caller handles; it is then neither logged as a load error nor taken for a damaged file."""
+        entry, graph, providers = self.entry, self.graph, self.providers
+        if graph is None:
+            return create_session(entry.path, providers, provider_options=options, log_failure=not may_refuse,
+                                  threads=self.threads)
+        try:
+            return create_session(graph, providers, options=fast_load_options(), provider_options=options,
+                                  log_failure=not may_refuse, threads=self.threads)
+        except ModelSetInvalid:
+            if may_refuse:
+                raise
+            # a damaged artefact (a cache volume filled up mid-write, say): rebuild it once from the model
+            log.warning("the optimised graph %s cannot be loaded; rebuilding it", graph)
+            shutil.rmtree(graph.parent, ignore_errors=True)
+            build_optimised(entry, providers, self.cache_dir, self.recipe)
+            self.load_log.append(f"rebuilt a damaged optimised graph for {entry.path.name}")
+            return create_session(graph, providers, options=fast_load_options(), provider_options=options,
+                                  threads=self.threads)
 
 
 def _graph_roles_of(settings: Settings, model_set: ModelSet) -> list[str]:
@@ -192,8 +205,7 @@ def _graph_roles_of(settings: Settings, model_set: ModelSet) -> list[str]:
     return list(wanted)
 
 
-def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], cache_dir: Path, options: list[dict],
-                  load_log: list[str], recipe: GraphRecipe, threads: int,
+def _role_session(load: _RoleLoad, options: list[dict],
                   graph_options: list[dict] | None) -> tuple[ort.InferenceSession, str | None]:
     """A role's session and, for a role CUDA_GRAPHS names (`graph_options`: the provider options with
     them), why it has none (None: created with them).
@@ -202,17 +214,16 @@ def _role_session(entry: ModelEntry, graph: Path | None, providers: list[str], c
     between devices, control flow, no CUDA provider; a damaged file too, which the ordinary session then
     rebuilds, so its graphs wait for the next start) the role gets the ordinary session."""
     if graph_options is None:
-        return _session(entry, graph, providers, cache_dir, options, load_log, recipe, threads), None
-    if "CUDAExecutionProvider" not in providers:
-        why = f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(providers)}"
+        return load.session(options), None
+    if "CUDAExecutionProvider" not in load.providers:
+        why = f"off: CUDA graphs are made by the CUDA provider, and EXECUTION_PROVIDERS gives {', '.join(load.providers)}"
     else:
         try:
-            return _session(entry, graph, providers, cache_dir, graph_options, load_log, recipe, threads,
-                            may_refuse=True), None
+            return load.session(graph_options, may_refuse=True), None
         except ModelSetInvalid as exc:
             why = f"off: the runtime refused ({str(exc.__cause__ or exc).strip().splitlines()[-1][:200]})"
-            log.warning("CUDA graphs %s for %s; an ordinary session instead", why, entry.role)
-    return _session(entry, graph, providers, cache_dir, options, load_log, recipe, threads), why
+            log.warning("CUDA graphs %s for %s; an ordinary session instead", why, load.entry.role)
+    return load.session(options), why
 
 
 def _batched(session: ort.InferenceSession, settings: Settings) -> ort.InferenceSession | MicroBatcher:
@@ -234,11 +245,11 @@ def load_models(settings: Settings) -> ModelBundle:
     load_log = [f"built {', '.join(built)} (run `python -m warmup prepare` to do this ahead)"] if built else []
     options = provider_options(providers, cache_dir, settings.gpu)
     graph_options = provider_options(providers, cache_dir, settings.gpu, cuda_graph=True) if graph_roles else None
-    threads = settings.cpu_threads
+    loads = {role: _RoleLoad(entry, graphs.get(role), recipes[role], providers, cache_dir, load_log, settings.cpu_threads)
+             for role, entry in model_set.models.items()}
     with ThreadPoolExecutor(max_workers=len(model_set.models), thread_name_prefix="session") as pool:
-        futures = {role: pool.submit(_role_session, entry, graphs.get(role), providers, cache_dir, options, load_log,
-                                     recipes[role], threads, graph_options if role in graph_roles else None)
-                   for role, entry in model_set.models.items()}
+        futures = {role: pool.submit(_role_session, loads[role], options, graph_options if role in graph_roles else None)
+                   for role in model_set.models}
         made = {role: future.result() for role, future in futures.items()}
     sessions = {role: session for role, (session, _) in made.items()}
     auto = is_auto(settings.execution_providers)
@@ -246,8 +257,7 @@ def load_models(settings: Settings) -> ModelBundle:
               for role, entry in model_set.models.items()}
     if graph_roles:
         from .cuda_graph import GraphedSession
-    ordinary = {role: partial(_session, model_set.models[role], graphs.get(role), providers, cache_dir, options,
-                              load_log, recipes[role], threads) for role in graph_roles}
+    ordinary = {role: partial(loads[role].session, options) for role in graph_roles}
     graphed = {role: GraphedSession(sessions[role], device=GRAPH_DEVICE, device_id=settings.gpu.device_id,
                                     ordinary=ordinary[role], second=partial(ordinary[role], may_refuse=True))
                for role in graph_roles if made[role][1] is None}

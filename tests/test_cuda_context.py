@@ -139,24 +139,16 @@ def test_each_serving_process_makes_its_context_and_the_supervisor_none(fake_dri
     log = tmp_path / "calls.log"
     srv = FunctionServer({"MODEL_PATH": str(model_root), "CACHE_PATH": str(tmp_path / "c"), "WORKERS": "2",
                           "EXECUTION_PROVIDERS": "cuda", "CUDA_DEVICE_ID": "1", "FAKE_CUDA_LOG": str(log),
-                          "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(fake_driver), os.environ.get("LD_LIBRARY_PATH")]))},
-                         wait_ready=False)
-    try:
-        deadline = time.monotonic() + 60
-        body: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                answer = requests.get(srv.url + "/readyz", timeout=5)
-                body = answer.json()
-                if answer.status_code == 503 and body.get("status") == "failed":
-                    break
-            except (requests.ConnectionError, ValueError):
-                pass
-            time.sleep(0.1)
+                          "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(fake_driver), os.environ.get("LD_LIBRARY_PATH")]))})
+    try:  # FunctionServer waited for a verdict: here, failed
+        answer = requests.get(srv.url + "/readyz", timeout=5)
+        body = answer.json()
+        assert answer.status_code == 503 and body["status"] == "failed", body
         # one line that says what to do, no exception name (/readyz is public) and no traceback in the log
         reason = body.get("reason", "")
         assert reason.startswith("invalid configuration: EXECUTION_PROVIDERS asks for ['CUDAExecutionProvider']"), body
         assert "onnxruntime-gpu" in reason
+        deadline = time.monotonic() + 60
         while len(_calls(log)) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         lines = [line.split(" ", 1) for line in log.read_text().splitlines()] if log.exists() else []

@@ -13,7 +13,7 @@ import pytest
 from pipeline import Fuser, NoSourceFace, NoTargetFace, overlap
 from pipeline.errors import ImageError
 
-from .conftest import helper_slots, shared_file
+from .conftest import REPO, helper_slots, shared_file
 
 
 def blank_jpeg(value: int = 200) -> bytes:
@@ -228,5 +228,5 @@ def test_cpu_threads_bounds_the_helper_threads(value, expected):
 
     env = {**os.environ, "CPU_THREADS": value}
     out = subprocess.run([sys.executable, "-c", "from pipeline import overlap; print(overlap.HELPER_THREADS)"],
-                         env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         env=env, capture_output=True, text=True, check=True, cwd=REPO)
     assert int(out.stdout) == (expected or min(8, usable_cpus()))
